@@ -1,0 +1,9 @@
+//! The part of the datajoint extension that needs no PostgreSQL: everything here is plain Rust,
+//! unit-tested with `cargo test -p datajoint-core`, and shared by the extension and (later) an
+//! out-of-database worker.
+
+pub mod sandbox;
+pub mod threads;
+
+/// The wasmtime version this build links, read from Cargo.lock at build time.
+pub const WASMTIME_VERSION: &str = env!("DJ_WASMTIME_VERSION");

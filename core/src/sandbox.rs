@@ -1,0 +1,412 @@
+//! The WebAssembly sandbox every guest runs in.
+//!
+//! One [`Engine`] per process, configured so that no guest failure can take the hosting
+//! PostgreSQL backend down: no signal handlers (explicit bounds checks instead), no large virtual
+//! memory reservations, a bounded wasm stack (guests share the backend's C stack), fuel for a
+//! deterministic instruction budget, and epoch interruption for wall-clock limits and prompt
+//! cancellation. Every store gets a memory cap through [`ResourceLimiter`].
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use wasmtime::{
+    Config, Engine, ExternType, Instance, Module, ResourceLimiter, Store, Trap, UpdateDeadline,
+    Val, ValType, WasmBacktrace,
+};
+
+use crate::threads;
+
+/// How often the epoch advances while a guest runs: the resolution of timeouts and cancellation.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Guests share the backend's C stack (8 MB by default); keep well inside it.
+pub const MAX_WASM_STACK: usize = 512 * 1024;
+
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+const MAX_INSTANCES: usize = 32;
+const MAX_MEMORIES: usize = 32;
+const MAX_TABLES: usize = 64;
+const MAX_BACKTRACE_FRAMES: usize = 32;
+
+/// What one guest call may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock limit of the call; `None` for no limit (cancellation still works).
+    pub timeout: Option<Duration>,
+    /// Fuel (roughly one unit per wasm instruction); `None` for no budget.
+    pub fuel: Option<u64>,
+    /// Upper bound on the bytes of each linear memory.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { timeout: Some(Duration::from_secs(3600)), fuel: None, memory_bytes: 1 << 30 }
+    }
+}
+
+/// Why a guest call did not return a value. Each variant maps to one SQLSTATE in the extension.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SandboxError {
+    #[error("not a valid WebAssembly module: {0}")]
+    InvalidModule(String),
+    #[error("module imports \"{0}\", but the sandbox provides no imports")]
+    UnsupportedImport(String),
+    #[error("module has no exported function \"{name}\"")]
+    MissingExport { name: String, available: Vec<String> },
+    #[error("exported function \"{name}\" has type {found}")]
+    WrongSignature { name: String, found: String },
+    #[error("guest trapped: {message}")]
+    Trap { message: String, backtrace: Option<String> },
+    #[error("guest ran past its time limit of {} ms", limit.as_millis())]
+    Timeout { limit: Duration },
+    #[error("guest used up its fuel budget of {limit} units")]
+    OutOfFuel { limit: u64 },
+    #[error("guest tried to grow a memory to {requested} bytes, above the limit of {limit} bytes")]
+    MemoryLimit { requested: usize, limit: usize },
+    #[error("guest call interrupted by the host")]
+    Interrupted,
+    #[error("sandbox failure: {0}")]
+    Internal(String),
+}
+
+/// The engine configuration. Part of the identity of compiled artifacts: code compiled under
+/// another configuration is rejected by wasmtime.
+pub fn config() -> Config {
+    let mut c = Config::new();
+    c.signals_based_traps(false);
+    c.memory_reservation(0);
+    c.memory_guard_size(0);
+    c.memory_reservation_for_growth(0);
+    c.consume_fuel(true);
+    c.epoch_interruption(true);
+    c.max_wasm_stack(MAX_WASM_STACK);
+    c.wasm_backtrace_max_frames(NonZeroUsize::new(MAX_BACKTRACE_FRAMES));
+    c
+}
+
+/// The process-wide engine, created on first use (never in the postmaster: threads and JIT code
+/// would not survive the fork).
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::new(&config()).expect("the sandbox engine configuration is valid"))
+}
+
+/// Compiles (and validates) a core module, binary or text.
+pub fn compile(bytes: &[u8]) -> Result<Module, SandboxError> {
+    Module::new(engine(), bytes).map_err(|e| SandboxError::InvalidModule(format!("{e:#}")))
+}
+
+/// Instantiates `module` in a fresh store under `limits` and calls its export `name`, which must
+/// take no arguments and return nothing, an i32 or an i64 (returned widened; nothing gives 0).
+///
+/// `interrupt` is polled every [`EPOCH_TICK`] on the calling thread; returning true stops the
+/// guest with [`SandboxError::Interrupted`] (the host then raises its own cancel error).
+pub fn call_export(
+    module: &Module,
+    name: &str,
+    limits: &Limits,
+    interrupt: fn() -> bool,
+) -> Result<i64, SandboxError> {
+    if let Some(import) = module.imports().next() {
+        return Err(SandboxError::UnsupportedImport(format!("{}.{}", import.module(), import.name())));
+    }
+    let ty = match module.get_export(name) {
+        Some(ExternType::Func(ty)) => ty,
+        _ => {
+            let available = module
+                .exports()
+                .filter(|e| matches!(e.ty(), ExternType::Func(_)))
+                .map(|e| e.name().to_string())
+                .collect();
+            return Err(SandboxError::MissingExport { name: name.to_string(), available });
+        }
+    };
+    let results: Vec<ValType> = ty.results().collect();
+    let returns_int = match results.as_slice() {
+        [] => false,
+        [ValType::I32] | [ValType::I64] => true,
+        _ => return Err(SandboxError::WrongSignature { name: name.to_string(), found: ty.to_string() }),
+    };
+    if ty.params().len() != 0 {
+        return Err(SandboxError::WrongSignature { name: name.to_string(), found: ty.to_string() });
+    }
+
+    let mut store = new_store(limits, interrupt)?;
+    let _active = ActiveCall::begin()?;
+    let mut out = if returns_int { vec![results[0].default_value().unwrap()] } else { vec![] };
+    let outcome = Instance::new(&mut store, module, &[]).and_then(|instance| {
+        let func = instance.get_func(&mut store, name).expect("export checked above");
+        func.call(&mut store, &[], &mut out)
+    });
+    match outcome {
+        Ok(()) => Ok(match out.first() {
+            Some(Val::I32(v)) => i64::from(*v),
+            Some(Val::I64(v)) => *v,
+            _ => 0,
+        }),
+        Err(e) => Err(classify(e, store.data())),
+    }
+}
+
+/// Per-store state: the limits and why the host stopped the guest, if it did.
+pub struct Guard {
+    limits: Limits,
+    deadline: Option<Instant>,
+    interrupt: fn() -> bool,
+    stopped: Option<Stop>,
+    memory_requested: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Timeout,
+    Interrupted,
+}
+
+impl ResourceLimiter for Guard {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limits.memory_bytes {
+            // An error (not a refused grow) ends the call at once, so the guest cannot carry on
+            // in a degraded state, and the message names the real cause.
+            self.memory_requested = Some(desired);
+            wasmtime::bail!("memory limit exceeded");
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+}
+
+/// A store with the memory cap, fuel budget and epoch deadline of `limits` in force.
+pub fn new_store(limits: &Limits, interrupt: fn() -> bool) -> Result<Store<Guard>, SandboxError> {
+    let guard = Guard {
+        limits: *limits,
+        deadline: limits.timeout.map(|t| Instant::now() + t),
+        interrupt,
+        stopped: None,
+        memory_requested: None,
+    };
+    let mut store = Store::new(engine(), guard);
+    store.limiter(|g| g as &mut dyn ResourceLimiter);
+    store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        let g = ctx.data_mut();
+        if (g.interrupt)() {
+            g.stopped = Some(Stop::Interrupted);
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        if g.deadline.is_some_and(|d| Instant::now() >= d) {
+            g.stopped = Some(Stop::Timeout);
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    Ok(store)
+}
+
+/// Turns a failed call into the reason the user should see. The host's own records (deadline,
+/// cancel, memory cap) take precedence over the trap code they caused.
+fn classify(err: wasmtime::Error, guard: &Guard) -> SandboxError {
+    match guard.stopped {
+        Some(Stop::Interrupted) => return SandboxError::Interrupted,
+        Some(Stop::Timeout) => {
+            return SandboxError::Timeout { limit: guard.limits.timeout.unwrap_or_default() };
+        }
+        None => {}
+    }
+    if let Some(requested) = guard.memory_requested {
+        return SandboxError::MemoryLimit { requested, limit: guard.limits.memory_bytes };
+    }
+    let backtrace = err.downcast_ref::<WasmBacktrace>().map(|b| b.to_string());
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => SandboxError::OutOfFuel { limit: guard.limits.fuel.unwrap_or(u64::MAX) },
+        Some(trap) => SandboxError::Trap { message: trap.to_string(), backtrace },
+        None => SandboxError::Trap { message: format!("{err:#}"), backtrace },
+    }
+}
+
+static ACTIVE_CALLS: AtomicUsize = AtomicUsize::new(0);
+static TICKER: OnceLock<Thread> = OnceLock::new();
+
+/// While at least one guest call is active the ticker thread advances the engine's epoch every
+/// [`EPOCH_TICK`]; otherwise it sleeps, so an idle backend pays nothing.
+struct ActiveCall;
+
+impl ActiveCall {
+    fn begin() -> Result<ActiveCall, SandboxError> {
+        let ticker = match TICKER.get() {
+            Some(t) => t,
+            None => {
+                let handle = threads::spawn_signal_free("dj-epoch-ticker", ticker_loop)
+                    .map_err(|e| SandboxError::Internal(format!("cannot start the epoch ticker: {e}")))?;
+                // Only this thread starts tickers in a backend; a lost race just leaves one idle.
+                TICKER.get_or_init(|| handle.thread().clone())
+            }
+        };
+        ACTIVE_CALLS.fetch_add(1, Ordering::AcqRel);
+        ticker.unpark();
+        Ok(ActiveCall)
+    }
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        ACTIVE_CALLS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn ticker_loop() {
+    loop {
+        if ACTIVE_CALLS.load(Ordering::Acquire) == 0 {
+            std::thread::park_timeout(Duration::from_secs(1));
+            continue;
+        }
+        std::thread::sleep(EPOCH_TICK);
+        engine().increment_epoch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    fn never() -> bool {
+        false
+    }
+
+    fn run(wat: &str, limits: Limits) -> Result<i64, SandboxError> {
+        call_export(&compile(wat.as_bytes()).unwrap(), "run", &limits, never)
+    }
+
+    const LOOP: &str = r#"(module (func (export "run") (loop (br 0))))"#;
+
+    #[test]
+    fn returns_the_guest_value() {
+        let i64_module = r#"(module (func (export "run") (result i64) i64.const 42))"#;
+        assert_eq!(run(i64_module, Limits::default()), Ok(42));
+        let i32_module = r#"(module (func (export "run") (result i32) i32.const -7))"#;
+        assert_eq!(run(i32_module, Limits::default()), Ok(-7));
+        let unit = r#"(module (func (export "run")))"#;
+        assert_eq!(run(unit, Limits::default()), Ok(0));
+    }
+
+    #[test]
+    fn trap_is_reported_with_its_reason() {
+        let named = r#"(module (func $compute (export "run") unreachable))"#;
+        let err = run(named, Limits::default()).unwrap_err();
+        match err {
+            SandboxError::Trap { message, backtrace } => {
+                assert!(message.contains("unreachable"), "{message}");
+                assert!(backtrace.as_deref().is_some_and(|b| b.contains("compute")), "{backtrace:?}");
+            }
+            other => panic!("expected a trap, got {other:?}"),
+        }
+        let div = r#"(module (func (export "run") (result i32) i32.const 1 i32.const 0 i32.div_s))"#;
+        assert!(matches!(run(div, Limits::default()), Err(SandboxError::Trap { message, .. }) if message.contains("divide by zero")));
+    }
+
+    #[test]
+    fn infinite_loop_hits_the_time_limit_promptly() {
+        let limits = Limits { timeout: Some(Duration::from_millis(100)), ..Limits::default() };
+        let started = Instant::now();
+        assert_eq!(run(LOOP, limits), Err(SandboxError::Timeout { limit: Duration::from_millis(100) }));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn infinite_loop_runs_out_of_fuel() {
+        let limits = Limits { fuel: Some(1_000_000), ..Limits::default() };
+        assert_eq!(run(LOOP, limits), Err(SandboxError::OutOfFuel { limit: 1_000_000 }));
+    }
+
+    #[test]
+    fn memory_bomb_hits_the_cap() {
+        // Grows by 64 KiB pages until memory.grow fails, then traps: the cap must stop it first.
+        let bomb = r#"(module (memory 1)
+            (func (export "run") (loop (br_if 0 (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable))"#;
+        let limits = Limits { memory_bytes: 8 << 20, ..Limits::default() };
+        assert_eq!(run(bomb, limits), Err(SandboxError::MemoryLimit { requested: (8 << 20) + (1 << 16), limit: 8 << 20 }));
+    }
+
+    #[test]
+    fn oversized_initial_memory_is_refused_at_instantiation() {
+        let big = r#"(module (memory 2000) (func (export "run")))"#; // 125 MiB
+        let limits = Limits { memory_bytes: 64 << 20, ..Limits::default() };
+        assert!(matches!(run(big, limits), Err(SandboxError::MemoryLimit { requested, .. }) if requested == 2000 << 16));
+    }
+
+    #[test]
+    fn deep_recursion_is_a_stack_overflow_trap() {
+        let rec = r#"(module (func $f (export "run") (call $f)))"#;
+        assert!(matches!(run(rec, Limits::default()), Err(SandboxError::Trap { message, .. }) if message.contains("call stack exhausted")));
+    }
+
+    static STOP: AtomicBool = AtomicBool::new(false);
+    fn stop_requested() -> bool {
+        STOP.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn host_interrupt_stops_a_running_guest() {
+        let module = compile(LOOP.as_bytes()).unwrap();
+        let flipper = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(50));
+            STOP.store(true, Ordering::Relaxed);
+        });
+        let started = Instant::now();
+        let limits = Limits { timeout: None, ..Limits::default() };
+        assert_eq!(call_export(&module, "run", &limits, stop_requested), Err(SandboxError::Interrupted));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        flipper.join().unwrap();
+    }
+
+    #[test]
+    fn bad_modules_are_rejected_before_running() {
+        assert!(matches!(compile(b"not wasm"), Err(SandboxError::InvalidModule(_))));
+        let imports = r#"(module (import "env" "f" (func)) (func (export "run")))"#;
+        assert_eq!(run(imports, Limits::default()), Err(SandboxError::UnsupportedImport("env.f".into())));
+        let other = r#"(module (func (export "go")) (memory (export "mem") 1))"#;
+        assert_eq!(
+            run(other, Limits::default()),
+            Err(SandboxError::MissingExport { name: "run".into(), available: vec!["go".into()] })
+        );
+        let params = r#"(module (func (export "run") (param i32)))"#;
+        assert!(matches!(run(params, Limits::default()), Err(SandboxError::WrongSignature { .. })));
+        let floats = r#"(module (func (export "run") (result f64) f64.const 1))"#;
+        assert!(matches!(run(floats, Limits::default()), Err(SandboxError::WrongSignature { .. })));
+    }
+
+    #[test]
+    fn a_failed_call_leaves_the_engine_usable() {
+        let _ = run(r#"(module (func (export "run") unreachable))"#, Limits::default());
+        let limits = Limits { fuel: Some(10), ..Limits::default() };
+        let _ = run(LOOP, limits);
+        assert_eq!(run(r#"(module (func (export "run") (result i64) i64.const 1))"#, Limits::default()), Ok(1));
+    }
+}

@@ -1,0 +1,49 @@
+//! Threads started inside a PostgreSQL backend must never run Postgres' signal handlers: those
+//! touch backend state and must run on the main thread. Every thread we start blocks all signals.
+
+use std::thread::{Builder, JoinHandle};
+
+/// Spawns a named thread with every signal blocked. The calling thread's mask is restored before
+/// returning, whatever happens.
+pub fn spawn_signal_free<F, T>(name: &str, f: F) -> std::io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    // SAFETY: sigset_t is plain data; pthread_sigmask only reads `all` and writes `previous`.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+        // The new thread inherits the blocked mask.
+        let spawned = Builder::new().name(name.to_string()).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        spawned
+    }
+}
+
+/// True when the calling thread blocks every catchable signal (SIGKILL and SIGSTOP cannot be).
+pub fn all_signals_blocked() -> bool {
+    // SAFETY: as above.
+    unsafe {
+        let mut current: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
+        [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGQUIT]
+            .iter()
+            .all(|&s| libc::sigismember(&current, s) == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawned_thread_blocks_signals_and_caller_mask_is_restored() {
+        assert!(!all_signals_blocked(), "test threads start with signals unblocked");
+        let inside = spawn_signal_free("probe", all_signals_blocked).unwrap().join().unwrap();
+        assert!(inside);
+        assert!(!all_signals_blocked(), "caller's mask restored");
+    }
+}

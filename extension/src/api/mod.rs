@@ -1,0 +1,4 @@
+//! SQL-facing functions, one module per concept.
+
+mod sandbox;
+mod version;

@@ -1,0 +1,24 @@
+//! Background workers, shared memory and hooks need the library loaded by the postmaster
+//! (`shared_preload_libraries`). Without it the extension still loads and warns once; the
+//! functions that need those parts (background populate) will refuse with the same HINT.
+
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub const HINT: &str = "Add datajoint to shared_preload_libraries in postgresql.conf \
+                        (shared_preload_libraries = 'datajoint') and restart the server.";
+
+pub fn check_at_load() {
+    // SAFETY: a plain global the postmaster sets while loading preload libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    if !preloading {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            "datajoint was loaded without shared_preload_libraries: background populate is unavailable",
+            "_PG_init",
+        )
+        .set_hint(HINT)
+        .report(PgLogLevel::WARNING);
+    }
+}

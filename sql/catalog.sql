@@ -1,0 +1,38 @@
+-- datajoint catalog: the extension's own tables in schema dj.
+-- Created before any generated function. Rows users create are kept by pg_dump
+-- (pg_extension_config_dump); caches are not.
+
+COMMENT ON SCHEMA dj IS 'DataJoint pipelines inside PostgreSQL: functions and catalog of the datajoint extension';
+
+-- WebAssembly components that implement make functions, content-addressed.
+CREATE TABLE dj.modules (
+    name          text PRIMARY KEY CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$'),
+    sha256        bytea NOT NULL UNIQUE CHECK (length(sha256) = 32),
+    component     bytea NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    registered_by name NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE dj.modules IS 'WebAssembly components registered with dj.register_module, keyed by name and sha256.';
+
+-- Compiled machine code of a module, per engine build and configuration, so that no backend
+-- compiles the same module twice. Only written by the extension; never dumped (rebuilt on demand).
+CREATE TABLE dj.module_artifacts (
+    sha256      bytea NOT NULL REFERENCES dj.modules (sha256) ON DELETE CASCADE,
+    engine      text NOT NULL,
+    artifact    bytea NOT NULL,
+    compiled_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sha256, engine)
+);
+COMMENT ON TABLE dj.module_artifacts IS 'Compiled code of registered modules, keyed by module hash and engine fingerprint.';
+
+-- Per-schema pipeline settings.
+CREATE TABLE dj.schema_settings (
+    schema_name   name PRIMARY KEY,
+    enforce_tiers boolean NOT NULL DEFAULT false
+);
+COMMENT ON TABLE dj.schema_settings IS 'Per-schema settings, such as server-enforced tiers (dj.enforce_tiers).';
+
+REVOKE ALL ON dj.modules, dj.module_artifacts, dj.schema_settings FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('dj.modules', '');
+SELECT pg_catalog.pg_extension_config_dump('dj.schema_settings', '');
