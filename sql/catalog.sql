@@ -2,6 +2,9 @@
 -- Created before any generated function. Rows users create are kept by pg_dump
 -- (pg_extension_config_dump); caches are not.
 
+-- PostgreSQL creates schema dj for the control file with no privileges for other roles: every role
+-- may use the dj functions its grants allow (function and table grants below decide what).
+GRANT USAGE ON SCHEMA dj TO PUBLIC;
 COMMENT ON SCHEMA dj IS 'DataJoint pipelines inside PostgreSQL: functions and catalog of the datajoint extension';
 
 -- WebAssembly components that implement make functions, content-addressed.

@@ -27,7 +27,8 @@ pub fn raise_sandbox(err: SandboxError, funcname: &'static str) -> ! {
         ),
         SandboxError::MemoryLimit { .. } => (
             ERRCODE_OUT_OF_MEMORY,
-            "A superuser can raise dj.make_memory_limit; otherwise process the data in smaller pieces.".into(),
+            "A superuser can raise dj.make_memory_limit; otherwise process the data in smaller pieces."
+                .into(),
             None,
         ),
         SandboxError::Trap { backtrace, .. } => (
@@ -35,10 +36,10 @@ pub fn raise_sandbox(err: SandboxError, funcname: &'static str) -> ! {
             "The WebAssembly code failed; the DETAIL shows where.".into(),
             backtrace.clone(),
         ),
-        SandboxError::InvalidModule(_) => (
+        SandboxError::InvalidModule { detail, .. } => (
             ERRCODE_INVALID_PARAMETER_VALUE,
             "Pass the bytes of a WebAssembly module (binary, or text format).".into(),
-            None,
+            detail.clone(),
         ),
         SandboxError::UnsupportedImport(_) => (
             ERRCODE_FEATURE_NOT_SUPPORTED,
@@ -59,7 +60,9 @@ pub fn raise_sandbox(err: SandboxError, funcname: &'static str) -> ! {
             "Export a function that takes no arguments and returns nothing, an i32 or an i64.".into(),
             None,
         ),
-        SandboxError::Internal(_) => (ERRCODE_INTERNAL_ERROR, "This is a bug in datajoint; please report it.".into(), None),
+        SandboxError::Internal(_) => {
+            (ERRCODE_INTERNAL_ERROR, "This is a bug in datajoint; please report it.".into(), None)
+        }
     };
     let mut report = ErrorReport::new(code, err.to_string(), funcname).set_hint(hint);
     if let Some(detail) = detail {

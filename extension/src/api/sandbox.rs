@@ -75,7 +75,9 @@ mod tests {
 
     #[pg_test(error = "module has no exported function \"main\"")]
     fn missing_export_is_an_error() {
-        Spi::get_one::<i64>(r#"SELECT dj._sandbox_call(convert_to('(module (func (export "run")))', 'UTF8'), 'main')"#)
-            .unwrap();
+        Spi::get_one::<i64>(
+            r#"SELECT dj._sandbox_call(convert_to('(module (func (export "run")))', 'UTF8'), 'main')"#,
+        )
+        .unwrap();
     }
 }

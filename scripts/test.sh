@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Every test tier, in one command (the README's `make test`; .ci/run runs exactly that):
+#   1. core unit tests       cargo test -p datajoint-core           (pure Rust, no PostgreSQL)
+#   2. pg_tests              cargo pgrx test pg15                   (#[pg_test] in a pgrx-managed cluster)
+#   3. golden SQL files      pg_regress tests/sql -> tests/expected (a throwaway "test" cluster)
+#   4. client tests          pytest tests/client                    (psycopg against the same cluster)
+# Every tier runs even when an earlier one fails; the exit code is non-zero if any failed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+PG_BIN=/usr/lib/postgresql/15/bin
+PG_CONFIG=$PG_BIN/pg_config
+PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+
+scripts/setup.sh || { echo "setup failed"; exit 1; }
+
+results=() status=0
+tier() {
+  local name=$1; shift
+  printf '\n==== %s ====\n' "$name"
+  if "$@"; then results+=("$name: ok"); else results+=("$name: FAILED"); status=1; fi
+}
+
+pg_tests() {
+  local d; d=$(scripts/cluster.sh --name pgrx dir)
+  sudo -u postgres mkdir -p "$d"
+  (cd extension && cargo pgrx test pg15 --runas postgres --pgdata "$d/pgdata")
+}
+
+install_and_start() {
+  (cd extension && cargo pgrx install --pg-config "$PG_CONFIG") >/dev/null &&
+    scripts/cluster.sh --name test destroy && scripts/cluster.sh --name test start
+}
+
+golden() {
+  eval "$(scripts/cluster.sh --name test env)"
+  local tests=() t
+  for t in tests/sql/*.sql; do tests+=("$(basename "$t" .sql)"); done
+  rm -rf tests/results && mkdir -p tests/results
+  # --use-existing leaves database creation to us: a fresh one per run.
+  "$PG_BIN/dropdb" --if-exists dj_regress && "$PG_BIN/createdb" dj_regress || return 1
+  "$PG_REGRESS" --use-existing --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
+    --inputdir=tests --outputdir=tests/results --dbname=dj_regress "${tests[@]}" | tee tests/results/summary.txt
+  local rc=${PIPESTATUS[0]} failed passed
+  passed=$(grep -cE '\.\.\. ok' tests/results/summary.txt)
+  failed=$(grep -cE '\.\.\. FAILED' tests/results/summary.txt)
+  [[ -f tests/results/regression.diffs ]] && cat tests/results/regression.diffs
+  echo "golden: $passed passed, $failed failed"
+  [[ $rc == 0 && $failed == 0 && $passed == ${#tests[@]} ]]
+}
+
+client() {
+  eval "$(scripts/cluster.sh --name test env)"
+  local rc=0
+  .venv/bin/python -m pytest tests/client -q -p no:cacheprovider || rc=$?
+  [[ $rc == 0 ]]
+}
+
+tier "core unit tests" cargo test -p datajoint-core
+tier "pg_tests" pg_tests
+if install_and_start; then
+  tier "golden SQL" golden
+  tier "client tests" client
+else
+  results+=("install + test cluster: FAILED"); status=1
+fi
+scripts/cluster.sh --name test stop
+
+printf '\n==== summary ====\n'
+printf '%s\n' "${results[@]}"
+exit $status

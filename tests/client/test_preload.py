@@ -1,0 +1,48 @@
+"""Without shared_preload_libraries the extension still loads, with a WARNING that says how to fix it."""
+import os
+import shlex
+import subprocess
+
+import psycopg
+import pytest
+
+from conftest import REPO
+
+CLUSTER = [str(REPO / "scripts" / "cluster.sh"), "--name", "nopreload", "--no-preload"]
+
+
+@pytest.fixture(scope="module")
+def nopreload():
+    subprocess.run(CLUSTER + ["destroy"], check=True)
+    subprocess.run(CLUSTER + ["start"], check=True, capture_output=True)
+    env = subprocess.run(CLUSTER + ["env"], check=True, capture_output=True, text=True).stdout
+    settings = dict(kv.split("=", 1) for kv in shlex.split(env) if "=" in kv)
+    yield settings
+    subprocess.run(CLUSTER + ["destroy"], check=True)
+
+
+def test_loading_without_preload_warns_with_a_hint(nopreload):
+    with psycopg.connect(
+        host=nopreload["PGHOST"], port=nopreload["PGPORT"], user="postgres", dbname="datajoint", autocommit=True
+    ) as c:
+        notices = []
+        # A Diagnostic is only valid inside the callback: copy what we check.
+        c.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary, d.message_hint)))
+        c.execute("CREATE EXTENSION datajoint")
+        warnings = [n for n in notices if n[0] == "WARNING"]
+        assert len(warnings) == 1, notices
+        assert "loaded without shared_preload_libraries" in warnings[0][1]
+        assert "shared_preload_libraries = 'datajoint'" in warnings[0][2]
+        # The extension itself works: the sandbox needs no preload.
+        assert c.execute("SELECT dj.version()").fetchone()[0].startswith("datajoint ")
+        assert c.execute("SHOW shared_preload_libraries").fetchone()[0] == ""
+
+
+def test_preloaded_cluster_loads_silently():
+    assert os.environ.get("PGHOST")
+    with psycopg.connect(dbname=os.environ.get("PGDATABASE", "datajoint"), autocommit=True) as c:
+        assert c.execute("SHOW shared_preload_libraries").fetchone()[0] == "datajoint"
+        notices = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary))
+        c.execute("LOAD 'datajoint'")
+        assert notices == []

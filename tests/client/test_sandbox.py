@@ -1,0 +1,128 @@
+"""The sandbox seen from a real driver: failures end the call, never the backend; Postgres'
+own interrupts (cancel, statement_timeout, terminate) stop a running guest promptly."""
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from conftest import connect
+from wat import ANSWER, BOMB, CALL, LOOP, TRAP
+
+
+def postmaster_start(c):
+    return c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+
+def test_result_round_trips(conn):
+    assert conn.execute(CALL, (ANSWER,)).fetchone()[0] == 42
+
+
+@pytest.mark.parametrize(
+    "module, settings, error, sqlstate",
+    [
+        (TRAP, {}, errors.ExternalRoutineException, "38000"),
+        (LOOP, {"dj.make_timeout": "150ms"}, errors.QueryCanceled, "57014"),
+        (LOOP, {"dj.make_fuel": "3"}, errors.ProgramLimitExceeded, "54000"),
+        (BOMB, {"dj.make_memory_limit": "8MB"}, errors.OutOfMemory, "53200"),
+    ],
+    ids=["trap", "timeout", "fuel", "memory"],
+)
+def test_failure_is_a_clean_error_and_the_backend_survives(conn, module, settings, error, sqlstate):
+    pid = conn.info.backend_pid
+    started = postmaster_start(conn)
+    for name, value in settings.items():
+        conn.execute(f"SET {name} = '{value}'")
+    with pytest.raises(error) as failure:
+        conn.execute(CALL, (module,))
+    assert failure.value.sqlstate == sqlstate
+    assert failure.value.diag.message_hint, "every sandbox error carries a HINT"
+    # Same connection, same backend process, no server restart.
+    assert conn.execute("SELECT 1").fetchone()[0] == 1
+    assert conn.info.backend_pid == pid
+    assert postmaster_start(conn) == started
+    assert conn.execute(CALL, (ANSWER,)).fetchone()[0] == 42
+
+
+def run_loop_in_thread(conn):
+    outcome = {}
+
+    def target():
+        started = time.monotonic()
+        try:
+            conn.execute(CALL, (LOOP,))
+        except psycopg.Error as e:  # noqa: PERF203
+            outcome["error"] = e
+        outcome["seconds"] = time.monotonic() - started
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, outcome
+
+
+def wait_until_running(admin, pid):
+    for _ in range(100):
+        row = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row and row[0] == "active":
+            return
+        time.sleep(0.02)
+    raise AssertionError("the guest call never started")
+
+
+def test_pg_cancel_backend_stops_a_running_guest(conn, admin):
+    conn.execute("SET dj.make_timeout = 0")  # only the cancel can stop it
+    pid = conn.info.backend_pid
+    thread, outcome = run_loop_in_thread(conn)
+    wait_until_running(admin, pid)
+    time.sleep(0.2)
+    assert admin.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(outcome["error"], errors.QueryCanceled)
+    assert "canceling statement due to user request" in str(outcome["error"])
+    assert outcome["seconds"] < 5
+    assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+
+
+def test_statement_timeout_stops_a_running_guest(conn):
+    conn.execute("SET dj.make_timeout = 0")
+    conn.execute("SET statement_timeout = '300ms'")
+    started = time.monotonic()
+    with pytest.raises(errors.QueryCanceled, match="statement timeout"):
+        conn.execute(CALL, (LOOP,))
+    assert time.monotonic() - started < 3
+    conn.execute("RESET statement_timeout")
+    assert conn.execute(CALL, (ANSWER,)).fetchone()[0] == 42
+
+
+def test_terminate_ends_only_that_backend(admin):
+    victim = connect()
+    victim.execute("CREATE EXTENSION IF NOT EXISTS datajoint")
+    victim.execute("SET dj.make_timeout = 0")
+    started = postmaster_start(admin)
+    pid = victim.info.backend_pid
+    thread, outcome = run_loop_in_thread(victim)
+    wait_until_running(admin, pid)
+    time.sleep(0.2)
+    assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+    thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(outcome["error"], psycopg.OperationalError)
+    assert outcome["seconds"] < 5
+    # The rest of the server is untouched: no crash recovery, other sessions keep working.
+    assert postmaster_start(admin) == started
+    assert admin.execute("SELECT 1").fetchone()[0] == 1
+    victim.close()
+
+
+def test_many_failures_in_one_backend_leave_it_healthy(conn):
+    pid = conn.info.backend_pid
+    conn.execute("SET dj.make_timeout = '20ms'")
+    conn.execute("SET dj.make_memory_limit = '4MB'")
+    for i in range(30):
+        module = (TRAP, LOOP, BOMB)[i % 3]
+        with pytest.raises(psycopg.Error):
+            conn.execute(CALL, (module,))
+    assert conn.execute(CALL, (ANSWER,)).fetchone()[0] == 42
+    assert conn.info.backend_pid == pid
