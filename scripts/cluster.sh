@@ -7,9 +7,11 @@
 #
 # NAME (default "dev") picks the cluster; each has its own data folder, socket folder and log.
 # The folder is .cluster/NAME under the repository when the postgres user can reach it there,
-# otherwise /var/tmp/datajoint-<hash of the repository path>/NAME. Default ports: dev 55432,
-# test 55433, anything else 55434. `eval "$(scripts/cluster.sh env)"` exports PGHOST, PGPORT,
-# PGUSER and PGDATABASE for psql, psycopg, datajoint-python and other tools.
+# otherwise /var/tmp/datajoint-<hash of the repository path>/NAME. The dev cluster listens on
+# 55432; every other cluster on a port derived from its folder (56000-57999), so that two
+# checkouts never fight over one. A cluster keeps the port it was created with.
+# `eval "$(scripts/cluster.sh env)"` exports PGHOST, PGPORT, PGUSER and PGDATABASE for psql,
+# psycopg, datajoint-python and other tools.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 PG_BIN=/usr/lib/postgresql/15/bin
@@ -24,12 +26,10 @@ while [[ $# -gt 0 ]]; do
 done
 cmd=${1:-status}; shift || true
 [[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "cluster name must be [A-Za-z0-9_-]+" >&2; exit 2; }
-if [[ -z "$port" ]]; then
-  case "$name" in dev) port=55432 ;; test) port=55433 ;; *) port=55434 ;; esac
-fi
 DB=datajoint
 
-as_pg() { if [[ $(id -un) == postgres ]]; then "$@"; else sudo -u postgres -- "$@"; fi; }
+# From /, so that the postgres user is never asked to enter a folder it cannot read.
+as_pg() { if [[ $(id -un) == postgres ]]; then (cd / && "$@"); else (cd / && sudo -u postgres -- "$@"); fi; }
 
 base_dir() {
   local in_repo="$here/.cluster"
@@ -37,13 +37,25 @@ base_dir() {
   if as_pg test -w "$in_repo" 2>/dev/null; then
     echo "$in_repo"
   else
-    local h; h=$(printf '%s' "$here" | sha256sum | cut -c1-10)
-    mkdir -p "/var/tmp/datajoint-$h" && chown postgres:postgres "/var/tmp/datajoint-$h"
-    echo "/var/tmp/datajoint-$h"
+    local h d; h=$(printf '%s' "$here" | sha256sum | cut -c1-10); d=/var/tmp/datajoint-$h
+    # A predictable name in a shared folder: create it ourselves, or accept it only if the
+    # postgres user owns it and no one else can write to it.
+    if mkdir -m 700 "$d" 2>/dev/null; then
+      chown postgres:postgres "$d"
+    elif [[ $(stat -c '%U %a' "$d" 2>/dev/null) != "postgres 700" ]]; then
+      echo "$d exists but is not a postgres-owned folder of mode 700; remove it" >&2; exit 1
+    fi
+    echo "$d"
   fi
 }
 root=$(base_dir)/$name
 data=$root/data sock=$root/sock log=$root/postgres.log
+if [[ -z "$port" ]]; then
+  port=$(sed -n 's/^port = \([0-9]*\)$/\1/p' "$data/postgresql.conf" 2>/dev/null | tail -n 1 || true)
+fi
+if [[ -z "$port" ]]; then
+  if [[ $name == dev ]]; then port=55432; else port=$((56000 + $(printf '%s' "$root" | cksum | cut -d' ' -f1) % 2000)); fi
+fi
 
 running() { as_pg "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; }
 
@@ -55,7 +67,7 @@ do_init() {
     echo "# datajoint $name cluster"
     echo "port = $port"
     echo "listen_addresses = '127.0.0.1'"
-    echo "unix_socket_directories = '$sock'"
+    echo "unix_socket_directories = '${sock//\'/\'\'}'"
     [[ $preload == 1 ]] && echo "shared_preload_libraries = 'datajoint'"
     echo "max_worker_processes = 16"
     echo "fsync = off  # development and test clusters only"
@@ -65,6 +77,10 @@ do_init() {
 
 do_start() {
   do_init
+  if ! running && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "cluster $name: port $port is taken by another server; stop it, or destroy this cluster and pass --port" >&2
+    exit 1
+  fi
   running || as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null || {
     echo "cluster $name failed to start; last log lines:" >&2; tail -20 "$log" >&2; exit 1; }
   as_pg "$PG_BIN/psql" -h "$sock" -p "$port" -U postgres -d postgres -Atqc \

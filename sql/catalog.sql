@@ -2,6 +2,18 @@
 -- Created before any generated function. Rows users create are kept by pg_dump
 -- (pg_extension_config_dump); caches are not.
 
+-- The control file installs into schema dj, creating it if missing. A dj schema that already
+-- exists must belong to a superuser: its owner could otherwise replace the extension's functions
+-- with its own, for superusers to call later.
+DO $$
+BEGIN
+  IF NOT (SELECT r.rolsuper FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'dj') THEN
+    RAISE EXCEPTION 'schema dj exists and is owned by a role that is not a superuser'
+      USING ERRCODE = 'insufficient_privilege',
+            HINT = 'Drop or rename that schema, or make a superuser its owner (ALTER SCHEMA dj OWNER TO ...), then CREATE EXTENSION datajoint again.';
+  END IF;
+END $$;
+
 -- PostgreSQL creates schema dj for the control file with no privileges for other roles: every role
 -- may use the dj functions its grants allow (function and table grants below decide what).
 GRANT USAGE ON SCHEMA dj TO PUBLIC;

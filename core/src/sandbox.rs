@@ -8,7 +8,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     /// Fuel (roughly one unit per wasm instruction); `None` for no budget.
     pub fuel: Option<u64>,
-    /// Upper bound on the bytes of each linear memory.
+    /// Upper bound on the bytes of all linear memories of the call together.
     pub memory_bytes: usize,
 }
 
@@ -66,8 +66,10 @@ pub enum SandboxError {
     Timeout { limit: Duration },
     #[error("guest used up its fuel budget of {limit} units")]
     OutOfFuel { limit: u64 },
-    #[error("guest tried to grow a memory to {requested} bytes, above the limit of {limit} bytes")]
+    #[error("guest tried to use {requested} bytes of memory, above the limit of {limit} bytes")]
     MemoryLimit { requested: usize, limit: usize },
+    #[error("the sandbox cannot run this module: {0}")]
+    Resource(String),
     #[error("guest call interrupted by the host")]
     Interrupted,
     #[error("sandbox failure: {0}")]
@@ -178,6 +180,10 @@ pub struct Guard {
     interrupt: fn() -> bool,
     stopped: Option<Stop>,
     memory_requested: Option<usize>,
+    /// Bytes of all memories and elements of all tables so far: a module with many memories or
+    /// tables gets one budget, not one per memory.
+    memory_total: usize,
+    table_elements: usize,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -189,26 +195,33 @@ enum Stop {
 impl ResourceLimiter for Guard {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limits.memory_bytes {
+        let total = self.memory_total - current + desired;
+        if total > self.limits.memory_bytes {
             // An error (not a refused grow) ends the call at once, so the guest cannot carry on
             // in a degraded state, and the message names the real cause.
-            self.memory_requested = Some(desired);
+            self.memory_requested = Some(total);
             wasmtime::bail!("memory limit exceeded");
         }
+        self.memory_total = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        let total = self.table_elements - current + desired;
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
@@ -232,6 +245,8 @@ pub fn new_store(limits: &Limits, interrupt: fn() -> bool) -> Result<Store<Guard
         interrupt,
         stopped: None,
         memory_requested: None,
+        memory_total: 0,
+        table_elements: 0,
     };
     let mut store = Store::new(engine(), guard);
     store.limiter(|g| g as &mut dyn ResourceLimiter);
@@ -274,7 +289,9 @@ fn classify(err: wasmtime::Error, guard: &Guard) -> SandboxError {
             let message = text.strip_prefix("wasm trap: ").unwrap_or(&text).to_string();
             SandboxError::Trap { message, backtrace }
         }
-        None => SandboxError::Trap { message: format!("{err:#}"), backtrace },
+        // Not a trap: the host refused something at instantiation (too many memories, tables or
+        // instances) or could not provide it (address space).
+        None => SandboxError::Resource(format!("{err:#}")),
     }
 }
 
@@ -301,7 +318,7 @@ fn format_backtrace(bt: &WasmBacktrace) -> String {
 }
 
 static ACTIVE_CALLS: AtomicUsize = AtomicUsize::new(0);
-static TICKER: OnceLock<Thread> = OnceLock::new();
+static TICKER: Mutex<Option<Thread>> = Mutex::new(None);
 
 /// While at least one guest call is active the ticker thread advances the engine's epoch every
 /// [`EPOCH_TICK`]; otherwise it sleeps, so an idle backend pays nothing.
@@ -309,17 +326,14 @@ struct ActiveCall;
 
 impl ActiveCall {
     fn begin() -> Result<ActiveCall, SandboxError> {
-        let ticker = match TICKER.get() {
-            Some(t) => t,
-            None => {
-                let handle = threads::spawn_signal_free("dj-epoch-ticker", ticker_loop)
-                    .map_err(|e| SandboxError::Internal(format!("cannot start the epoch ticker: {e}")))?;
-                // Only this thread starts tickers in a backend; a lost race just leaves one idle.
-                TICKER.get_or_init(|| handle.thread().clone())
-            }
-        };
+        let mut ticker = TICKER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ticker.is_none() {
+            let handle = threads::spawn_signal_free("dj-epoch-ticker", ticker_loop)
+                .map_err(|e| SandboxError::Internal(format!("cannot start the epoch ticker: {e}")))?;
+            *ticker = Some(handle.thread().clone());
+        }
         ACTIVE_CALLS.fetch_add(1, Ordering::AcqRel);
-        ticker.unpark();
+        ticker.as_ref().expect("started above").unpark();
         Ok(ActiveCall)
     }
 }
@@ -418,6 +432,23 @@ mod tests {
         let started = Instant::now();
         assert_eq!(run(grow, Limits { memory_bytes: 256 << 20, ..Limits::default() }), Ok(4095));
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn the_memory_cap_counts_all_memories_together() {
+        // Two memories of 5 MiB each against an 8 MiB cap: per-memory accounting would let it in.
+        let two = r#"(module (memory 80) (memory 80) (func (export "run")))"#;
+        let limits = Limits { memory_bytes: 8 << 20, ..Limits::default() };
+        assert_eq!(run(two, limits), Err(SandboxError::MemoryLimit { requested: 160 << 16, limit: 8 << 20 }));
+        let fits = r#"(module (memory 60) (memory 60) (func (export "run")))"#;
+        assert_eq!(run(fits, limits), Ok(0));
+    }
+
+    #[test]
+    fn too_many_memories_is_a_resource_error_not_a_trap() {
+        let many: String =
+            format!("(module {} (func (export \"run\")))", "(memory 0) ".repeat(MAX_MEMORIES + 1));
+        assert!(matches!(run(&many, Limits::default()), Err(SandboxError::Resource(_))));
     }
 
     #[test]

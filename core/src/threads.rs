@@ -23,15 +23,18 @@ where
     }
 }
 
-/// True when the calling thread blocks every catchable signal (SIGKILL and SIGSTOP cannot be).
+/// True when the calling thread blocks every signal that can be blocked (all but SIGKILL and
+/// SIGSTOP), real-time signals included.
 pub fn all_signals_blocked() -> bool {
     // SAFETY: as above.
     unsafe {
         let mut current: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
-        [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1, libc::SIGUSR2, libc::SIGALRM, libc::SIGQUIT]
-            .iter()
-            .all(|&s| libc::sigismember(&current, s) == 1)
+        (1..=libc::SIGRTMAX())
+            .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
+            // glibc reserves two real-time signals for itself and never reports them blocked.
+            .filter(|&s| s < 32 || s >= libc::SIGRTMIN())
+            .all(|s| libc::sigismember(&current, s) == 1)
     }
 }
 

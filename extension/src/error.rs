@@ -5,6 +5,12 @@ use datajoint_core::sandbox::SandboxError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
+/// Raises an ERROR with a SQLSTATE, message and HINT. Never returns.
+pub fn raise(code: PgSqlErrorCode, message: String, hint: &str, funcname: &'static str) -> ! {
+    ErrorReport::new(code, message, funcname).set_hint(hint).report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 /// Raises the ERROR for a failed guest call. Never returns.
 pub fn raise_sandbox(err: SandboxError, funcname: &'static str) -> ! {
     use PgSqlErrorCode::*;
@@ -29,6 +35,11 @@ pub fn raise_sandbox(err: SandboxError, funcname: &'static str) -> ! {
             ERRCODE_OUT_OF_MEMORY,
             "A superuser can raise dj.make_memory_limit; otherwise process the data in smaller pieces."
                 .into(),
+            None,
+        ),
+        SandboxError::Resource(_) => (
+            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "The module needs more instances, memories or tables than the sandbox allows.".into(),
             None,
         ),
         SandboxError::Trap { backtrace, .. } => (

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 mod api;
 mod error;
 mod gucs;
+mod interrupts;
 mod preload;
 
 ::pgrx::pg_module_magic!();

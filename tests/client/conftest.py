@@ -2,6 +2,7 @@
 (scripts/test.sh exports those of the throwaway "test" cluster)."""
 import os
 import pathlib
+import subprocess
 
 import psycopg
 import pytest
@@ -35,3 +36,30 @@ def admin():
     c = connect()
     yield c
     c.close()
+
+
+def cluster_log() -> pathlib.Path:
+    """The server log of the cluster under test (scripts/cluster.sh --name $DJ_TEST_CLUSTER)."""
+    name = os.environ.get("DJ_TEST_CLUSTER", "test")
+    root = subprocess.run(
+        [str(REPO / "scripts" / "cluster.sh"), "--name", name, "dir"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return pathlib.Path(root) / "postgres.log"
+
+
+@pytest.fixture
+def server_log():
+    """Lines the server logs during the test. A crashed backend shows here (and the postmaster
+    restarts everyone) even when the client only sees a dropped connection."""
+    path = cluster_log()
+    start = path.stat().st_size
+
+    def new_lines() -> str:
+        with path.open("rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    yield new_lines
+    crash_marks = ("terminated by signal", "was terminated by", "all server processes terminated", "PANIC")
+    tail = new_lines()
+    assert not any(m in tail for m in crash_marks), tail

@@ -30,4 +30,12 @@ SELECT dj.version() IS NOT NULL AS reinstalled;
 DROP SCHEMA dj CASCADE;
 SELECT count(*) AS extension_left FROM pg_extension WHERE extname = 'datajoint';
 SELECT count(*) AS schema_left FROM pg_namespace WHERE nspname = 'dj';
+-- A dj schema that a non-superuser created first is refused: its owner could replace the
+-- extension's functions with its own.
+CREATE ROLE dj_squatter;
+CREATE SCHEMA dj AUTHORIZATION dj_squatter;
+CREATE EXTENSION datajoint;
+SELECT count(*) AS installed FROM pg_extension WHERE extname = 'datajoint';
+DROP SCHEMA dj;
+DROP ROLE dj_squatter;
 CREATE EXTENSION datajoint;

@@ -43,8 +43,10 @@ SELECT dj._sandbox_call(convert_to('(module (memory 1) (func (export "run")
   (loop (br_if 0 (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable))', 'UTF8'));
 SELECT pg_temp.sqlstate_of($q$SELECT dj._sandbox_call(convert_to('(module (memory 1) (func (export "run")
   (loop (br_if 0 (i32.ne (memory.grow (i32.const 1)) (i32.const -1)))) unreachable))', 'UTF8'))$q$);
--- A module that asks for too much memory up front is refused the same way.
+-- A module that asks for too much memory up front is refused the same way, and the cap is for
+-- all of a module's memories together.
 SELECT dj._sandbox_call(convert_to('(module (memory 1000) (func (export "run")))', 'UTF8'));
+SELECT dj._sandbox_call(convert_to('(module (memory 300) (memory 300) (func (export "run")))', 'UTF8'));
 RESET dj.make_memory_limit;
 SELECT pg_backend_pid() = :pid AS same_backend, 1 AS serving;
 
@@ -57,6 +59,8 @@ SELECT dj._sandbox_call(convert_to('(module (func (export "run") i32.bogus))', '
 SELECT dj._sandbox_call(convert_to('(module (func (export "go")))', 'UTF8'));
 SELECT dj._sandbox_call(convert_to('(module (func (export "run") (param i32)))', 'UTF8'));
 SELECT dj._sandbox_call(convert_to('(module (import "env" "open" (func)) (func (export "run")))', 'UTF8'));
+SELECT dj._sandbox_call(convert_to('(module ' || repeat('(memory 0) ', 40) || '(func (export "run")))', 'UTF8'));
+SELECT dj._sandbox_call(convert_to('(module (func (export "run")))' || repeat(' ', 1048576), 'UTF8'));
 SELECT pg_temp.sqlstate_of($q$SELECT dj._sandbox_call('\x00'::bytea)$q$) AS invalid,
        pg_temp.sqlstate_of($q$SELECT dj._sandbox_call(convert_to('(module)', 'UTF8'))$q$) AS missing_export;
 

@@ -5,20 +5,24 @@
 use datajoint_core::sandbox;
 use pgrx::prelude::*;
 
-use crate::{error, gucs};
+use crate::{error, gucs, interrupts};
 
-/// Polled by the guest's epoch callback on this backend's main thread.
-fn interrupt_pending() -> bool {
-    // SAFETY: a sig_atomic_t flag that Postgres' signal handlers set; reading it is what
-    // CHECK_FOR_INTERRUPTS does.
-    unsafe { pg_sys::InterruptPending != 0 }
-}
+/// Compilation is not interruptible: keep what this entry point compiles small.
+const MAX_MODULE_BYTES: usize = 1 << 20;
 
 #[pg_extern(volatile, parallel_unsafe, name = "_sandbox_call")]
 fn sandbox_call(module: &[u8], export: default!(&str, "'run'")) -> i64 {
     const FN: &str = "dj._sandbox_call";
+    if module.len() > MAX_MODULE_BYTES {
+        error::raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("module is {} bytes; dj._sandbox_call takes at most {MAX_MODULE_BYTES}", module.len()),
+            "Use a smaller module: this entry point is a smoke test of the sandbox.",
+            FN,
+        );
+    }
     let compiled = sandbox::compile(module).unwrap_or_else(|e| error::raise_sandbox(e, FN));
-    sandbox::call_export(&compiled, export, &gucs::make_limits(), interrupt_pending)
+    sandbox::call_export(&compiled, export, &gucs::make_limits(), interrupts::stop_requested)
         .unwrap_or_else(|e| error::raise_sandbox(e, FN))
 }
 
@@ -64,7 +68,7 @@ mod tests {
         call(r#"(module (func (export "run") (loop (br 0))))"#);
     }
 
-    #[pg_test(error = "guest tried to grow a memory to 16842752 bytes, above the limit of 16777216 bytes")]
+    #[pg_test(error = "guest tried to use 16842752 bytes of memory, above the limit of 16777216 bytes")]
     fn memory_bomb_is_stopped_by_the_cap() {
         Spi::run("SET dj.make_memory_limit = '16MB'").unwrap();
         call(
