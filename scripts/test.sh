@@ -15,10 +15,17 @@ PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
 scripts/setup.sh || { echo "setup failed"; exit 1; }
 
 results=() status=0
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
 tier() {
   local name=$1; shift
   printf '\n==== %s ====\n' "$name"
-  if "$@"; then results+=("$name: ok"); else results+=("$name: FAILED"); status=1; fi
+  local log="$log_dir/${#results[@]}.log" rc
+  "$@" 2>&1 | tee "$log"; rc=${PIPESTATUS[0]}
+  # The runner's own closing line(s), repeated at the end of the run.
+  local lines; lines=$(grep -E '^test result: |^golden: [0-9]+ passed|^[0-9]+ (passed|failed).* in [0-9.]+s' "$log" | sed "s/^/$name | /")
+  [[ -n "$lines" ]] || lines="$name | no summary line (exit $rc)"
+  if [[ $rc == 0 ]]; then results+=("$lines"); else results+=("$lines"$'\n'"$name | FAILED (exit $rc)"); status=1; fi
 }
 
 pg_tests() {
@@ -62,10 +69,16 @@ if install_and_start; then
   tier "golden SQL" golden
   tier "client tests" client
 else
-  results+=("install + test cluster: FAILED"); status=1
+  results+=("install + test cluster | FAILED"); status=1
 fi
 scripts/cluster.sh --name test stop
 
 printf '\n==== summary ====\n'
 printf '%s\n' "${results[@]}"
+# One plain line over all tiers: cargo's "N passed; N failed", pg_regress's and pytest's counts.
+summary=$(printf '%s\n' "${results[@]}")
+passed=$(grep -oE '[0-9]+ passed' <<<"$summary" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -oE '[0-9]+ failed' <<<"$summary" | awk '{s += $1} END {print s + 0}')
+(( status == 0 || failed > 0 )) || failed=1  # a tier that failed without counting still fails
+echo "total: $passed passed, $failed failed"
 exit $status
