@@ -2,8 +2,12 @@
 //! unit-tested with `cargo test -p datajoint-core`, and shared by the extension and (later) an
 //! out-of-database worker.
 
+pub mod definition;
+pub mod naming;
 pub mod sandbox;
+pub mod sql;
 pub mod threads;
+pub mod types;
 
 /// The wasmtime version this build links, read from Cargo.lock at build time.
 pub const WASMTIME_VERSION: &str = env!("DJ_WASMTIME_VERSION");
