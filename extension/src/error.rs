@@ -1,84 +1,150 @@
-//! The one place where core errors become PostgreSQL errors: each with a SQLSTATE, a message that
-//! says what went wrong and a HINT that says what to do.
+//! The one place where errors become PostgreSQL errors: each with a SQLSTATE, a message that says
+//! what went wrong, a DETAIL where it helps, and a HINT that says what to do.
 
+use datajoint_core::definition::{DefinitionError, ErrorKind};
 use datajoint_core::sandbox::SandboxError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
-/// Raises an ERROR with a SQLSTATE, message and HINT. Never returns.
-pub fn raise(code: PgSqlErrorCode, message: String, hint: &str, funcname: &'static str) -> ! {
-    ErrorReport::new(code, message, funcname).set_hint(hint).report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct DjError {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: String,
 }
 
-/// Raises the ERROR for a failed guest call. Never returns.
-pub fn raise_sandbox(err: SandboxError, funcname: &'static str) -> ! {
-    use PgSqlErrorCode::*;
-    let (code, hint, detail) = match &err {
-        SandboxError::Interrupted => {
-            // The guest stopped because Postgres has an interrupt pending (cancel, timeout,
-            // terminate): let Postgres raise its own error, with its own SQLSTATE.
-            pgrx::check_for_interrupts!();
-            (ERRCODE_QUERY_CANCELED, "The call was interrupted.".to_string(), None)
-        }
-        SandboxError::Timeout { .. } => (
-            ERRCODE_QUERY_CANCELED,
-            "Raise dj.make_timeout (SET dj.make_timeout = '10min'), or make the function faster.".into(),
-            None,
-        ),
-        SandboxError::OutOfFuel { .. } => (
-            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            "Raise dj.make_fuel (millions of instructions; 0 = no budget).".into(),
-            None,
-        ),
-        SandboxError::MemoryLimit { .. } => (
-            ERRCODE_OUT_OF_MEMORY,
-            "A superuser can raise dj.make_memory_limit; otherwise process the data in smaller pieces."
-                .into(),
-            None,
-        ),
-        SandboxError::Resource(_) => (
-            ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            "The module needs more instances, memories or tables than the sandbox allows.".into(),
-            None,
-        ),
-        SandboxError::Trap { backtrace, .. } => (
-            ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            "The WebAssembly code failed; the DETAIL shows where.".into(),
-            backtrace.clone(),
-        ),
-        SandboxError::InvalidModule { detail, .. } => (
-            ERRCODE_INVALID_PARAMETER_VALUE,
-            "Pass the bytes of a WebAssembly module (binary, or text format).".into(),
-            detail.clone(),
-        ),
-        SandboxError::UnsupportedImport(_) => (
-            ERRCODE_FEATURE_NOT_SUPPORTED,
-            "This entry point runs self-contained modules; remove the import.".into(),
-            None,
-        ),
-        SandboxError::MissingExport { available, .. } => (
-            ERRCODE_UNDEFINED_FUNCTION,
-            if available.is_empty() {
-                "The module exports no functions.".to_string()
-            } else {
-                format!("The module exports: {}.", available.join(", "))
-            },
-            None,
-        ),
-        SandboxError::WrongSignature { .. } => (
-            ERRCODE_INVALID_FUNCTION_DEFINITION,
-            "Export a function that takes no arguments and returns nothing, an i32 or an i64.".into(),
-            None,
-        ),
-        SandboxError::Internal(_) => {
-            (ERRCODE_INTERNAL_ERROR, "This is a bug in datajoint; please report it.".into(), None)
-        }
-    };
-    let mut report = ErrorReport::new(code, err.to_string(), funcname).set_hint(hint);
-    if let Some(detail) = detail {
-        report = report.set_detail(detail);
+pub type DjResult<T> = Result<T, DjError>;
+
+impl DjError {
+    pub fn new(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        DjError { code, message: message.into(), detail: None, hint: hint.into() }
     }
-    report.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Raises the ERROR. Never returns.
+    pub fn raise(self, funcname: &'static str) -> ! {
+        let mut report = ErrorReport::new(self.code, self.message, funcname).set_hint(self.hint);
+        if let Some(detail) = self.detail {
+            report = report.set_detail(detail);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+/// `result.or_raise("dj.declare")`: the value, or the ERROR.
+pub trait OrRaise<T> {
+    fn or_raise(self, funcname: &'static str) -> T;
+}
+
+impl<T, E: Into<DjError>> OrRaise<T> for Result<T, E> {
+    fn or_raise(self, funcname: &'static str) -> T {
+        self.unwrap_or_else(|e| e.into().raise(funcname))
+    }
+}
+
+impl From<pgrx::spi::Error> for DjError {
+    fn from(e: pgrx::spi::Error) -> Self {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("catalog query failed: {e}"),
+            "This is a bug in datajoint; please report it.",
+        )
+    }
+}
+
+impl From<DefinitionError> for DjError {
+    fn from(e: DefinitionError) -> Self {
+        use PgSqlErrorCode::*;
+        let code = match e.kind {
+            ErrorKind::Syntax => ERRCODE_SYNTAX_ERROR,
+            ErrorKind::UndefinedType => ERRCODE_UNDEFINED_OBJECT,
+            ErrorKind::DuplicateColumn => ERRCODE_DUPLICATE_COLUMN,
+            ErrorKind::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
+            ErrorKind::UndefinedTable => ERRCODE_UNDEFINED_TABLE,
+            ErrorKind::ReservedName => ERRCODE_RESERVED_NAME,
+            ErrorKind::NameTooLong => ERRCODE_NAME_TOO_LONG,
+            ErrorKind::InvalidDefinition => ERRCODE_INVALID_TABLE_DEFINITION,
+            ErrorKind::DuplicateObject => ERRCODE_DUPLICATE_TABLE,
+            ErrorKind::NotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        };
+        let location = e.location();
+        let mut err = DjError::new(code, e.message, e.hint);
+        err.detail = location;
+        err
+    }
+}
+
+impl From<SandboxError> for DjError {
+    fn from(err: SandboxError) -> Self {
+        use PgSqlErrorCode::*;
+        let (code, hint, detail) = match &err {
+            SandboxError::Interrupted => {
+                // The guest stopped because Postgres wants the statement or backend to end: let
+                // Postgres raise its own error, with its own SQLSTATE.
+                pgrx::check_for_interrupts!();
+                (ERRCODE_QUERY_CANCELED, "The call was interrupted.".to_string(), None)
+            }
+            SandboxError::Timeout { .. } => (
+                ERRCODE_QUERY_CANCELED,
+                "Raise dj.make_timeout (SET dj.make_timeout = '10min'), or make the function faster.".into(),
+                None,
+            ),
+            SandboxError::OutOfFuel { .. } => (
+                ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                "Raise dj.make_fuel (millions of instructions; 0 = no budget).".into(),
+                None,
+            ),
+            SandboxError::MemoryLimit { .. } => (
+                ERRCODE_OUT_OF_MEMORY,
+                "A superuser can raise dj.make_memory_limit; otherwise process the data in smaller pieces."
+                    .into(),
+                None,
+            ),
+            SandboxError::Resource(_) => (
+                ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                "The module needs more instances, memories or tables than the sandbox allows.".into(),
+                None,
+            ),
+            SandboxError::Trap { backtrace, .. } => (
+                ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+                "The WebAssembly code failed; the DETAIL shows where.".into(),
+                backtrace.clone(),
+            ),
+            SandboxError::InvalidModule { detail, .. } => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                "Pass the bytes of a WebAssembly module (binary, or text format).".into(),
+                detail.clone(),
+            ),
+            SandboxError::UnsupportedImport(_) => (
+                ERRCODE_FEATURE_NOT_SUPPORTED,
+                "This entry point runs self-contained modules; remove the import.".into(),
+                None,
+            ),
+            SandboxError::MissingExport { available, .. } => (
+                ERRCODE_UNDEFINED_FUNCTION,
+                if available.is_empty() {
+                    "The module exports no functions.".to_string()
+                } else {
+                    format!("The module exports: {}.", available.join(", "))
+                },
+                None,
+            ),
+            SandboxError::WrongSignature { .. } => (
+                ERRCODE_INVALID_FUNCTION_DEFINITION,
+                "Export a function that takes no arguments and returns nothing, an i32 or an i64.".into(),
+                None,
+            ),
+            SandboxError::Internal(_) => {
+                (ERRCODE_INTERNAL_ERROR, "This is a bug in datajoint; please report it.".into(), None)
+            }
+        };
+        DjError { code, message: err.to_string(), detail, hint }
+    }
 }

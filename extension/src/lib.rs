@@ -4,10 +4,12 @@
 use pgrx::prelude::*;
 
 mod api;
+mod catalog;
 mod error;
 mod gucs;
 mod interrupts;
 mod preload;
+mod regclass;
 
 ::pgrx::pg_module_magic!();
 

@@ -5,7 +5,8 @@
 use datajoint_core::sandbox;
 use pgrx::prelude::*;
 
-use crate::{error, gucs, interrupts};
+use crate::error::{DjError, OrRaise};
+use crate::{gucs, interrupts};
 
 /// Compilation is not interruptible: keep what this entry point compiles small.
 const MAX_MODULE_BYTES: usize = 1 << 20;
@@ -14,16 +15,15 @@ const MAX_MODULE_BYTES: usize = 1 << 20;
 fn sandbox_call(module: &[u8], export: default!(&str, "'run'")) -> i64 {
     const FN: &str = "dj._sandbox_call";
     if module.len() > MAX_MODULE_BYTES {
-        error::raise(
+        DjError::new(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
             format!("module is {} bytes; dj._sandbox_call takes at most {MAX_MODULE_BYTES}", module.len()),
             "Use a smaller module: this entry point is a smoke test of the sandbox.",
-            FN,
-        );
+        )
+        .raise(FN);
     }
-    let compiled = sandbox::compile(module).unwrap_or_else(|e| error::raise_sandbox(e, FN));
-    sandbox::call_export(&compiled, export, &gucs::make_limits(), interrupts::stop_requested)
-        .unwrap_or_else(|e| error::raise_sandbox(e, FN))
+    let compiled = sandbox::compile(module).or_raise(FN);
+    sandbox::call_export(&compiled, export, &gucs::make_limits(), interrupts::stop_requested).or_raise(FN)
 }
 
 extension_sql!(

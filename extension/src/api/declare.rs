@@ -1,0 +1,300 @@
+//! `dj.declare` and `dj.tables`: pipeline tables from DataJoint definitions, laid out exactly as
+//! datajoint-python 2.x lays them out, so its clients see them as their own.
+
+use datajoint_core::declare::{self, Options, Target};
+use datajoint_core::definition::{self, Item};
+use datajoint_core::naming::{self, Tier};
+use datajoint_core::sql;
+use datajoint_core::types::AttributeType;
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgSqlErrorCode};
+
+use crate::catalog::{self, TableName};
+use crate::error::{DjError, DjResult, OrRaise};
+use crate::regclass::RegClass;
+
+const FN: &str = "dj.declare";
+
+/// `dj.declare(class_name, tier, definition, contents)`: creates the table (and its schema, enum
+/// types, indexes, comments and `~lineage` rows) in the current transaction.
+#[pg_extern(volatile, parallel_unsafe)]
+fn declare(
+    class_name: &str,
+    tier: &str,
+    definition: &str,
+    contents: default!(Option<JsonB>, "NULL"),
+) -> RegClass {
+    let name = declare_table(class_name, tier, definition, contents).or_raise(FN);
+    let oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.qualified().into()])
+        .or_raise(FN)
+        .expect("the table was just created");
+    RegClass(oid)
+}
+
+fn declare_table(
+    class_name: &str,
+    tier: &str,
+    definition: &str,
+    contents: Option<JsonB>,
+) -> DjResult<TableName> {
+    let tier = Tier::parse(tier).ok_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("\"{tier}\" is not a tier"),
+            "The tiers are lookup, manual, imported, computed and part.",
+        )
+    })?;
+    let (target, master) = target_of(class_name, tier)?;
+    if catalog::table_exists(&target.schema, &target.table)? {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_TABLE,
+            format!("table {class_name} already exists as {}", sql::qualified(&target.schema, &target.table)),
+            "Drop the existing table first (DROP TABLE, dependents included) to declare it anew.",
+        ));
+    }
+    let parsed = definition::parse(definition)?;
+
+    let mut parents = Vec::new();
+    for line in &parsed.lines {
+        match &line.item {
+            Item::ForeignKey(fk) => {
+                let parent = resolve_parent(&fk.parent, &target.schema, master.as_ref())
+                    .map_err(|e| e.detail(format!("line {}: -> {}", line.number, fk.parent.join("."))))?;
+                parents.push(catalog::parent(&parent)?);
+            }
+            Item::Attribute(a) => {
+                // Native types go to PostgreSQL as written: check them here to report where.
+                if let Ok(AttributeType::Native { sql_type }) = AttributeType::parse(&a.type_text) {
+                    if !catalog::is_known_type(&sql_type)? {
+                        return Err(DjError::new(
+                            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                            format!("type {sql_type} does not exist"),
+                            "Use a DataJoint core type (int32, float64, varchar(n), datetime, ...) or a PostgreSQL type.",
+                        )
+                        .detail(format!("line {}, column {}: {} : {}", line.number, a.type_column, a.name, a.type_text)));
+                    }
+                }
+            }
+            Item::Index(_) => {}
+        }
+    }
+    let ddl = declare::compile(&parsed, &target, &parents, Options::default())?;
+
+    if !catalog::schema_exists(&target.schema)? {
+        Spi::run(&format!("CREATE SCHEMA {}", sql::ident(&target.schema)))?;
+    }
+    for (type_name, values) in &ddl.enums {
+        // Enum types are shared by every table of the schema with the same value set.
+        if !catalog::type_exists(&target.schema, type_name)? {
+            Spi::run(&declare::create_enum_sql(&target.schema, type_name, values))?;
+        }
+    }
+    Spi::run(&ddl.create_table)?;
+    for statement in ddl.indexes.iter().chain(&ddl.comments) {
+        Spi::run(statement)?;
+    }
+    for notice in &ddl.notices {
+        pgrx::notice!("{notice}");
+    }
+    write_lineage(&target, &ddl.lineage)?;
+
+    let name = TableName { schema: target.schema.clone(), table: target.table.clone() };
+    if let Some(rows) = contents {
+        if tier != Tier::Lookup {
+            return Err(DjError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "contents are only for Lookup tables",
+                "Insert rows into other tiers with INSERT, or declare the table as a lookup.",
+            ));
+        }
+        insert_contents(&name, &ddl.columns, rows)?;
+    }
+    Ok(name)
+}
+
+/// The table a class name declares: `schema.Class` for masters, `schema.Master.Part` for parts
+/// (whose master must exist). Returns the master too, for `-> master`.
+fn target_of(class_name: &str, tier: Tier) -> DjResult<(Target, Option<TableName>)> {
+    let bad = |why: &str| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("\"{class_name}\" is not a valid class name for a {tier} table: {why}"),
+            "Write schema.ClassName (schema.Master.Part for part tables), with CamelCase class names.",
+        )
+    };
+    let parts = catalog::split_name(class_name).ok_or_else(|| bad("it is not a dotted name"))?;
+    let schema_ok =
+        |s: &str| !s.is_empty() && s.len() <= naming::MAX_NAME_LENGTH && !s.starts_with("pg_") && s != "dj";
+    match (tier, parts.as_slice()) {
+        (Tier::Part, [schema, master, part]) if schema_ok(schema) => {
+            if !naming::is_class_name(master) || !naming::is_class_name(part) {
+                return Err(bad("class names are CamelCase letters and digits"));
+            }
+            let master_table = catalog::find_class(schema, master)?.ok_or_else(|| {
+                DjError::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                    format!("master table {schema}.{master} does not exist"),
+                    "Declare the master first, then its parts.",
+                )
+            })?;
+            let table = naming::part_table_name(&master_table.table, part);
+            Ok((Target { schema: schema.clone(), table, tier }, Some(master_table)))
+        }
+        (Tier::Part, _) => Err(bad("a part is named schema.Master.Part")),
+        (_, [schema, class]) if schema_ok(schema) => {
+            if !naming::is_class_name(class) {
+                return Err(bad("class names are CamelCase letters and digits, starting with a capital"));
+            }
+            Ok((Target { schema: schema.clone(), table: naming::master_table_name(class, tier), tier }, None))
+        }
+        (_, [schema, _]) if !schema_ok(schema) => Err(bad("the schema name is reserved or too long")),
+        _ => Err(bad("a master table is named schema.ClassName")),
+    }
+}
+
+/// The table a foreign key names: `master`, `Class`, `schema.Class`, `Master.Part` or
+/// `schema.Master.Part`, relative to the declaring schema.
+fn resolve_parent(path: &[String], schema: &str, master: Option<&TableName>) -> DjResult<TableName> {
+    let missing = |what: String| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("referenced table {what} does not exist"),
+            format!(
+                "Declare parents before their children; dj.tables('{}') lists what exists.",
+                schema.replace('\'', "''")
+            ),
+        )
+    };
+    let part_of = |s: &str, m: &str, p: &str| -> DjResult<TableName> {
+        let master = catalog::find_class(s, m)?.ok_or_else(|| missing(format!("{s}.{m}")))?;
+        let table = naming::part_table_name(&master.table, p);
+        if catalog::table_exists(s, &table)? {
+            Ok(TableName { schema: s.to_string(), table })
+        } else {
+            Err(missing(format!("{s}.{m}.{p}")))
+        }
+    };
+    match path {
+        [m] if m == "master" => master.cloned().ok_or_else(|| {
+            DjError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_FOREIGN_KEY,
+                "-> master is only valid in a part table",
+                "Declare this table with tier 'part' as schema.Master.Part, or name the parent.",
+            )
+        }),
+        [class] => catalog::find_class(schema, class)?.ok_or_else(|| missing(format!("{schema}.{class}"))),
+        [a, b] if naming::is_class_name(a) => part_of(schema, a, b),
+        [s, class] => catalog::find_class(s, class)?.ok_or_else(|| missing(format!("{s}.{class}"))),
+        [s, m, p] => part_of(s, m, p),
+        _ => Err(missing(path.join("."))),
+    }
+}
+
+/// Replaces the table's `~lineage` rows (datajoint-python's table, created on first use).
+fn write_lineage(target: &Target, rows: &[(String, String)]) -> DjResult<()> {
+    let lineage = sql::qualified(&target.schema, "~lineage");
+    if !catalog::table_exists(&target.schema, "~lineage")? {
+        Spi::run(&format!(
+        "CREATE TABLE {lineage} (\n\"table_name\" VARCHAR(64) NOT NULL,\n\"attribute_name\" VARCHAR(64) NOT NULL,\n\"lineage\" VARCHAR(255) NOT NULL,\nPRIMARY KEY (\"table_name\", \"attribute_name\")\n) "
+        ))?;
+    }
+    Spi::run_with_args(
+        &format!("DELETE FROM {lineage} WHERE table_name = $1"),
+        &[target.table.as_str().into()],
+    )?;
+    for (attribute, value) in rows {
+        Spi::run_with_args(
+            &format!(
+                "INSERT INTO {lineage} (table_name, attribute_name, lineage) VALUES ($1, $2, $3) \
+                 ON CONFLICT (table_name, attribute_name) DO UPDATE SET lineage = EXCLUDED.lineage"
+            ),
+            &[target.table.as_str().into(), attribute.as_str().into(), value.as_str().into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Lookup contents: a JSON array of objects (attribute → value) or of arrays (values in attribute
+/// order).
+fn insert_contents(name: &TableName, columns: &[String], contents: JsonB) -> DjResult<()> {
+    let visible: Vec<&String> = columns.iter().filter(|c| !c.starts_with('_')).collect();
+    let invalid = |why: String| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("contents: {why}"),
+            format!(
+                "Pass a JSON array of rows, each an object or an array of values for ({}).",
+                visible.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    };
+    let serde_json::Value::Array(rows) = contents.0 else { return Err(invalid("not a JSON array".into())) };
+    let mut objects = Vec::with_capacity(rows.len());
+    let mut used: Vec<&String> = Vec::new();
+    for (i, row) in rows.into_iter().enumerate() {
+        let object = match row {
+            serde_json::Value::Object(o) => o,
+            serde_json::Value::Array(values) => {
+                if values.len() != visible.len() {
+                    return Err(invalid(format!(
+                        "row {} has {} values for {} attributes",
+                        i + 1,
+                        values.len(),
+                        visible.len()
+                    )));
+                }
+                visible.iter().map(|c| c.to_string()).zip(values).collect()
+            }
+            _ => return Err(invalid(format!("row {} is neither an object nor an array", i + 1))),
+        };
+        for key in object.keys() {
+            let column = visible
+                .iter()
+                .find(|c| **c == key)
+                .ok_or_else(|| invalid(format!("\"{key}\" is not an attribute")))?;
+            if !used.contains(column) {
+                used.push(column);
+            }
+        }
+        objects.push(serde_json::Value::Object(object));
+    }
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let list = used.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+    let table = name.qualified();
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1)"
+        ),
+        &[JsonB(serde_json::Value::Array(objects)).into()],
+    )?;
+    Ok(())
+}
+
+/// `dj.tables(schema)`: the DataJoint tables of a schema (all schemas when NULL), with class
+/// names and tiers as datajoint-python infers them from the table names.
+#[pg_extern(stable, parallel_safe)]
+fn tables(
+    schema: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
+> {
+    let rows = catalog::tables(schema).or_raise("dj.tables");
+    TableIterator::new(rows.into_iter().map(|t| {
+        let tier = Tier::of_table(&t.table).map(|t| t.name().to_string()).unwrap_or_default();
+        (t.schema.clone(), naming::class_name_of(&t.table), tier, t.table)
+    }))
+}
+
+extension_sql!(
+    r#"
+COMMENT ON FUNCTION dj.declare(text, text, text, jsonb) IS
+  'Declare a DataJoint table: class name schema.ClassName (schema.Master.Part for parts), tier (lookup, manual, imported, computed, part), definition in the DataJoint language, optional contents for lookups. Creates the schema if missing. Returns the table.';
+COMMENT ON FUNCTION dj.tables(text) IS
+  'The DataJoint tables of a schema (all schemas when NULL): schema, class name, tier and SQL table name.';
+"#,
+    name = "declare_comments",
+    requires = [declare, tables]
+);

@@ -1,0 +1,231 @@
+//! The one place that reads PostgreSQL's catalog. Queries take names as parameters, never as
+//! pasted text.
+
+use datajoint_core::declare::{Parent, ParentColumn};
+use datajoint_core::naming::{self, Tier};
+use datajoint_core::sql;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::{DjError, DjResult};
+
+/// A table's schema and SQL name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    pub fn qualified(&self) -> String {
+        sql::qualified(&self.schema, &self.table)
+    }
+}
+
+fn exists(query: &str, args: &[&str]) -> DjResult<bool> {
+    let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
+    Ok(Spi::get_one_with_args::<bool>(&format!("SELECT EXISTS ({query})"), &args)?.unwrap_or(false))
+}
+
+pub fn schema_exists(schema: &str) -> DjResult<bool> {
+    exists("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
+}
+
+pub fn table_exists(schema: &str, table: &str) -> DjResult<bool> {
+    exists(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+        &[schema, table],
+    )
+}
+
+pub fn type_exists(schema: &str, name: &str) -> DjResult<bool> {
+    exists(
+        "SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = $1 AND t.typname = $2",
+        &[schema, name],
+    )
+}
+
+/// Whether PostgreSQL knows `type_text` as a type (to_regtype, which never raises).
+pub fn is_known_type(type_text: &str) -> DjResult<bool> {
+    exists("SELECT to_regtype($1) WHERE to_regtype($1) IS NOT NULL", &[type_text])
+}
+
+/// The master table of class `class` in `schema`: whichever tier's table name exists.
+pub fn find_class(schema: &str, class: &str) -> DjResult<Option<TableName>> {
+    for tier in [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed] {
+        let table = naming::master_table_name(class, tier);
+        if table_exists(schema, &table)? {
+            return Ok(Some(TableName { schema: schema.to_string(), table }));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves a table given as a class name (`lab.Session`, `lab.Pair.Channel`) or as an SQL name
+/// (`lab.__pair`, `"lab"."#rig"`), as every dj function that takes a table accepts it.
+pub fn resolve(name: &str) -> DjResult<TableName> {
+    let parts = split_name(name).ok_or_else(|| not_a_name(name))?;
+    let found = match parts.as_slice() {
+        [schema, last] if naming::is_class_name(last) => find_class(schema, last)?,
+        [schema, table] => {
+            table_exists(schema, table)?.then(|| TableName { schema: schema.clone(), table: table.clone() })
+        }
+        [schema, master, part] if naming::is_class_name(master) && naming::is_class_name(part) => {
+            find_class(schema, master)?
+                .map(|m| TableName { schema: schema.clone(), table: naming::part_table_name(&m.table, part) })
+                .filter(|t| table_exists(&t.schema, &t.table).unwrap_or(false))
+        }
+        _ => return Err(not_a_name(name)),
+    };
+    found.ok_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("table {name} does not exist"),
+            format!("dj.tables('{}') lists the tables of that schema.", parts[0].replace('\'', "''")),
+        )
+    })
+}
+
+fn not_a_name(name: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_INVALID_NAME,
+        format!("\"{name}\" is not a table name"),
+        "Name a table as schema.ClassName, schema.Master.Part, or by its SQL name schema.table_name.",
+    )
+}
+
+/// Splits `a.b.c` into its parts; parts may be double-quoted (`"lab"."#rig"`).
+pub fn split_name(name: &str) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    let mut chars = name.trim().chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    c => part.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+            part = part.trim().to_string();
+        }
+        if part.is_empty() {
+            return None;
+        }
+        parts.push(part);
+        match chars.next() {
+            None => return Some(parts),
+            Some('.') => continue,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// A parent table's visible primary key, with each column's type as datajoint-python reads it
+/// back from information_schema (children inherit that text) and its `~lineage`.
+pub fn parent(name: &TableName) -> DjResult<Parent> {
+    let lineage = lineage_of(name)?;
+    let rows = Spi::connect(|client| -> DjResult<Vec<ParentColumn>> {
+        let table = client.select(
+            "SELECT c.column_name::text, c.data_type::text, c.udt_schema::text, c.udt_name::text, \
+                    c.character_maximum_length::int4, c.numeric_precision::int4, c.numeric_scale::int4, \
+                    format_type(a.atttypid, a.atttypmod) \
+             FROM information_schema.columns c \
+             JOIN pg_attribute a ON a.attrelid = format('%I.%I', c.table_schema, c.table_name)::regclass \
+                                 AND a.attname = c.column_name \
+             JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY (i.indkey) \
+             WHERE c.table_schema = $1 AND c.table_name = $2 AND c.column_name NOT LIKE '\\_%' \
+             ORDER BY c.ordinal_position",
+            None,
+            &[name.schema.as_str().into(), name.table.as_str().into()],
+        )?;
+        let mut columns = Vec::new();
+        for row in table {
+            let column: String = row.get(1)?.unwrap_or_default();
+            let data_type: String = row.get(2)?.unwrap_or_default();
+            let udt_schema: String = row.get(3)?.unwrap_or_default();
+            let udt_name: String = row.get(4)?.unwrap_or_default();
+            let length: Option<i32> = row.get(5)?;
+            let precision: Option<i32> = row.get(6)?;
+            let scale: Option<i32> = row.get(7)?;
+            let formatted: String = row.get(8)?.unwrap_or_default();
+            let sql_type = match (data_type.as_str(), length, precision) {
+                ("USER-DEFINED", _, _) => sql::qualified(&udt_schema, &udt_name),
+                ("character", Some(n), _) => format!("char({n})"),
+                ("character varying", Some(n), _) => format!("varchar({n})"),
+                ("numeric", _, Some(p)) => match scale {
+                    Some(s) if s > 0 => format!("decimal({p},{s})"),
+                    _ => format!("decimal({p})"),
+                },
+                ("ARRAY", _, _) => formatted,
+                _ => data_type,
+            };
+            let lineage = lineage.iter().find(|(a, _)| *a == column).map(|(_, l)| l.clone());
+            columns.push(ParentColumn { name: column, sql_type, lineage });
+        }
+        Ok(columns)
+    })?;
+    if rows.is_empty() {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_FOREIGN_KEY,
+            format!("{} has no visible primary key to reference", name.qualified()),
+            "A singleton table (empty primary key) cannot be a parent; reference a table with key attributes.",
+        ));
+    }
+    Ok(Parent { schema: name.schema.clone(), table: name.table.clone(), primary_key: rows })
+}
+
+/// The `~lineage` rows of a table, if its schema has that table.
+fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
+    if !table_exists(&name.schema, "~lineage")? {
+        return Ok(Vec::new());
+    }
+    let query = format!(
+        "SELECT attribute_name::text, lineage::text FROM {} WHERE table_name = $1",
+        sql::qualified(&name.schema, "~lineage")
+    );
+    Spi::connect(|client| {
+        let mut rows = Vec::new();
+        for row in client.select(&query, None, &[name.table.as_str().into()])? {
+            rows.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
+        }
+        Ok(rows)
+    })
+}
+
+/// DataJoint tables (those whose names follow the tier conventions), optionally of one schema.
+pub fn tables(schema: Option<&str>) -> DjResult<Vec<TableName>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND ($1::text IS NULL OR n.nspname = $1) \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dj') AND n.nspname NOT LIKE 'pg\\_%' \
+             ORDER BY 1, 2",
+            None,
+            &[schema.into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let name =
+                TableName { schema: row.get(1)?.unwrap_or_default(), table: row.get(2)?.unwrap_or_default() };
+            if Tier::of_table(&name.table).is_some() {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    })
+}
