@@ -111,11 +111,14 @@ pub fn compile(
     let mut parents = parents.iter();
 
     for line in &definition.lines {
-        let at = |e: DefinitionError| e.at(line.number, 1, &line_text(&line.item));
+        let at = |e: DefinitionError| e.at(line.number, 1, &line.text);
         match &line.item {
             Item::Attribute(attribute) => {
-                let column = compile_attribute(attribute, line.in_key, target, &mut out)
-                    .map_err(|e| e.at(line.number, attribute.type_column, &line_text(&line.item)))?;
+                let column = compile_attribute(attribute, line.in_key, target, &mut out).map_err(|e| {
+                    // Point at the type when the type is what is wrong.
+                    let column = if e.kind == ErrorKind::UndefinedType { attribute.type_column } else { 1 };
+                    e.at(line.number, column, &line.text)
+                })?;
                 if columns.iter().any(|c| c.name == column.name) {
                     return Err(at(DefinitionError::new(
                         ErrorKind::DuplicateColumn,
@@ -252,7 +255,7 @@ pub fn compile(
                 format!("index column \"{missing}\" is not an attribute of the table"),
                 "Index only declared attributes.",
             )
-            .at(*line_number, 1, &line.map(|l| line_text(&l.item)).unwrap_or_default()));
+            .at(*line_number, 1, line.map_or("", |l| l.text.as_str())));
         }
         // datajoint-python keeps the first 30 characters of the joined column names.
         let joined: String = cols.join("_").chars().take(30).collect();
@@ -451,15 +454,6 @@ fn fk_columns<'p>(
 
 fn ident_list<S: AsRef<str>>(names: &[S]) -> String {
     names.iter().map(|n| sql::ident(n.as_ref())).collect::<Vec<_>>().join(", ")
-}
-
-/// A line's text for error messages, rebuilt from what was parsed.
-fn line_text(item: &Item) -> String {
-    match item {
-        Item::Attribute(a) => format!("{} : {}", a.name, a.type_text),
-        Item::ForeignKey(f) => format!("-> {}", f.parent.join(".")),
-        Item::Index(i) => format!("{}index({})", if i.unique { "unique " } else { "" }, i.columns.join(", ")),
-    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct Definition {
 pub struct Line {
     /// 1-based line number in the definition text.
     pub number: usize,
+    /// The line as written, trimmed, for error messages.
+    pub text: String,
     /// Above the `---` separator: part of the primary key.
     pub in_key: bool,
     pub item: Item,
@@ -200,7 +202,7 @@ pub fn parse(text: &str) -> Result<Definition, DefinitionError> {
             }
             other => other,
         };
-        lines.push(Line { number, in_key, item });
+        lines.push(Line { number, text: line.to_string(), in_key, item });
     }
     Ok(Definition { comment, lines })
 }

@@ -1,4 +1,5 @@
 -- The extension installs into schema dj, reports its versions and leaves nothing behind on DROP.
+DROP EXTENSION IF EXISTS datajoint;
 CREATE EXTENSION datajoint;
 SELECT extname, extversion ~ '^\d+\.\d+\.\d+$' AS semver, nspname AS schema, extrelocatable
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE extname = 'datajoint';

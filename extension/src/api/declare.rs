@@ -229,8 +229,7 @@ fn insert_contents(name: &TableName, columns: &[String], contents: JsonB) -> DjR
         )
     };
     let serde_json::Value::Array(rows) = contents.0 else { return Err(invalid("not a JSON array".into())) };
-    let mut objects = Vec::with_capacity(rows.len());
-    let mut used: Vec<&String> = Vec::new();
+    let table = name.qualified();
     for (i, row) in rows.into_iter().enumerate() {
         let object = match row {
             serde_json::Value::Object(o) => o,
@@ -247,28 +246,20 @@ fn insert_contents(name: &TableName, columns: &[String], contents: JsonB) -> DjR
             }
             _ => return Err(invalid(format!("row {} is neither an object nor an array", i + 1))),
         };
-        for key in object.keys() {
-            let column = visible
-                .iter()
-                .find(|c| **c == key)
-                .ok_or_else(|| invalid(format!("\"{key}\" is not an attribute")))?;
-            if !used.contains(column) {
-                used.push(column);
-            }
+        if let Some(key) = object.keys().find(|k| !visible.iter().any(|c| c == k)) {
+            return Err(invalid(format!("\"{key}\" is not an attribute")));
         }
-        objects.push(serde_json::Value::Object(object));
+        // Each row names its own attributes, so the ones it leaves out get their defaults.
+        let list = object.keys().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
+        let statement = if object.is_empty() {
+            format!("INSERT INTO {table} DEFAULT VALUES")
+        } else {
+            format!(
+                "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_record(NULL::{table}, $1)"
+            )
+        };
+        Spi::run_with_args(&statement, &[JsonB(serde_json::Value::Object(object)).into()])?;
     }
-    if objects.is_empty() {
-        return Ok(());
-    }
-    let list = used.iter().map(|c| sql::ident(c)).collect::<Vec<_>>().join(", ");
-    let table = name.qualified();
-    Spi::run_with_args(
-        &format!(
-            "INSERT INTO {table} ({list}) SELECT {list} FROM jsonb_populate_recordset(NULL::{table}, $1)"
-        ),
-        &[JsonB(serde_json::Value::Array(objects)).into()],
-    )?;
     Ok(())
 }
 
