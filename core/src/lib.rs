@@ -4,6 +4,8 @@
 
 pub mod declare;
 pub mod definition;
+pub mod dependencies;
+pub mod describe;
 pub mod naming;
 pub mod sandbox;
 pub mod sql;

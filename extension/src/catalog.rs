@@ -1,7 +1,13 @@
 //! The one place that reads PostgreSQL's catalog. Queries take names as parameters, never as
 //! pasted text.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use datajoint_core::declare::{Parent, ParentColumn};
+use datajoint_core::dependencies::{Catalog, Dependencies, Table};
+use datajoint_core::describe::{ColumnInfo, IndexInfo};
 use datajoint_core::naming::{self, Tier};
 use datajoint_core::sql;
 use pgrx::prelude::*;
@@ -228,4 +234,167 @@ pub fn tables(schema: Option<&str>) -> DjResult<Vec<TableName>> {
         }
         Ok(out)
     })
+}
+
+/// Columns of a table in order, as `describe` and `heading` need them.
+pub fn columns(name: &TableName) -> DjResult<Vec<ColumnInfo>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, \
+                    pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum), \
+                    coalesce(a.attnum = ANY (i.indkey), false) \
+             FROM pg_attribute a \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            None,
+            &[name.schema.as_str().into(), name.table.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(ColumnInfo {
+                name: row.get(1)?.unwrap_or_default(),
+                sql_type: row.get(2)?.unwrap_or_default(),
+                nullable: row.get(3)?.unwrap_or(false),
+                default: row.get(4)?,
+                comment: row.get(5)?,
+                in_key: row.get(6)?.unwrap_or(false),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// The table's comment ('' when none).
+pub fn table_comment(name: &TableName) -> DjResult<String> {
+    Ok(Spi::get_one_with_args::<String>(
+        "SELECT coalesce(obj_description(format('%I.%I', $1::text, $2::text)::regclass, 'pg_class'), '')",
+        &[name.schema.as_str().into(), name.table.as_str().into()],
+    )?
+    .unwrap_or_default())
+}
+
+/// Plain-column indexes other than the primary key, by name.
+pub fn indexes(name: &TableName) -> DjResult<Vec<IndexInfo>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT i.indisunique, array_agg(a.attname::text ORDER BY k.ord) \
+             FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = format('%I.%I', $1::text, $2::text)::regclass AND NOT i.indisprimary \
+               AND i.indexprs IS NULL AND i.indpred IS NULL \
+             GROUP BY ic.relname, i.indisunique ORDER BY ic.relname",
+            None,
+            &[name.schema.as_str().into(), name.table.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(IndexInfo {
+                unique: row.get(1)?.unwrap_or(false),
+                columns: row.get(2)?.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    })
+}
+
+const USER_SCHEMAS: &str =
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'dj') AND n.nspname NOT LIKE 'pg\\_%'";
+
+/// Every table of the user schemas with its primary key, and every foreign key among them.
+fn dependency_catalog() -> DjResult<Catalog> {
+    Spi::connect(|client| {
+        let mut catalog = Catalog::default();
+        let tables = client.select(
+            &format!(
+                "SELECT n.nspname::text, c.relname::text, \
+                        coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord) \
+                                  FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+                                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                                  WHERE i.indrelid = c.oid AND i.indisprimary), '{{}}') \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND {USER_SCHEMAS} AND c.relname NOT LIKE '~%'"
+            ),
+            None,
+            &[],
+        )?;
+        for row in tables {
+            let table = Table::new(
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+            );
+            catalog.tables.push((table, row.get::<Vec<String>>(3)?.unwrap_or_default()));
+        }
+        let keys = client.select(
+            &format!(
+                "SELECT n.nspname::text, cc.relname::text, pn.nspname::text, pc.relname::text, \
+                        array_agg(ca.attname::text ORDER BY k.ord), array_agg(pa.attname::text ORDER BY k.ord) \
+                 FROM pg_constraint co \
+                 JOIN pg_class cc ON cc.oid = co.conrelid JOIN pg_namespace n ON n.oid = cc.relnamespace \
+                 JOIN pg_class pc ON pc.oid = co.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace \
+                 CROSS JOIN LATERAL unnest(co.conkey, co.confkey) WITH ORDINALITY AS k(child, parent, ord) \
+                 JOIN pg_attribute ca ON ca.attrelid = co.conrelid AND ca.attnum = k.child \
+                 JOIN pg_attribute pa ON pa.attrelid = co.confrelid AND pa.attnum = k.parent \
+                 WHERE co.contype = 'f' AND {USER_SCHEMAS} AND cc.relname NOT LIKE '~%' \
+                 GROUP BY co.oid, co.conname, n.nspname, cc.relname, pn.nspname, pc.relname \
+                 ORDER BY 1, 2, co.conname"
+            ),
+            None,
+            &[],
+        )?;
+        for row in keys {
+            let child = Table::new(
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<String>(2)?.unwrap_or_default(),
+            );
+            let parent = Table::new(
+                row.get::<String>(3)?.unwrap_or_default(),
+                row.get::<String>(4)?.unwrap_or_default(),
+            );
+            let c: Vec<String> = row.get(5)?.unwrap_or_default();
+            let p: Vec<String> = row.get(6)?.unwrap_or_default();
+            catalog.foreign_keys.push((child, parent, c.into_iter().zip(p).collect()));
+        }
+        Ok(catalog)
+    })
+}
+
+/// Bumped by every relcache invalidation (any DDL on any table, ours or another session's).
+static CATALOG_GENERATION: AtomicU64 = AtomicU64::new(1);
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static DEPENDENCIES: RefCell<Option<(u64, Rc<Dependencies>)>> = const { RefCell::new(None) };
+}
+
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid: pg_sys::Oid) {
+    // Must not fail or allocate: only mark the cached graph stale.
+    CATALOG_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The dependency graph of all user schemas, cached for this backend until the next DDL.
+pub fn dependencies() -> DjResult<Rc<Dependencies>> {
+    if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: registers a callback that only touches an atomic; called on the main thread.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0))
+        };
+    }
+    let generation = CATALOG_GENERATION.load(Ordering::Relaxed);
+    if let Some(cached) = DEPENDENCIES
+        .with(|d| d.borrow().as_ref().filter(|(g, _)| *g == generation).map(|(_, deps)| deps.clone()))
+    {
+        return Ok(cached);
+    }
+    let deps = Rc::new(Dependencies::new(dependency_catalog()?).map_err(|cycle| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_FOREIGN_KEY,
+            format!("foreign keys form a cycle through {}.{}", cycle.0[0].schema, cycle.0[0].name),
+            "DataJoint pipelines are acyclic; drop the foreign key that closes the cycle.",
+        )
+    })?);
+    DEPENDENCIES.with(|d| *d.borrow_mut() = Some((generation, deps.clone())));
+    Ok(deps)
 }
