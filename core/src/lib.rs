@@ -2,11 +2,13 @@
 //! unit-tested with `cargo test -p datajoint-core`, and shared by the extension and (later) an
 //! out-of-database worker.
 
+pub mod cascade;
 pub mod declare;
 pub mod definition;
 pub mod dependencies;
 pub mod describe;
 pub mod naming;
+pub mod restriction;
 pub mod sandbox;
 pub mod sql;
 pub mod threads;

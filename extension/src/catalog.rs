@@ -398,3 +398,31 @@ pub fn dependencies() -> DjResult<Rc<Dependencies>> {
     DEPENDENCIES.with(|d| *d.borrow_mut() = Some((generation, deps.clone())));
     Ok(deps)
 }
+
+/// The DataJoint enum types (`enum_xxxxxxxx`) a table's columns use: (schema, type name).
+pub fn enum_types_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT DISTINCT tn.nspname::text, t.typname::text FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+             WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attnum > 0 \
+               AND NOT a.attisdropped AND t.typtype = 'e' AND t.typname LIKE 'enum\\_%'",
+            None,
+            &[name.schema.as_str().into(), name.table.as_str().into()],
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
+        }
+        Ok(out)
+    })
+}
+
+/// Whether any column still uses type `schema.name`.
+pub fn type_in_use(schema: &str, name: &str) -> DjResult<bool> {
+    exists(
+        "SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
+         WHERE n.nspname = $1 AND t.typname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        &[schema, name],
+    )
+}

@@ -151,6 +151,16 @@ def test_tables_declared_from_python_are_seen_by_dj_tables(dj_connection):
         ("Animal", "manual", "animal"),
     ]
 
+    # Their definitions read back through the catalog, in the same language.
+    described = c.execute("SELECT dj.describe(%s)", (f"{THEIRS}.Scan",)).fetchone()[0]
+    assert described == "-> Animal\n---\n-> Tank\n"
+    assert [line.rstrip() for line in Scan.describe().splitlines()] == described.splitlines()
+    assert c.execute("SELECT dj.describe(%s)", (f"{THEIRS}.Animal",)).fetchone()[0] == (
+        "animal               : varchar(16)\n---\nspecies=\"mouse\"      : varchar(32)\n"
+    )
+    parents = c.execute("SELECT class_name FROM dj.parents(%s)", (f"{THEIRS}.Scan.Frame",)).fetchall()
+    assert parents == [("Scan",)]
+
     # Our declare builds on their tables: a child of a Python-declared parent.
     c.execute("SELECT dj.declare(%s, 'computed', %s)", (f"{THEIRS}.Quality", "-> Scan\n---\nscore : float32"))
     lineage = c.execute(

@@ -1,6 +1,7 @@
 //! SQL-facing functions, one module per concept.
 
 mod declare;
+mod delete;
 mod pipeline;
 mod sandbox;
 mod version;
