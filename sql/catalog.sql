@@ -47,7 +47,15 @@ CREATE TABLE dj.schema_settings (
 );
 COMMENT ON TABLE dj.schema_settings IS 'Per-schema settings, such as server-enforced tiers (dj.enforce_tiers).';
 
-REVOKE ALL ON dj.modules, dj.module_artifacts, dj.schema_settings FROM PUBLIC;
+-- Anyone may read the settings; only a schema's owner (or a member of its owning role) may change them.
+ALTER TABLE dj.schema_settings ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON dj.schema_settings FOR SELECT USING (true);
+CREATE POLICY owner_writes ON dj.schema_settings FOR ALL
+    USING (pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = schema_name), 'USAGE'))
+    WITH CHECK (pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = schema_name), 'USAGE'));
+
+REVOKE ALL ON dj.modules, dj.module_artifacts FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dj.schema_settings TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('dj.modules', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.schema_settings', '');

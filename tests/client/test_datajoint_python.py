@@ -169,3 +169,20 @@ def test_tables_declared_from_python_are_seen_by_dj_tables(dj_connection):
     assert lineage == [("animal", f"{THEIRS}.animal.animal")]
     schema.drop(prompt=False)
     c.close()
+
+
+def test_enforced_tiers_refuse_python_writes_to_computed_tables(dj_connection, ours):
+    lab = dj.VirtualModule("lab", OURS, connection=dj_connection)
+    lab.Subject.insert1(dict(subject_id=7, sex="U"), skip_duplicates=True)
+    lab.Session.insert1(dict(subject_id=7, session_idx=1, session_start="2026-01-03 10:00:00"), skip_duplicates=True)
+    assert ours.execute("SELECT dj.enforce_tiers(%s)", (OURS,)).fetchone()[0] == 2
+    try:
+        # datajoint-python's own check can be switched off by any client; the server's cannot.
+        with pytest.raises(dj.errors.DataJointError) as refused:
+            lab.Pair.insert1(dict(subject_id=7, session_idx=1, partner_id=7, similarity=1.0), allow_direct_insert=True)
+        assert isinstance(refused.value, dj.errors.AccessError), repr(refused.value)
+        lab.Subject.insert1(dict(subject_id=8, sex="U"))  # Manual tables stay writable
+    finally:
+        assert ours.execute("SELECT dj.enforce_tiers(%s, false)", (OURS,)).fetchone()[0] == 2
+    lab.Pair.insert1(dict(subject_id=7, session_idx=1, partner_id=7, similarity=1.0), allow_direct_insert=True)
+    assert len(lab.Pair & "subject_id = 7") == 1

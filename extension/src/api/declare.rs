@@ -99,6 +99,9 @@ fn declare_table(
     write_lineage(&target, &ddl.lineage)?;
 
     let name = TableName { schema: target.schema.clone(), table: target.table.clone() };
+    if crate::api::tiers::enforced(&target.schema)? {
+        crate::api::tiers::guard(&name)?;
+    }
     if let Some(rows) = contents {
         if tier != Tier::Lookup {
             return Err(DjError::new(

@@ -170,6 +170,7 @@ fn delete(
 > {
     const FN: &str = "dj.delete";
     let (deps, steps) = plan(table, restriction, key, part_integrity).or_raise(FN);
+    let _writing = crate::api::tiers::PipelineWrite::begin();
     let mut removed = vec![0i64; steps.len()];
     // Children first: each condition's subqueries still see the parent rows.
     for (i, step) in steps.iter().enumerate().rev() {

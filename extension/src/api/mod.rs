@@ -4,4 +4,5 @@ mod declare;
 mod delete;
 mod pipeline;
 mod sandbox;
+pub mod tiers;
 mod version;

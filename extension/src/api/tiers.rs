@@ -1,0 +1,136 @@
+//! Server-enforced tiers: with `dj.enforce_tiers(schema)`, Computed, Imported and Part tables of
+//! the schema accept writes only from DataJoint's own operations (populate, dj.delete), never
+//! from a direct INSERT, UPDATE, DELETE or TRUNCATE. Off by default, so datajoint-python clients,
+//! which write those tables themselves, keep working.
+
+use std::cell::Cell;
+
+use datajoint_core::naming::Tier;
+use pgrx::prelude::*;
+
+use crate::catalog::{self, TableName};
+use crate::error::{DjResult, OrRaise};
+
+thread_local! {
+    /// How many DataJoint operations that may write pipeline tables are running in this backend.
+    /// Only Rust code changes it: no SQL client can.
+    static PIPELINE_WRITES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Held while a DataJoint operation writes Computed, Imported or Part tables. Released on every
+/// exit, errors included (a Postgres ERROR unwinds through Rust frames).
+pub struct PipelineWrite(());
+
+impl PipelineWrite {
+    pub fn begin() -> PipelineWrite {
+        PIPELINE_WRITES.with(|n| n.set(n.get() + 1));
+        PipelineWrite(())
+    }
+}
+
+impl Drop for PipelineWrite {
+    fn drop(&mut self) {
+        PIPELINE_WRITES.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Read by the guard trigger: whether a DataJoint operation is writing right now.
+#[pg_extern(volatile, parallel_restricted, name = "_pipeline_write_allowed")]
+fn pipeline_write_allowed() -> bool {
+    PIPELINE_WRITES.with(|n| n.get() > 0)
+}
+
+const GUARD: &str = "dj_tier_guard";
+
+fn guarded_tier(table: &str) -> bool {
+    matches!(Tier::of_table(table), Some(Tier::Computed | Tier::Imported | Tier::Part))
+}
+
+/// Adds the guard trigger to `table` (Computed, Imported and Part tables only).
+pub fn guard(name: &TableName) -> DjResult<bool> {
+    if !guarded_tier(&name.table) {
+        return Ok(false);
+    }
+    Spi::run(&format!(
+        "CREATE OR REPLACE TRIGGER {GUARD} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
+         FOR EACH STATEMENT EXECUTE FUNCTION dj._tier_guard()",
+        name.qualified()
+    ))?;
+    Ok(true)
+}
+
+/// Whether the schema enforces tiers.
+pub fn enforced(schema: &str) -> DjResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT coalesce((SELECT enforce_tiers FROM dj.schema_settings WHERE schema_name = $1), false)",
+        &[schema.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// `dj.enforce_tiers(schema, enforce)`: turns server-enforced tiers on or off for a schema;
+/// returns the number of tables guarded (on) or released (off).
+#[pg_extern(volatile, parallel_unsafe)]
+fn enforce_tiers(schema: &str, enforce: default!(bool, true)) -> i64 {
+    set_enforcement(schema, enforce).or_raise("dj.enforce_tiers")
+}
+
+fn set_enforcement(schema: &str, enforce: bool) -> DjResult<i64> {
+    if !catalog::schema_exists(schema)? {
+        return Err(crate::error::DjError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_SCHEMA_NAME,
+            format!("schema {schema} does not exist"),
+            "Declare a table in it first (dj.declare creates the schema).",
+        ));
+    }
+    let owner = Spi::get_one_with_args::<bool>(
+        "SELECT pg_has_role(nspowner, 'USAGE') FROM pg_namespace WHERE nspname = $1",
+        &[schema.into()],
+    )?;
+    if owner != Some(true) {
+        return Err(crate::error::DjError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("only the owner of schema {schema} can change its tier enforcement"),
+            "Ask the schema's owner, or a member of the owning role.",
+        ));
+    }
+    Spi::run_with_args(
+        "INSERT INTO dj.schema_settings (schema_name, enforce_tiers) VALUES ($1, $2) \
+         ON CONFLICT (schema_name) DO UPDATE SET enforce_tiers = EXCLUDED.enforce_tiers",
+        &[schema.into(), enforce.into()],
+    )?;
+    let mut count = 0;
+    for name in catalog::tables(Some(schema))? {
+        if !guarded_tier(&name.table) {
+            continue;
+        }
+        if enforce {
+            guard(&name)?;
+        } else {
+            Spi::run(&format!("DROP TRIGGER IF EXISTS {GUARD} ON {}", name.qualified()))?;
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+extension_sql!(
+    r#"
+CREATE FUNCTION dj._tier_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
+BEGIN
+    IF NOT dj._pipeline_write_allowed() THEN
+        RAISE EXCEPTION '% on %.% is not allowed: the schema enforces DataJoint tiers', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Computed, Imported and Part tables are written by dj.populate and cleared with dj.delete. The schema owner can turn this off with dj.enforce_tiers(schema, false).';
+    END IF;
+    RETURN NULL;
+END
+$guard$;
+COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables.';
+COMMENT ON FUNCTION dj._pipeline_write_allowed() IS 'Internal: whether a DataJoint operation (populate, dj.delete) is writing pipeline tables in this backend.';
+COMMENT ON FUNCTION dj.enforce_tiers(text, boolean) IS
+  'Turn server-enforced tiers on (default) or off for a schema: direct INSERT, UPDATE, DELETE and TRUNCATE on its Computed, Imported and Part tables are refused outside populate and dj.delete. Returns the number of tables affected.';
+"#,
+    name = "tier_guard",
+    requires = [pipeline_write_allowed, enforce_tiers]
+);
