@@ -10,6 +10,7 @@ echo "[demo] building and installing the extension (release build; the first one
 # A preloaded library is read at server start: restart so a rebuilt one is the one in use.
 if scripts/cluster.sh status >/dev/null 2>&1; then scripts/cluster.sh restart; else scripts/cluster.sh start; fi
 scripts/cluster.sh psql -v ON_ERROR_STOP=1 -X -f udfs/demo.sql
+echo "[demo] pipeline diagram: $here/target/demo/pipeline.svg"
 cat <<TXT
 
 The dev cluster keeps running. Connect with:

@@ -7,6 +7,7 @@ pub mod declare;
 pub mod definition;
 pub mod dependencies;
 pub mod describe;
+pub mod diagram;
 pub mod naming;
 pub mod restriction;
 pub mod sandbox;

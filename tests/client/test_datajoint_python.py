@@ -160,6 +160,9 @@ def test_tables_declared_from_python_are_seen_by_dj_tables(dj_connection):
     )
     parents = c.execute("SELECT class_name FROM dj.parents(%s)", (f"{THEIRS}.Scan.Frame",)).fetchall()
     assert parents == [("Scan",)]
+    mermaid = c.execute("SELECT dj.diagram(ARRAY[%s])", (THEIRS,)).fetchone()[0]
+    for node in ['("Animal"):::manual', '("Tank"):::lookup', '(["Scan"]):::imported', '(["Summary"]):::computed', '("Scan.Frame"):::part']:
+        assert node in mermaid, mermaid
 
     # Our declare builds on their tables: a child of a Python-declared parent.
     c.execute("SELECT dj.declare(%s, 'computed', %s)", (f"{THEIRS}.Quality", "-> Scan\n---\nscore : float32"))

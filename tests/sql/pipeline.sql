@@ -49,6 +49,16 @@ SELECT count(*) AS redeclared FROM dj.topological_order('casc') t,
 SELECT t.class_name, dj.describe('casc.' || t.class_name) = dj.describe('casc_copy.' || t.class_name) AS same
   FROM dj.topological_order('casc') t;
 
+-- Diagrams: Mermaid, Graphviz DOT, and a laid-out SVG picture, tiers drawn as DataJoint draws them.
+SELECT dj.diagram(ARRAY['casc']);
+SELECT dj.diagram(ARRAY['casc.Session', 'casc.Pair', 'casc.Pair.Detail'], 'dot');
+SELECT svg LIKE '<?xml%<svg%</svg>%' AS is_svg,
+       (SELECT bool_and(strpos(svg, '>' || class_name || '<') > 0) FROM dj.tables('casc')) AS every_table_drawn,
+       strpos(svg, '<ellipse') > 0 AS computed_as_ellipse
+  FROM dj.diagram(ARRAY['casc'], 'svg') AS svg;
+SELECT dj.diagram(ARRAY['casc'], 'png');
+SELECT dj.diagram(ARRAY['nowhere.Thing']);
+
 -- Deleting follows the dependencies; previews count without deleting.
 INSERT INTO casc.subject (subject_id, sex) VALUES (1, 'M'), (2, 'F'), (3, 'F');
 INSERT INTO casc.session (subject_id, session, rig) VALUES (1, 1, 'A'), (1, 2, NULL), (2, 1, 'A'), (3, 1, NULL);

@@ -233,3 +233,45 @@ COMMENT ON FUNCTION dj.heading(text) IS 'The attributes of a table: declared typ
     name = "pipeline_comments",
     requires = [parents, children, ancestors, descendants, topological_order, describe, heading]
 );
+
+/// `dj.diagram(items, format)`: a diagram of the named schemas and tables, as Mermaid (default),
+/// Graphviz DOT or a laid-out SVG.
+#[pg_extern(stable, parallel_safe)]
+fn diagram(items: Vec<String>, format: default!(&str, "'mermaid'")) -> String {
+    draw(&items, format).or_raise("dj.diagram")
+}
+
+fn draw(items: &[String], format: &str) -> DjResult<String> {
+    let format = datajoint_core::diagram::Format::parse(format).ok_or_else(|| {
+        crate::error::DjError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("diagram format \"{format}\" is not mermaid, dot or svg"),
+            "Pass format => 'mermaid', 'dot' or 'svg'.",
+        )
+    })?;
+    let deps = catalog::dependencies()?;
+    let mut tables: Vec<&Table> = Vec::new();
+    for item in items {
+        let found: Vec<&Table> = if !item.contains('.') && catalog::schema_exists(item)? {
+            deps.tables().filter(|t| &t.schema == item && t.tier().is_some()).collect()
+        } else {
+            let name = catalog::resolve(item)?;
+            deps.tables().filter(|t| t.schema == name.schema && t.name == name.table).collect()
+        };
+        for t in found {
+            if !tables.contains(&t) {
+                tables.push(t);
+            }
+        }
+    }
+    Ok(datajoint_core::diagram::Diagram::new(&items.join(", "), &deps, tables).render(format))
+}
+
+extension_sql!(
+    r#"
+COMMENT ON FUNCTION dj.diagram(text[], text) IS
+  'A diagram of schemas and tables (each item a schema name or a table): format mermaid (default), dot, or svg (laid out, viewable in a browser). Tiers are drawn as DataJoint draws them.';
+"#,
+    name = "diagram_comment",
+    requires = [diagram]
+);
