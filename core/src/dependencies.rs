@@ -222,7 +222,7 @@ impl Dependencies {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn t(name: &str) -> Table {
@@ -237,7 +237,8 @@ mod tests {
         k.iter().map(|s| s.to_string()).collect()
     }
 
-    fn pipeline() -> Dependencies {
+    /// The example pipeline other modules' tests share.
+    pub(crate) fn pipeline() -> Dependencies {
         Dependencies::new(Catalog {
             tables: vec![
                 (t("subject"), key(&["subject_id"])),

@@ -251,47 +251,9 @@ fn colour(hex: &str) -> Color {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dependencies::Catalog;
 
     fn deps() -> Dependencies {
-        let t = |n: &str| Table::new("lab", n);
-        let key = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let pair = |c: &str, p: &str| (c.to_string(), p.to_string());
-        Dependencies::new(Catalog {
-            tables: vec![
-                (t("subject"), key(&["subject_id"])),
-                (t("#rig"), key(&["rig"])),
-                (t("session"), key(&["subject_id", "session_idx"])),
-                (t("__pair"), key(&["subject_id", "session_idx", "partner_id"])),
-                (t("__pair__channel"), key(&["subject_id", "session_idx", "partner_id", "channel"])),
-                (t("_scan"), key(&["subject_id", "session_idx"])),
-            ],
-            foreign_keys: vec![
-                (t("session"), t("subject"), vec![pair("subject_id", "subject_id")]),
-                (t("session"), t("#rig"), vec![pair("rig", "rig")]),
-                (
-                    t("__pair"),
-                    t("session"),
-                    vec![pair("subject_id", "subject_id"), pair("session_idx", "session_idx")],
-                ),
-                (t("__pair"), t("subject"), vec![pair("partner_id", "subject_id")]),
-                (
-                    t("__pair__channel"),
-                    t("__pair"),
-                    vec![
-                        pair("subject_id", "subject_id"),
-                        pair("session_idx", "session_idx"),
-                        pair("partner_id", "partner_id"),
-                    ],
-                ),
-                (
-                    t("_scan"),
-                    t("session"),
-                    vec![pair("subject_id", "subject_id"), pair("session_idx", "session_idx")],
-                ),
-            ],
-        })
-        .unwrap()
+        crate::dependencies::tests::pipeline()
     }
 
     #[test]
@@ -312,7 +274,7 @@ mod tests {
             dot.contains("\"lab.subject\" -> \"lab.__pair\" [style=solid, color=\"#C77D3A\", penwidth=0.75")
         );
         assert!(dot.contains(
-            "\"lab.session\" -> \"lab._scan\" [style=solid, color=\"#171C399E\", penwidth=2, weight=3]"
+            "\"lab.session\" -> \"lab.__summary\" [style=solid, color=\"#171C399E\", penwidth=2, weight=3]"
         ));
     }
 
@@ -321,7 +283,7 @@ mod tests {
         let deps = deps();
         let svg = Diagram::new("lab", &deps, deps.tables().collect()).svg();
         assert!(svg.contains("<svg") && svg.trim_end().ends_with("</svg>"));
-        for label in ["Subject", "Session", "Pair.Channel", "Rig", "Scan"] {
+        for label in ["Subject", "Session", "Pair.Channel", "Rig", "Summary"] {
             assert!(svg.contains(label), "{label}");
         }
         assert!(svg.contains("<ellipse") || svg.contains("ellipse"), "computed tables are ellipses");
