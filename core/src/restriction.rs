@@ -8,8 +8,8 @@
 //! comments, and anything after the condition.
 
 use sqlparser::ast::{
-    BinaryOperator, CastKind, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget,
-    UnaryOperator,
+    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
+    InTarget, UnaryOperator, Value,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -122,7 +122,26 @@ fn check(expr: &Expr, attributes: &[String]) -> Result<(), RestrictionError> {
                 ))
             }
         }
-        Expr::Value(_) | Expr::TypedString { .. } => Ok(()),
+        // Plain literals only: escape strings, dollar quotes, placeholders and the like are
+        // refused rather than re-emitted in a form that may not mean the same.
+        Expr::Value(v) => match &v.value {
+            Value::Number(..) | Value::SingleQuotedString(_) | Value::Boolean(_) | Value::Null => Ok(()),
+            other => {
+                Err(refuse("this kind of literal is not allowed in a condition", other.to_string(), HINT))
+            }
+        },
+        Expr::TypedString(t) => {
+            let literal = matches!(t.value.value, Value::SingleQuotedString(_));
+            if literal && simple_type(&t.data_type) && is_temporal(&t.data_type) {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "only date and time literals may be typed (DATE '2026-01-01')",
+                    expr.to_string(),
+                    HINT,
+                ))
+            }
+        }
         Expr::Nested(e) => recurse(e),
         Expr::UnaryOp { op, expr } => match op {
             UnaryOperator::Not | UnaryOperator::Minus | UnaryOperator::Plus => recurse(expr),
@@ -167,7 +186,16 @@ fn check(expr: &Expr, attributes: &[String]) -> Result<(), RestrictionError> {
             recurse(expr)?;
             recurse(pattern)
         }
-        Expr::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr, format: None, .. } => recurse(expr),
+        Expr::Cast { kind: CastKind::Cast | CastKind::DoubleColon, expr: inner, format: None, data_type } => {
+            if !simple_type(data_type) {
+                return Err(refuse(
+                    format!("cast to {data_type} is not allowed in a condition"),
+                    expr.to_string(),
+                    "Cast to numeric, text, boolean, date/time, uuid or json types.",
+                ));
+            }
+            recurse(inner)
+        }
         Expr::Extract { expr, .. } => recurse(expr),
         Expr::Function(f) => check_function(f, attributes),
         Expr::Subquery(_) | Expr::Exists { .. } | Expr::In { .. } => Err(refuse(
@@ -184,6 +212,54 @@ fn check(expr: &Expr, attributes: &[String]) -> Result<(), RestrictionError> {
             Err(refuse("this kind of expression is not allowed in a condition", other.to_string(), HINT))
         }
     }
+}
+
+/// Scalar types a condition may cast to (no reg* lookups, no arrays or composite types).
+fn simple_type(data_type: &DataType) -> bool {
+    let name = data_type.to_string().to_lowercase();
+    let base = name.split(['(', '[']).next().unwrap_or_default().trim();
+    !name.contains('[')
+        && [
+            "int",
+            "integer",
+            "int2",
+            "int4",
+            "int8",
+            "smallint",
+            "bigint",
+            "real",
+            "float",
+            "float4",
+            "float8",
+            "double precision",
+            "numeric",
+            "decimal",
+            "text",
+            "varchar",
+            "character varying",
+            "char",
+            "character",
+            "boolean",
+            "bool",
+            "date",
+            "time",
+            "timestamp",
+            "timestamptz",
+            "interval",
+            "uuid",
+            "json",
+            "jsonb",
+            "time without time zone",
+            "time with time zone",
+            "timestamp without time zone",
+            "timestamp with time zone",
+        ]
+        .contains(&base)
+}
+
+fn is_temporal(data_type: &DataType) -> bool {
+    let name = data_type.to_string().to_lowercase();
+    ["date", "time", "timestamp", "interval"].iter().any(|t| name.starts_with(t))
 }
 
 fn check_function(f: &Function, attributes: &[String]) -> Result<(), RestrictionError> {
@@ -239,6 +315,14 @@ mod tests {
         assert_eq!(condition("\"Weird\" = 1", &attrs()).unwrap(), "\"Weird\" = 1");
         assert_eq!(condition("not (depth::int >= -3)", &attrs()).unwrap(), "NOT (depth::INT >= -3)");
         assert_eq!(condition("quality = 'it''s'", &attrs()).unwrap(), "quality = 'it''s'");
+        assert_eq!(
+            condition("quality > date '2026-01-01'", &attrs()).unwrap(),
+            "quality > DATE '2026-01-01'"
+        );
+        assert_eq!(
+            condition("cast(depth as numeric(5,2)) > 1", &attrs()).unwrap(),
+            "CAST(depth AS NUMERIC(5,2)) > 1"
+        );
     }
 
     #[test]
@@ -259,6 +343,13 @@ mod tests {
             "depth = current_setting('x')",
             "count(*) > 1",
             "weird = 1",
+            "depthe'\\''",
+            "quality = e'x'",
+            "quality = $1",
+            "quality = $$x$$",
+            "depth::regclass is null",
+            "regclass 'pg_authid' is null",
+            "depth::int[] is null",
         ] {
             assert!(condition(bad, &attrs()).is_err(), "{bad}");
         }
