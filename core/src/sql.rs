@@ -11,10 +11,16 @@ pub fn qualified(schema: &str, name: &str) -> String {
     format!("{}.{}", ident(schema), ident(name))
 }
 
-/// `'text'` with embedded single quotes doubled (standard_conforming_strings is on by default
-/// since PostgreSQL 9.1, so backslashes are literal).
+/// A string literal that means `text` whatever the session's `standard_conforming_strings`: `'…'`
+/// with quotes doubled, or, when the text has a backslash, `E'…'` with backslashes doubled too
+/// (as PostgreSQL's own quote_literal does).
 pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// Parses one complete standard SQL string literal (`'it''s'`) and returns its value, or `None`
@@ -44,6 +50,9 @@ mod tests {
         assert_eq!(ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(qualified("lab", "#rig"), "\"lab\".\"#rig\"");
         assert_eq!(literal("it's"), "'it''s'");
+        // Safe with standard_conforming_strings off: a backslash cannot escape the closing quote.
+        assert_eq!(literal("a\\'b"), "E'a\\\\''b'");
+        assert_eq!(literal("x\\"), "E'x\\\\'");
     }
 
     #[test]
@@ -54,7 +63,10 @@ mod tests {
         assert_eq!(parse_literal("'a'b'"), None);
         assert_eq!(parse_literal("'abc"), None);
         assert_eq!(parse_literal("'"), None);
-        for v in ["", "x", "it's", "''", "a'b'c"] {
+        for v in ["", "x", "it's", "''", "a'b'c", "no\\backslash"] {
+            if v.contains('\\') {
+                continue; // E-strings are not standard literals
+            }
             assert_eq!(parse_literal(&literal(v)).as_deref(), Some(v));
         }
     }
