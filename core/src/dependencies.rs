@@ -176,48 +176,80 @@ impl Dependencies {
         self.topological(self.graph.node_weights().collect())
     }
 
-    /// `tables` sorted topologically (Kahn's algorithm over the whole graph, smallest name first
-    /// among ready tables). A part's other parents count as parents of its master, so the master
-    /// and its parts can stay together.
+    /// `tables` sorted topologically: parents before children, each master followed by its parts
+    /// (in their own dependency order), ties broken by name so the order is stable.
     pub fn topological<'a>(&self, tables: Vec<&'a Table>) -> Vec<&'a Table> {
-        let wanted: BTreeSet<&Table> = tables.into_iter().collect();
+        let wanted: BTreeSet<&'a Table> = tables.into_iter().collect();
+        let order = self
+            .grouped_order()
+            .unwrap_or_else(|| self.kahn(self.graph.node_weights().collect(), |t| t.clone()));
+        order.iter().filter_map(|t| wanted.get(t).copied()).collect()
+    }
+
+    /// Kahn's algorithm over `members` and the edges among them, the smallest `key` first among
+    /// the ready ones.
+    fn kahn<K: Ord>(&self, members: Vec<&Table>, key: impl Fn(&Table) -> K) -> Vec<Table> {
+        let set: BTreeSet<&Table> = members.iter().copied().collect();
+        let mut indegree: HashMap<&Table, usize> = members.iter().map(|t| (*t, 0)).collect();
+        for e in self.graph.edge_indices() {
+            let (p, c) = self.graph.edge_endpoints(e).expect("edge exists");
+            let (p, c) = (&self.graph[p], &self.graph[c]);
+            if p != c && set.contains(p) && set.contains(c) {
+                *indegree.get_mut(c).expect("member") += 1;
+            }
+        }
+        let mut ready: BTreeSet<(K, &Table)> =
+            indegree.iter().filter(|(_, d)| **d == 0).map(|(t, _)| (key(t), *t)).collect();
+        let mut order = Vec::new();
+        while let Some((_, t)) = ready.pop_first() {
+            order.push(t.clone());
+            for (child, _) in self.children(t) {
+                if child != t && set.contains(child) {
+                    let d = indegree.get_mut(child).expect("member");
+                    *d -= 1;
+                    if *d == 0 {
+                        ready.insert((key(child), child));
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    /// Masters and their parts as units (a part's other parents count as the master's), the
+    /// units in dependency order; `None` when grouping would make a cycle.
+    fn grouped_order(&self) -> Option<Vec<Table>> {
         let group =
             |t: &Table| -> Table { t.master().filter(|m| self.contains(m)).unwrap_or_else(|| t.clone()) };
-        // Order groups (a master with its parts), then expand.
-        let mut groups: BTreeSet<Table> = BTreeSet::new();
-        let mut indegree: HashMap<Table, usize> = HashMap::new();
-        let mut edges: HashMap<Table, BTreeSet<Table>> = HashMap::new();
+        let mut members: HashMap<Table, Vec<&Table>> = HashMap::new();
         for t in self.graph.node_weights() {
-            groups.insert(group(t));
+            members.entry(group(t)).or_default().push(t);
         }
+        let mut indegree: HashMap<Table, usize> = members.keys().map(|g| (g.clone(), 0)).collect();
+        let mut edges: HashMap<Table, BTreeSet<Table>> = HashMap::new();
         for e in self.graph.edge_indices() {
             let (p, c) = self.graph.edge_endpoints(e).expect("edge exists");
             let (gp, gc) = (group(&self.graph[p]), group(&self.graph[c]));
             if gp != gc && edges.entry(gp).or_default().insert(gc.clone()) {
-                *indegree.entry(gc).or_default() += 1;
+                *indegree.get_mut(&gc).expect("group") += 1;
             }
         }
         let mut ready: BTreeSet<Table> =
-            groups.iter().filter(|g| !indegree.contains_key(*g)).cloned().collect();
-        let mut order: Vec<Table> = Vec::new();
+            indegree.iter().filter(|(_, d)| **d == 0).map(|(g, _)| g.clone()).collect();
+        let mut order = Vec::new();
         while let Some(g) = ready.pop_first() {
             for next in edges.get(&g).into_iter().flatten() {
-                let d = indegree.get_mut(next).expect("counted");
+                let d = indegree.get_mut(next).expect("group");
                 *d -= 1;
                 if *d == 0 {
                     ready.insert(next.clone());
                 }
             }
-            order.push(g);
+            // Within the unit: the master first, parts in their own dependency order.
+            let unit = members.remove(&g).unwrap_or_default();
+            order.extend(self.kahn(unit, |t| (t != &g, t.name.clone())));
         }
-        let mut out = Vec::new();
-        for g in order {
-            let mut members: Vec<&Table> = wanted.iter().copied().filter(|t| group(t) == g).collect();
-            // The master first, then its parts by name.
-            members.sort_by_key(|t| (t.name != g.name, t.name.clone()));
-            out.extend(members);
-        }
-        out
+        members.is_empty().then_some(order)
     }
 }
 
@@ -310,6 +342,38 @@ pub(crate) mod tests {
         );
         assert!(deps.descendants(&t("__summary")).is_empty());
         assert!(deps.parents(&t("nowhere")).is_empty());
+    }
+
+    #[test]
+    fn parts_follow_their_own_references_and_grouping_never_loses_tables() {
+        let pair = |c: &str, p: &str| vec![(c.to_string(), p.to_string())];
+        // Rec.Alpha references its sibling Rec.Zeta: Zeta must come first despite the name.
+        let siblings = Dependencies::new(Catalog {
+            tables: vec![
+                (t("rec"), key(&["r"])),
+                (t("rec__zeta"), key(&["r", "z"])),
+                (t("rec__alpha"), key(&["r", "z", "a"])),
+            ],
+            foreign_keys: vec![
+                (t("rec__zeta"), t("rec"), pair("r", "r")),
+                (t("rec__alpha"), t("rec"), pair("r", "r")),
+                (t("rec__alpha"), t("rec__zeta"), pair("z", "z")),
+            ],
+        })
+        .unwrap();
+        assert_eq!(names(siblings.topological_order()), ["rec", "rec__zeta", "rec__alpha"]);
+        // M.P references X, which references M: as units M and X would form a cycle.
+        let looped = Dependencies::new(Catalog {
+            tables: vec![(t("m"), key(&["m"])), (t("x"), key(&["m", "x"])), (t("m__p"), key(&["m", "p"]))],
+            foreign_keys: vec![
+                (t("x"), t("m"), pair("m", "m")),
+                (t("m__p"), t("m"), pair("m", "m")),
+                (t("m__p"), t("x"), pair("m", "m")),
+            ],
+        })
+        .unwrap();
+        assert_eq!(names(looped.topological_order()), ["m", "x", "m__p"]);
+        assert_eq!(names(looped.descendants(&t("m"))), ["x", "m__p"]);
     }
 
     #[test]

@@ -141,7 +141,8 @@ fn emit(expr: &Expr, attributes: &[String]) -> Result<String, RestrictionError> 
                 }
             }
         }
-        Expr::Nested(x) => format!("({})", e(x)?),
+        // Every compound is written inside its own parentheses already.
+        Expr::Nested(x) => e(x)?,
         Expr::UnaryOp { op, expr: x } => match op {
             UnaryOperator::Not => format!("(NOT {})", e(x)?),
             UnaryOperator::Minus => format!("(- {})", e(x)?),
@@ -341,7 +342,7 @@ mod tests {
         );
         assert_eq!(c("lower(quality) like 'g%'"), r#"(pg_catalog.lower("quality") LIKE 'g%')"#);
         assert_eq!(c(r#""Weird" = 1"#), r#"("Weird" = 1)"#);
-        assert_eq!(c("not (depth::int >= -3)"), r#"(NOT ((CAST("depth" AS integer) >= (- 3))))"#);
+        assert_eq!(c("not (depth::int >= -3)"), r#"(NOT (CAST("depth" AS integer) >= (- 3)))"#);
         assert_eq!(c("quality = 'it''s'"), r#"("quality" = 'it''s')"#);
         assert_eq!(c("quality > date '2026-01-01'"), r#"("quality" > date '2026-01-01')"#);
         assert_eq!(c("cast(depth as numeric(5,2)) > 1.5e2"), r#"(CAST("depth" AS numeric(5,2)) > 1.5e2)"#);

@@ -10,8 +10,9 @@ use datajoint_core::dependencies::{Catalog, Dependencies, Table};
 use datajoint_core::describe::{ColumnInfo, IndexInfo};
 use datajoint_core::naming::{self, Tier};
 use datajoint_core::sql;
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode;
+use pgrx::{FromDatum, IntoDatum, PgSqlErrorCode};
 
 use crate::error::{DjError, DjResult};
 
@@ -28,9 +29,21 @@ impl TableName {
     }
 }
 
+/// The first column of the first row of a read-only query. (Spi::get_one takes the read-write
+/// path, which assigns a transaction id: not allowed in parallel workers or on standbys.)
+pub fn read_one<T: FromDatum + IntoDatum>(query: &str, args: &[DatumWithOid]) -> DjResult<Option<T>> {
+    Spi::connect(|client| {
+        let rows = client.select(query, Some(1), args)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<T>()?)
+    })
+}
+
 fn exists(query: &str, args: &[&str]) -> DjResult<bool> {
     let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
-    Ok(Spi::get_one_with_args::<bool>(&format!("SELECT EXISTS ({query})"), &args)?.unwrap_or(false))
+    Ok(read_one::<bool>(&format!("SELECT EXISTS ({query})"), &args)?.unwrap_or(false))
 }
 
 pub fn schema_exists(schema: &str) -> DjResult<bool> {
@@ -268,7 +281,7 @@ pub fn columns(name: &TableName) -> DjResult<Vec<ColumnInfo>> {
 
 /// The table's comment ('' when none).
 pub fn table_comment(name: &TableName) -> DjResult<String> {
-    Ok(Spi::get_one_with_args::<String>(
+    Ok(read_one::<String>(
         "SELECT coalesce(obj_description(format('%I.%I', $1::text, $2::text)::regclass, 'pg_class'), '')",
         &[name.schema.as_str().into(), name.table.as_str().into()],
     )?
@@ -325,7 +338,11 @@ fn dependency_catalog() -> DjResult<Catalog> {
                 row.get::<String>(1)?.unwrap_or_default(),
                 row.get::<String>(2)?.unwrap_or_default(),
             );
-            catalog.tables.push((table, row.get::<Vec<String>>(3)?.unwrap_or_default()));
+            // DataJoint tables only: other tables (a self-referencing employees table, say) are
+            // none of the pipeline's business and must not be able to break its graph.
+            if table.tier().is_some() {
+                catalog.tables.push((table, row.get::<Vec<String>>(3)?.unwrap_or_default()));
+            }
         }
         let keys = client.select(
             &format!(
@@ -355,7 +372,9 @@ fn dependency_catalog() -> DjResult<Catalog> {
             );
             let c: Vec<String> = row.get(5)?.unwrap_or_default();
             let p: Vec<String> = row.get(6)?.unwrap_or_default();
-            catalog.foreign_keys.push((child, parent, c.into_iter().zip(p).collect()));
+            if child != parent && child.tier().is_some() && parent.tier().is_some() {
+                catalog.foreign_keys.push((child, parent, c.into_iter().zip(p).collect()));
+            }
         }
         Ok(catalog)
     })
@@ -374,13 +393,27 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, _relid
     CATALOG_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Schema renames change no relation: they come as pg_namespace syscache invalidations.
+unsafe extern "C-unwind" fn on_namespace_invalidation(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    CATALOG_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The dependency graph of all user schemas, cached for this backend until the next DDL.
 pub fn dependencies() -> DjResult<Rc<Dependencies>> {
     if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
-        // SAFETY: registers a callback that only touches an atomic; called on the main thread.
+        // SAFETY: registers callbacks that only touch an atomic; called on the main thread.
         unsafe {
-            pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0))
-        };
+            pg_sys::CacheRegisterRelcacheCallback(Some(on_relcache_invalidation), pg_sys::Datum::from(0));
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
+                Some(on_namespace_invalidation),
+                pg_sys::Datum::from(0),
+            );
+        }
     }
     let generation = CATALOG_GENERATION.load(Ordering::Relaxed);
     if let Some(cached) = DEPENDENCIES

@@ -17,6 +17,11 @@ def test_graph_cache_sees_other_sessions_ddl():
         assert b.execute("SELECT class_name FROM dj.children('cache_probe.Root')").fetchall() == [("Leaf",)]
         order = b.execute("SELECT class_name FROM dj.topological_order('cache_probe')").fetchall()
         assert sorted(order) == [("Leaf",), ("Lonely",), ("Root",)]
+        # A schema rename (no relation changes) is noticed too.
+        a.execute("ALTER SCHEMA cache_probe RENAME TO cache_probe2")
+        assert b.execute("SELECT class_name FROM dj.children('cache_probe2.Root')").fetchall() == [("Leaf",)]
+        a.execute("ALTER SCHEMA cache_probe2 RENAME TO cache_probe")
+        assert b.execute("SELECT class_name FROM dj.children('cache_probe.Root')").fetchall() == [("Leaf",)]
         # Dropping the schema elsewhere empties it here too.
         a.execute("DROP SCHEMA cache_probe CASCADE")
         assert b.execute("SELECT count(*) FROM dj.topological_order('cache_probe')").fetchone()[0] == 0

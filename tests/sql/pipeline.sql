@@ -29,6 +29,8 @@ SELECT dj.declare('casc.Pair.Detail', 'part', E'-> master\nk : int16');
 SELECT dj.declare('casc.Tag', 'manual', E'-> Subject\ntag : varchar(8)');
 SELECT dj.declare('casc.Tag.Note', 'part', E'-> master\n-> Pair\n---\nnote : varchar(32)');
 
+-- A table outside DataJoint that references itself does not disturb the graph.
+CREATE TABLE public.dj_emp (id int PRIMARY KEY, boss int REFERENCES public.dj_emp);
 -- Dependencies, one row per foreign key.
 SELECT * FROM dj.parents('casc.Pair');
 SELECT * FROM dj.children('casc.Subject');
@@ -96,3 +98,4 @@ SELECT * FROM dj.tables('casc');
 SELECT count(*) AS enum_types_left FROM pg_type WHERE typnamespace = 'casc'::regnamespace AND typtype = 'e';
 SELECT count(*) AS lineage_left FROM casc."~lineage";
 SELECT count(*) AS copies FROM dj.drop('casc_copy.Subject');
+DROP TABLE public.dj_emp;

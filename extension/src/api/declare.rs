@@ -25,7 +25,7 @@ fn declare(
     contents: default!(Option<JsonB>, "NULL"),
 ) -> RegClass {
     let name = declare_table(class_name, tier, definition, contents).or_raise(FN);
-    let oid = Spi::get_one_with_args::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.qualified().into()])
+    let oid = catalog::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.qualified().into()])
         .or_raise(FN)
         .expect("the table was just created");
     RegClass(oid)

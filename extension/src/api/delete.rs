@@ -102,7 +102,7 @@ fn counts(steps: &[Step]) -> DjResult<Vec<i64>> {
                 sql::qualified(&s.table.schema, &s.table.name),
                 s.condition
             );
-            Ok(Spi::get_one::<i64>(&q)?.unwrap_or(0))
+            Ok(catalog::read_one::<i64>(&q, &[])?.unwrap_or(0))
         })
         .collect()
 }
@@ -134,11 +134,19 @@ fn plan(table: &str, condition: Option<&str>, key: Option<JsonB>, integrity: &st
     let integrity = part_integrity(integrity)?;
     let name = catalog::resolve(table)?;
     let root = Table::new(name.schema.clone(), name.table.clone());
-    if integrity == PartIntegrity::Enforce && root.master().is_some() {
+    let deps = catalog::dependencies()?;
+    let is_part = root.master().is_some_and(|m| deps.contains(&m));
+    if integrity == PartIntegrity::Enforce && is_part {
         return Err(refuse_part(&root));
     }
+    if integrity == PartIntegrity::Ignore && crate::api::tiers::enforced(&name.schema)? {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("part_integrity => 'ignore' is not available: schema {} enforces DataJoint tiers", name.schema),
+            "Delete from the master, or have the schema owner turn enforcement off (dj.enforce_tiers(schema, false)).",
+        ));
+    }
     let condition = root_condition(&name, condition, key)?;
-    let deps = catalog::dependencies()?;
     let steps = cascade::plan(&deps, &root, condition);
     Ok((deps, steps))
 }
@@ -170,7 +178,14 @@ fn delete(
 > {
     const FN: &str = "dj.delete";
     let (deps, steps) = plan(table, restriction, key, part_integrity).or_raise(FN);
-    let _writing = crate::api::tiers::PipelineWrite::begin();
+    let tables: Vec<TableName> = steps
+        .iter()
+        .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
+        .collect();
+    let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables).or_raise(FN);
+    // Nothing a user put on the search path (a function or operator of the same name) may run
+    // while the deletes hold that permission.
+    let _path = PinnedSearchPath::new().or_raise(FN);
     let mut removed = vec![0i64; steps.len()];
     // Children first: each condition's subqueries still see the parent rows.
     for (i, step) in steps.iter().enumerate().rev() {
@@ -187,6 +202,30 @@ fn delete(
     TableIterator::new(rows(&steps, &removed))
 }
 
+/// `search_path` set to `pg_catalog` for the transaction while alive, restored after.
+struct PinnedSearchPath(String);
+
+impl PinnedSearchPath {
+    fn new() -> DjResult<PinnedSearchPath> {
+        let old =
+            catalog::read_one::<String>("SELECT current_setting('search_path')", &[])?.unwrap_or_default();
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")?;
+        Ok(PinnedSearchPath(old))
+    }
+}
+
+impl Drop for PinnedSearchPath {
+    fn drop(&mut self) {
+        // On an error the transaction's abort undoes the setting anyway; only restore on success.
+        if !std::thread::panicking() {
+            let _ = Spi::run_with_args(
+                "SELECT pg_catalog.set_config('search_path', $1, true)",
+                &[self.0.as_str().into()],
+            );
+        }
+    }
+}
+
 /// `dj.delete_preview(...)`: what `dj.delete` with the same arguments would remove, per table.
 #[pg_extern(stable, parallel_safe)]
 fn delete_preview(
@@ -199,8 +238,12 @@ fn delete_preview(
     (name!(schema_name, String), name!(class_name, String), name!(table_name, String), name!(rows, i64)),
 > {
     const FN: &str = "dj.delete_preview";
-    let (_, steps) = plan(table, restriction, key, part_integrity).or_raise(FN);
+    let (deps, steps) = plan(table, restriction, key, part_integrity).or_raise(FN);
     let n = counts(&steps).or_raise(FN);
+    // The preview refuses what the delete would refuse.
+    if self::part_integrity(part_integrity).or_raise(FN) == PartIntegrity::Enforce {
+        check_parts(&deps, &steps, &n).or_raise(FN);
+    }
     TableIterator::new(rows(&steps, &n))
 }
 
@@ -227,7 +270,8 @@ fn drop_tables(
     let integrity = part_integrity(integrity)?;
     let name = catalog::resolve(table)?;
     let root = Table::new(name.schema.clone(), name.table.clone());
-    if integrity == PartIntegrity::Enforce && root.master().is_some() {
+    let deps = catalog::dependencies()?;
+    if integrity == PartIntegrity::Enforce && root.master().is_some_and(|m| deps.contains(&m)) {
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             format!(
@@ -238,7 +282,6 @@ fn drop_tables(
             "Drop the master (its parts go with it), or pass part_integrity => 'ignore'.",
         ));
     }
-    let deps = catalog::dependencies()?;
     let mut tables: Vec<Table> = vec![root.clone()];
     tables.extend(deps.descendants(&root).into_iter().cloned());
     if integrity == PartIntegrity::Enforce {

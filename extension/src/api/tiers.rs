@@ -3,47 +3,69 @@
 //! from a direct INSERT, UPDATE, DELETE or TRUNCATE. Off by default, so datajoint-python clients,
 //! which write those tables themselves, keep working.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
-use datajoint_core::naming::Tier;
+use datajoint_core::naming::{self, Tier};
 use pgrx::prelude::*;
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjResult, OrRaise};
 
 thread_local! {
-    /// How many DataJoint operations that may write pipeline tables are running in this backend.
-    /// Only Rust code changes it: no SQL client can.
-    static PIPELINE_WRITES: Cell<u32> = const { Cell::new(0) };
+    /// What DataJoint operations running in this backend may do to guarded tables: an operation
+    /// (`DELETE`, `INSERT`) on a set of tables. Only Rust code changes it: no SQL client can.
+    static PERMITS: RefCell<Vec<(&'static str, Vec<pg_sys::Oid>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Held while a DataJoint operation writes Computed, Imported or Part tables. Released on every
-/// exit, errors included (a Postgres ERROR unwinds through Rust frames).
+/// Held while a DataJoint operation writes Computed, Imported or Part tables: it lets `operation`
+/// through the guard on exactly `tables`, nothing else (a user trigger that fires meanwhile gets
+/// no more than it would otherwise). Released on every exit, errors included (a Postgres ERROR
+/// unwinds through Rust frames).
 pub struct PipelineWrite(());
 
 impl PipelineWrite {
-    pub fn begin() -> PipelineWrite {
-        PIPELINE_WRITES.with(|n| n.set(n.get() + 1));
-        PipelineWrite(())
+    pub fn begin(operation: &'static str, tables: &[TableName]) -> DjResult<PipelineWrite> {
+        let mut oids = Vec::with_capacity(tables.len());
+        for t in tables {
+            if let Some(oid) =
+                catalog::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[t.qualified().into()])?
+            {
+                oids.push(oid);
+            }
+        }
+        PERMITS.with(|p| p.borrow_mut().push((operation, oids)));
+        Ok(PipelineWrite(()))
     }
 }
 
 impl Drop for PipelineWrite {
     fn drop(&mut self) {
-        PIPELINE_WRITES.with(|n| n.set(n.get().saturating_sub(1)));
+        PERMITS.with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut() {
+                p.pop();
+            }
+        });
     }
 }
 
-/// Read by the guard trigger: whether a DataJoint operation is writing right now.
+/// Read by the guard trigger: whether a running DataJoint operation may do `operation` on `table`.
 #[pg_extern(volatile, parallel_restricted, name = "_pipeline_write_allowed")]
-fn pipeline_write_allowed() -> bool {
-    PIPELINE_WRITES.with(|n| n.get() > 0)
+fn pipeline_write_allowed(table: pg_sys::Oid, operation: &str) -> bool {
+    PERMITS.with(|p| p.borrow().iter().any(|(op, oids)| *op == operation && oids.contains(&table)))
 }
 
 const GUARD: &str = "dj_tier_guard";
 
+/// Computed and Imported tables and their parts (parts of Manual and Lookup masters are entered
+/// by hand like their masters).
 fn guarded_tier(table: &str) -> bool {
-    matches!(Tier::of_table(table), Some(Tier::Computed | Tier::Imported | Tier::Part))
+    match Tier::of_table(table) {
+        Some(Tier::Computed | Tier::Imported) => true,
+        Some(Tier::Part) => naming::split_part(table).is_some_and(|(master, _)| {
+            matches!(Tier::of_table(master), Some(Tier::Computed | Tier::Imported))
+        }),
+        _ => false,
+    }
 }
 
 /// Adds the guard trigger to `table` (Computed, Imported and Part tables only).
@@ -61,7 +83,7 @@ pub fn guard(name: &TableName) -> DjResult<bool> {
 
 /// Whether the schema enforces tiers.
 pub fn enforced(schema: &str) -> DjResult<bool> {
-    Ok(Spi::get_one_with_args::<bool>(
+    Ok(catalog::read_one::<bool>(
         "SELECT coalesce((SELECT enforce_tiers FROM dj.schema_settings WHERE schema_name = $1), false)",
         &[schema.into()],
     )?
@@ -83,7 +105,7 @@ fn set_enforcement(schema: &str, enforce: bool) -> DjResult<i64> {
             "Declare a table in it first (dj.declare creates the schema).",
         ));
     }
-    let owner = Spi::get_one_with_args::<bool>(
+    let owner = catalog::read_one::<bool>(
         "SELECT pg_has_role(nspowner, 'USAGE') FROM pg_namespace WHERE nspname = $1",
         &[schema.into()],
     )?;
@@ -118,7 +140,7 @@ extension_sql!(
     r#"
 CREATE FUNCTION dj._tier_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
 BEGIN
-    IF NOT dj._pipeline_write_allowed() THEN
+    IF NOT dj._pipeline_write_allowed(TG_RELID, TG_OP) THEN
         RAISE EXCEPTION '% on %.% is not allowed: the schema enforces DataJoint tiers', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Computed, Imported and Part tables are written by dj.populate and cleared with dj.delete. The schema owner can turn this off with dj.enforce_tiers(schema, false).';
@@ -127,7 +149,7 @@ BEGIN
 END
 $guard$;
 COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables.';
-COMMENT ON FUNCTION dj._pipeline_write_allowed() IS 'Internal: whether a DataJoint operation (populate, dj.delete) is writing pipeline tables in this backend.';
+COMMENT ON FUNCTION dj._pipeline_write_allowed(oid, text) IS 'Internal: whether a DataJoint operation running in this backend (populate, dj.delete) may do this operation on this table.';
 COMMENT ON FUNCTION dj.enforce_tiers(text, boolean) IS
   'Turn server-enforced tiers on (default) or off for a schema: direct INSERT, UPDATE, DELETE and TRUNCATE on its Computed, Imported and Part tables are refused outside populate and dj.delete. Returns the number of tables affected.';
 "#,
