@@ -46,6 +46,25 @@ fn exists(query: &str, args: &[&str]) -> DjResult<bool> {
     Ok(read_one::<bool>(&format!("SELECT EXISTS ({query})"), &args)?.unwrap_or(false))
 }
 
+/// The schema and name of the relation with this oid.
+pub fn table_name_of(oid: pg_sys::Oid) -> DjResult<Option<TableName>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            Some(1),
+            &[oid.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let row = rows.first();
+        Ok(Some(TableName {
+            schema: row.get(1)?.unwrap_or_default(),
+            table: row.get(2)?.unwrap_or_default(),
+        }))
+    })
+}
+
 pub fn schema_exists(schema: &str) -> DjResult<bool> {
     exists("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
 }

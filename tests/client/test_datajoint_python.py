@@ -189,3 +189,27 @@ def test_enforced_tiers_refuse_python_writes_to_computed_tables(dj_connection, o
         assert ours.execute("SELECT dj.enforce_tiers(%s, false)", (OURS,)).fetchone()[0] == 2
     lab.Pair.insert1(dict(subject_id=7, session_idx=1, partner_id=7, similarity=1.0), allow_direct_insert=True)
     assert len(lab.Pair & "subject_id = 7") == 1
+
+
+def test_tables_python_declares_in_an_enforcing_schema_are_guarded(dj_connection, ours):
+    ours.execute("SELECT dj.enforce_tiers(%s)", (OURS,))
+    try:
+        lab = dj.VirtualModule("lab", OURS, connection=dj_connection)
+        schema = dj.Schema(OURS, connection=dj_connection, context={"Session": lab.Session})
+
+        @schema
+        class Tally(dj.Computed):
+            definition = "-> Session\n---\ncount : int32"
+
+            def make(self, key):
+                self.insert1(dict(key, count=1))
+
+        guards = ours.execute(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = 'dj_tier_guard'",
+            (f"{OURS}.__tally",),
+        ).fetchone()[0]
+        assert guards == 1
+        with pytest.raises(dj.errors.AccessError):
+            Tally.insert1(dict(subject_id=2, session_idx=1, count=5), allow_direct_insert=True)
+    finally:
+        ours.execute("SELECT dj.enforce_tiers(%s, false)", (OURS,))

@@ -98,10 +98,8 @@ fn declare_table(
     }
     write_lineage(&target, &ddl.lineage)?;
 
+    // In a tier-enforcing schema the dj_guard_new_tables event trigger has guarded it already.
     let name = TableName { schema: target.schema.clone(), table: target.table.clone() };
-    if crate::api::tiers::enforced(&target.schema)? {
-        crate::api::tiers::guard(&name)?;
-    }
     if let Some(rows) = contents {
         if tier != Tier::Lookup {
             return Err(DjError::new(

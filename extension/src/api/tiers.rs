@@ -81,6 +81,17 @@ pub fn guard(name: &TableName) -> DjResult<bool> {
     Ok(true)
 }
 
+/// Called by the `dj_guard_new_tables` event trigger for each table created in a schema that
+/// enforces tiers, whoever creates it (dj.declare, datajoint-python, plain SQL).
+#[pg_extern(volatile, parallel_unsafe, name = "_guard_table")]
+fn guard_table(table: pg_sys::Oid) -> bool {
+    const FN: &str = "dj._guard_table";
+    match catalog::table_name_of(table).or_raise(FN) {
+        Some(name) => guard(&name).or_raise(FN),
+        None => false,
+    }
+}
+
 /// Whether the schema enforces tiers.
 pub fn enforced(schema: &str) -> DjResult<bool> {
     Ok(catalog::read_one::<bool>(
@@ -150,9 +161,27 @@ END
 $guard$;
 COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables.';
 COMMENT ON FUNCTION dj._pipeline_write_allowed(oid, text) IS 'Internal: whether a DataJoint operation running in this backend (populate, dj.delete) may do this operation on this table.';
+COMMENT ON FUNCTION dj._guard_table(oid) IS 'Internal: add the tier guard to a new table of a tier-enforcing schema.';
+CREATE FUNCTION dj._guard_new_tables() RETURNS event_trigger LANGUAGE plpgsql AS $guard$
+DECLARE
+    created record;
+BEGIN
+    FOR created IN
+        SELECT c.objid, c.schema_name FROM pg_event_trigger_ddl_commands() c
+        WHERE c.command_tag = 'CREATE TABLE' AND c.object_type = 'table'
+    LOOP
+        IF EXISTS (SELECT 1 FROM dj.schema_settings s WHERE s.schema_name = created.schema_name AND s.enforce_tiers) THEN
+            PERFORM dj._guard_table(created.objid);
+        END IF;
+    END LOOP;
+END
+$guard$;
+COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables created in tier-enforcing schemas, whoever creates them.';
+CREATE EVENT TRIGGER dj_guard_new_tables ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+    EXECUTE FUNCTION dj._guard_new_tables();
 COMMENT ON FUNCTION dj.enforce_tiers(text, boolean) IS
   'Turn server-enforced tiers on (default) or off for a schema: direct INSERT, UPDATE, DELETE and TRUNCATE on its Computed, Imported and Part tables are refused outside populate and dj.delete. Returns the number of tables affected.';
 "#,
     name = "tier_guard",
-    requires = [pipeline_write_allowed, enforce_tiers]
+    requires = [pipeline_write_allowed, enforce_tiers, guard_table]
 );
