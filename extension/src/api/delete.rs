@@ -94,16 +94,8 @@ fn refuse_part(table: &Table) -> DjError {
 
 /// Counts the rows each step selects.
 fn counts(steps: &[Step]) -> DjResult<Vec<i64>> {
-    steps
-        .iter()
-        .map(|s| {
-            let q = format!(
-                "SELECT count(*) FROM {} WHERE {}",
-                sql::qualified(&s.table.schema, &s.table.name),
-                s.condition
-            );
-            Ok(catalog::read_one::<i64>(&q, &[])?.unwrap_or(0))
-        })
+    (0..steps.len())
+        .map(|i| Ok(catalog::read_one::<i64>(&cascade::count_sql(steps, i), &[])?.unwrap_or(0)))
         .collect()
 }
 
@@ -188,13 +180,8 @@ fn delete(
     let _path = PinnedSearchPath::new().or_raise(FN);
     let mut removed = vec![0i64; steps.len()];
     // Children first: each condition's subqueries still see the parent rows.
-    for (i, step) in steps.iter().enumerate().rev() {
-        let q = format!(
-            "WITH gone AS (DELETE FROM {} WHERE {} RETURNING 1) SELECT count(*) FROM gone",
-            sql::qualified(&step.table.schema, &step.table.name),
-            step.condition
-        );
-        removed[i] = Spi::get_one::<i64>(&q).or_raise(FN).unwrap_or(0);
+    for i in (0..steps.len()).rev() {
+        removed[i] = Spi::get_one::<i64>(&cascade::delete_sql(&steps, i)).or_raise(FN).unwrap_or(0);
     }
     if self::part_integrity(part_integrity).or_raise(FN) == PartIntegrity::Enforce {
         check_parts(&deps, &steps, &removed).or_raise(FN);
