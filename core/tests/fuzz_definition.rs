@@ -6,6 +6,9 @@ use datajoint_core::definition::{parse, Item};
 use datajoint_core::naming::Tier;
 use proptest::prelude::*;
 
+mod common;
+use common::outside_quotes;
+
 fn parents_for(text: &str) -> Vec<Parent> {
     let Ok(def) = parse(text) else { return vec![] };
     def.lines
@@ -104,19 +107,4 @@ proptest! {
             }
         }
     }
-}
-
-/// The statement with '...' and "..." contents removed.
-fn outside_quotes(sql: &str) -> String {
-    let mut out = String::new();
-    let mut quote: Option<char> = None;
-    for c in sql.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '\'' || c == '"' => quote = Some(c),
-            None => out.push(c),
-        }
-    }
-    out
 }

@@ -4,6 +4,9 @@
 use datajoint_core::restriction::condition;
 use proptest::prelude::*;
 
+mod common;
+use common::outside_quotes;
+
 fn attributes() -> Vec<String> {
     ["depth", "quality", "subject_id"].iter().map(|s| s.to_string()).collect()
 }
@@ -50,20 +53,6 @@ fn sql_like() -> impl Strategy<Value = String> {
         Just("."),
     ];
     prop::collection::vec(token, 0..30).prop_map(|t| t.concat())
-}
-
-fn outside_quotes(sql: &str) -> String {
-    let mut out = String::new();
-    let mut quote: Option<char> = None;
-    for c in sql.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '\'' || c == '"' => quote = Some(c),
-            None => out.push(c),
-        }
-    }
-    out
 }
 
 proptest! {
