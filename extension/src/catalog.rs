@@ -91,13 +91,17 @@ pub fn is_known_type(type_text: &str) -> DjResult<bool> {
 
 /// The master table of class `class` in `schema`: whichever tier's table name exists.
 pub fn find_class(schema: &str, class: &str) -> DjResult<Option<TableName>> {
-    for tier in [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed] {
-        let table = naming::master_table_name(class, tier);
-        if table_exists(schema, &table)? {
-            return Ok(Some(TableName { schema: schema.to_string(), table }));
-        }
-    }
-    Ok(None)
+    let candidates: Vec<String> = [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed]
+        .into_iter()
+        .map(|tier| naming::master_table_name(class, tier))
+        .collect();
+    let found = read_one::<String>(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = ANY ($2) AND c.relkind IN ('r', 'p') \
+         ORDER BY array_position($2, c.relname::text) LIMIT 1",
+        &[schema.into(), candidates.into()],
+    )?;
+    Ok(found.map(|table| TableName { schema: schema.to_string(), table }))
 }
 
 /// Resolves a table given as a class name (`lab.Session`, `lab.Pair.Channel`) or as an SQL name
@@ -245,27 +249,13 @@ fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
     })
 }
 
-/// DataJoint tables (those whose names follow the tier conventions), optionally of one schema.
+/// DataJoint tables (those whose names follow the tier conventions), optionally of one schema,
+/// sorted by schema and name: the nodes of the cached dependency graph.
 pub fn tables(schema: Option<&str>) -> DjResult<Vec<TableName>> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND ($1::text IS NULL OR n.nspname = $1) \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'dj') AND n.nspname NOT LIKE 'pg\\_%' \
-             ORDER BY 1, 2",
-            None,
-            &[schema.into()],
-        )?;
-        let mut out = Vec::new();
-        for row in rows {
-            let name =
-                TableName { schema: row.get(1)?.unwrap_or_default(), table: row.get(2)?.unwrap_or_default() };
-            if Tier::of_table(&name.table).is_some() {
-                out.push(name);
-            }
-        }
-        Ok(out)
-    })
+    let deps = dependencies()?;
+    let mut out: Vec<&Table> = deps.tables().filter(|t| schema.is_none_or(|s| t.schema == s)).collect();
+    out.sort();
+    Ok(out.into_iter().map(|t| TableName { schema: t.schema.clone(), table: t.name.clone() }).collect())
 }
 
 /// Columns of a table in order, as `describe` and `heading` need them.

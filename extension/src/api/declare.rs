@@ -203,15 +203,16 @@ fn write_lineage(target: &Target, rows: &[(String, String)]) -> DjResult<()> {
         &format!("DELETE FROM {lineage} WHERE table_name = $1"),
         &[target.table.as_str().into()],
     )?;
-    for (attribute, value) in rows {
-        Spi::run_with_args(
-            &format!(
-                "INSERT INTO {lineage} (table_name, attribute_name, lineage) VALUES ($1, $2, $3) \
-                 ON CONFLICT (table_name, attribute_name) DO UPDATE SET lineage = EXCLUDED.lineage"
-            ),
-            &[target.table.as_str().into(), attribute.as_str().into(), value.as_str().into()],
-        )?;
-    }
+    let attributes: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
+    let values: Vec<&str> = rows.iter().map(|(_, v)| v.as_str()).collect();
+    Spi::run_with_args(
+        &format!(
+            "INSERT INTO {lineage} (table_name, attribute_name, lineage) \
+             SELECT $1, a, v FROM unnest($2::text[], $3::text[]) AS u(a, v) \
+             ON CONFLICT (table_name, attribute_name) DO UPDATE SET lineage = EXCLUDED.lineage"
+        ),
+        &[target.table.as_str().into(), attributes.into(), values.into()],
+    )?;
     Ok(())
 }
 
@@ -264,29 +265,11 @@ fn insert_contents(name: &TableName, columns: &[String], contents: JsonB) -> DjR
     Ok(())
 }
 
-/// `dj.tables(schema)`: the DataJoint tables of a schema (all schemas when NULL), with class
-/// names and tiers as datajoint-python infers them from the table names.
-#[pg_extern(stable, parallel_safe)]
-fn tables(
-    schema: default!(Option<&str>, "NULL"),
-) -> TableIterator<
-    'static,
-    (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
-> {
-    let rows = catalog::tables(schema).or_raise("dj.tables");
-    TableIterator::new(rows.into_iter().map(|t| {
-        let tier = Tier::of_table(&t.table).map(|t| t.name().to_string()).unwrap_or_default();
-        (t.schema.clone(), naming::class_name_of(&t.table), tier, t.table)
-    }))
-}
-
 extension_sql!(
     r#"
 COMMENT ON FUNCTION dj.declare(text, text, text, jsonb) IS
   'Declare a DataJoint table: class name schema.ClassName (schema.Master.Part for parts), tier (lookup, manual, imported, computed, part), definition in the DataJoint language, optional contents for lookups. Creates the schema if missing. Returns the table.';
-COMMENT ON FUNCTION dj.tables(text) IS
-  'The DataJoint tables of a schema (all schemas when NULL): schema, class name, tier and SQL table name.';
 "#,
     name = "declare_comments",
-    requires = [declare, tables]
+    requires = [declare]
 );

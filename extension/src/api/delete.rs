@@ -120,7 +120,7 @@ fn check_parts(deps: &Dependencies, steps: &[Step], counts: &[i64]) -> DjResult<
     Ok(())
 }
 
-type Plan = (std::rc::Rc<Dependencies>, Vec<Step>);
+type Plan = (std::rc::Rc<Dependencies>, Vec<Step>, PartIntegrity);
 
 fn plan(table: &str, condition: Option<&str>, key: Option<JsonB>, integrity: &str) -> DjResult<Plan> {
     let integrity = part_integrity(integrity)?;
@@ -140,7 +140,7 @@ fn plan(table: &str, condition: Option<&str>, key: Option<JsonB>, integrity: &st
     }
     let condition = root_condition(&name, condition, key)?;
     let steps = cascade::plan(&deps, &root, condition);
-    Ok((deps, steps))
+    Ok((deps, steps, integrity))
 }
 
 type CountRow =
@@ -169,7 +169,7 @@ fn delete(
     (name!(schema_name, String), name!(class_name, String), name!(table_name, String), name!(rows, i64)),
 > {
     const FN: &str = "dj.delete";
-    let (deps, steps) = plan(table, restriction, key, part_integrity).or_raise(FN);
+    let (deps, steps, integrity) = plan(table, restriction, key, part_integrity).or_raise(FN);
     let tables: Vec<TableName> = steps
         .iter()
         .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
@@ -183,7 +183,7 @@ fn delete(
     for i in (0..steps.len()).rev() {
         removed[i] = Spi::get_one::<i64>(&cascade::delete_sql(&steps, i)).or_raise(FN).unwrap_or(0);
     }
-    if self::part_integrity(part_integrity).or_raise(FN) == PartIntegrity::Enforce {
+    if integrity == PartIntegrity::Enforce {
         check_parts(&deps, &steps, &removed).or_raise(FN);
     }
     TableIterator::new(rows(&steps, &removed))
@@ -225,10 +225,10 @@ fn delete_preview(
     (name!(schema_name, String), name!(class_name, String), name!(table_name, String), name!(rows, i64)),
 > {
     const FN: &str = "dj.delete_preview";
-    let (deps, steps) = plan(table, restriction, key, part_integrity).or_raise(FN);
+    let (deps, steps, integrity) = plan(table, restriction, key, part_integrity).or_raise(FN);
     let n = counts(&steps).or_raise(FN);
     // The preview refuses what the delete would refuse.
-    if self::part_integrity(part_integrity).or_raise(FN) == PartIntegrity::Enforce {
+    if integrity == PartIntegrity::Enforce {
         check_parts(&deps, &steps, &n).or_raise(FN);
     }
     TableIterator::new(rows(&steps, &n))

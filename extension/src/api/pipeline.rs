@@ -127,6 +127,19 @@ fn descendants(
     TableIterator::new(deps.descendants(&t).into_iter().map(row).collect::<Vec<_>>())
 }
 
+/// `dj.tables(schema)`: the DataJoint tables of a schema (all schemas when NULL), with class
+/// names and tiers as datajoint-python infers them from the table names.
+#[pg_extern(stable, parallel_safe)]
+fn tables(
+    schema: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
+> {
+    let rows = catalog::tables(schema).or_raise("dj.tables");
+    TableIterator::new(rows.into_iter().map(|t| row(&Table::new(t.schema, t.table))).collect::<Vec<_>>())
+}
+
 /// `dj.topological_order(schema)`: the DataJoint tables of a schema (all schemas when NULL),
 /// parents before children, parts right after their master.
 #[pg_extern(stable, parallel_safe)]
@@ -222,6 +235,8 @@ fn heading(
 
 extension_sql!(
     r#"
+COMMENT ON FUNCTION dj.tables(text) IS
+  'The DataJoint tables of a schema (all schemas when NULL): schema, class name, tier and SQL table name.';
 COMMENT ON FUNCTION dj.parents(text) IS 'The tables a table references (its foreign keys), with attributes, referenced attributes, whether the reference is part of the primary key and whether it renames attributes.';
 COMMENT ON FUNCTION dj.children(text) IS 'The tables that reference a table, one row per foreign key.';
 COMMENT ON FUNCTION dj.ancestors(text) IS 'Every table upstream of a table, parents before children.';
@@ -231,7 +246,7 @@ COMMENT ON FUNCTION dj.describe(text) IS 'The definition of a table in the DataJ
 COMMENT ON FUNCTION dj.heading(text) IS 'The attributes of a table: declared type, SQL type, key, nullability, default (definition syntax), comment, hidden.';
 "#,
     name = "pipeline_comments",
-    requires = [parents, children, ancestors, descendants, topological_order, describe, heading]
+    requires = [tables, parents, children, ancestors, descendants, topological_order, describe, heading]
 );
 
 /// `dj.diagram(items, format)`: a diagram of the named schemas and tables, as Mermaid (default),
