@@ -19,20 +19,52 @@ END $$;
 GRANT USAGE ON SCHEMA dj TO PUBLIC;
 COMMENT ON SCHEMA dj IS 'DataJoint pipelines inside PostgreSQL: functions and catalog of the datajoint extension';
 
--- WebAssembly components that implement make functions, content-addressed.
+-- WebAssembly components that implement make functions (dj.register_module), by name; the
+-- sha256 (hex) is what computed rows record as their _job_version.
 CREATE TABLE dj.modules (
     name          text PRIMARY KEY CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$'),
-    sha256        bytea NOT NULL UNIQUE CHECK (length(sha256) = 32),
+    sha256        text NOT NULL,
     component     bytea NOT NULL,
     registered_at timestamptz NOT NULL DEFAULT now(),
-    registered_by name NOT NULL DEFAULT current_user
+    registered_by name NOT NULL DEFAULT current_user,
+    CHECK (sha256 = pg_catalog.encode(pg_catalog.sha256(component), 'hex'))
 );
-COMMENT ON TABLE dj.modules IS 'WebAssembly components registered with dj.register_module, keyed by name and sha256.';
+COMMENT ON TABLE dj.modules IS 'WebAssembly components registered with dj.register_module: make functions, by name, with their sha256.';
+
+-- Anyone may read and register modules; a name is replaced or removed only by (a member of) the
+-- role that registered it.
+ALTER TABLE dj.modules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON dj.modules FOR SELECT USING (true);
+CREATE POLICY register ON dj.modules FOR INSERT WITH CHECK (registered_by = current_user);
+CREATE POLICY replace ON dj.modules FOR UPDATE USING (pg_has_role(registered_by, 'USAGE'))
+    WITH CHECK (registered_by = current_user);
+CREATE POLICY remove ON dj.modules FOR DELETE USING (pg_has_role(registered_by, 'USAGE'));
+
+-- Which module computes which table (dj.set_make).
+CREATE TABLE dj.makes (
+    schema_name name NOT NULL,
+    table_name  name NOT NULL,
+    module      text NOT NULL REFERENCES dj.modules (name) ON UPDATE CASCADE,
+    set_at      timestamptz NOT NULL DEFAULT now(),
+    set_by      name NOT NULL DEFAULT current_user,
+    PRIMARY KEY (schema_name, table_name)
+);
+COMMENT ON TABLE dj.makes IS 'The make function (module) of each Computed or Imported table, set with dj.set_make.';
+
+-- Anyone may read; only a table's owner (or a member of the owning role) may choose its make.
+ALTER TABLE dj.makes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY read_all ON dj.makes FOR SELECT USING (true);
+CREATE POLICY owner_writes ON dj.makes FOR ALL
+    USING (pg_has_role((SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = schema_name AND c.relname = table_name), 'USAGE'))
+    WITH CHECK (pg_has_role((SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                              WHERE n.nspname = schema_name AND c.relname = table_name), 'USAGE'));
 
 -- Compiled machine code of a module, per engine build and configuration, so that no backend
--- compiles the same module twice. Only written by the extension; never dumped (rebuilt on demand).
+-- compiles the same module twice. Only the extension writes it (as its owner: wasmtime runs this
+-- code as it is, so no other role may even read it); never dumped (rebuilt on demand).
 CREATE TABLE dj.module_artifacts (
-    sha256      bytea NOT NULL REFERENCES dj.modules (sha256) ON DELETE CASCADE,
+    sha256      text NOT NULL,
     engine      text NOT NULL,
     artifact    bytea NOT NULL,
     compiled_at timestamptz NOT NULL DEFAULT now(),
@@ -54,8 +86,9 @@ CREATE POLICY owner_writes ON dj.schema_settings FOR ALL
     USING (pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = schema_name), 'USAGE'))
     WITH CHECK (pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = schema_name), 'USAGE'));
 
-REVOKE ALL ON dj.modules, dj.module_artifacts FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON dj.schema_settings TO PUBLIC;
+REVOKE ALL ON dj.module_artifacts FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dj.schema_settings, dj.modules, dj.makes TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('dj.modules', '');
+SELECT pg_catalog.pg_extension_config_dump('dj.makes', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.schema_settings', '');

@@ -50,7 +50,7 @@ impl Default for Limits {
 }
 
 /// Why a guest call did not return a value. Each variant maps to one SQLSTATE in the extension.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SandboxError {
     #[error("not a valid WebAssembly module: {message}")]
     InvalidModule { message: String, detail: Option<String> },
@@ -169,7 +169,7 @@ pub fn call_export(
             Some(Val::I64(v)) => *v,
             _ => 0,
         }),
-        Err(e) => Err(classify(e, store.data())),
+        Err(e) => Err(classify(e, store.data_mut().guard())),
     }
 }
 
@@ -237,23 +237,46 @@ impl ResourceLimiter for Guard {
     }
 }
 
+impl Guard {
+    /// The limits of one call, its deadline counted from now.
+    pub fn new(limits: &Limits, interrupt: fn() -> bool) -> Guard {
+        Guard {
+            limits: *limits,
+            deadline: limits.timeout.map(|t| Instant::now() + t),
+            interrupt,
+            stopped: None,
+            memory_requested: None,
+            memory_total: 0,
+            table_elements: 0,
+        }
+    }
+}
+
+/// Store data that carries a [`Guard`].
+pub trait Guarded: 'static {
+    fn guard(&mut self) -> &mut Guard;
+}
+
+impl Guarded for Guard {
+    fn guard(&mut self) -> &mut Guard {
+        self
+    }
+}
+
 /// A store with the memory cap, fuel budget and epoch deadline of `limits` in force.
 pub fn new_store(limits: &Limits, interrupt: fn() -> bool) -> Result<Store<Guard>, SandboxError> {
-    let guard = Guard {
-        limits: *limits,
-        deadline: limits.timeout.map(|t| Instant::now() + t),
-        interrupt,
-        stopped: None,
-        memory_requested: None,
-        memory_total: 0,
-        table_elements: 0,
-    };
-    let mut store = Store::new(engine(), guard);
-    store.limiter(|g| g as &mut dyn ResourceLimiter);
-    store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
+    guarded_store(Guard::new(limits, interrupt))
+}
+
+/// A store for `data`, its guard's limits in force.
+pub fn guarded_store<T: Guarded>(mut data: T) -> Result<Store<T>, SandboxError> {
+    let fuel = data.guard().limits.fuel.unwrap_or(u64::MAX);
+    let mut store = Store::new(engine(), data);
+    store.limiter(|d| d.guard() as &mut dyn ResourceLimiter);
+    store.set_fuel(fuel).map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
-        let g = ctx.data_mut();
+        let g = ctx.data_mut().guard();
         if (g.interrupt)() {
             g.stopped = Some(Stop::Interrupted);
             return Ok(UpdateDeadline::Interrupt);
@@ -269,7 +292,7 @@ pub fn new_store(limits: &Limits, interrupt: fn() -> bool) -> Result<Store<Guard
 
 /// Turns a failed call into the reason the user should see. The host's own records (deadline,
 /// cancel, memory cap) take precedence over the trap code they caused.
-fn classify(err: wasmtime::Error, guard: &Guard) -> SandboxError {
+pub(crate) fn classify(err: wasmtime::Error, guard: &Guard) -> SandboxError {
     match guard.stopped {
         Some(Stop::Interrupted) => return SandboxError::Interrupted,
         Some(Stop::Timeout) => {
@@ -322,10 +345,10 @@ static TICKER: Mutex<Option<Thread>> = Mutex::new(None);
 
 /// While at least one guest call is active the ticker thread advances the engine's epoch every
 /// [`EPOCH_TICK`]; otherwise it sleeps, so an idle backend pays nothing.
-struct ActiveCall;
+pub(crate) struct ActiveCall;
 
 impl ActiveCall {
-    fn begin() -> Result<ActiveCall, SandboxError> {
+    pub(crate) fn begin() -> Result<ActiveCall, SandboxError> {
         let mut ticker = TICKER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if ticker.is_none() {
             let handle = threads::spawn_signal_free("dj-epoch-ticker", ticker_loop)

@@ -10,17 +10,29 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
+    // The new thread inherits the blocked mask.
+    with_signals_blocked(|| Builder::new().name(name.to_string()).spawn(f))
+}
+
+/// Runs `f` with every signal blocked on the calling thread, so that the threads `f` starts (a
+/// tokio runtime's workers, say) inherit the blocked mask; the caller's mask is restored after.
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores a mask pthread_sigmask itself returned.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
     // SAFETY: sigset_t is plain data; pthread_sigmask only reads `all` and writes `previous`.
-    unsafe {
+    let _restore = unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut previous: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-        // The new thread inherits the blocked mask.
-        let spawned = Builder::new().name(name.to_string()).spawn(f);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-        spawned
-    }
+        Restore(previous)
+    };
+    f()
 }
 
 /// True when the calling thread blocks every signal that can be blocked (all but SIGKILL and

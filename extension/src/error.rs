@@ -29,7 +29,10 @@ impl DjError {
 
     /// Raises the ERROR. Never returns.
     pub fn raise(self, funcname: &'static str) -> ! {
-        let mut report = ErrorReport::new(self.code, self.message, funcname).set_hint(self.hint);
+        let mut report = ErrorReport::new(self.code, self.message, funcname);
+        if !self.hint.is_empty() {
+            report = report.set_hint(self.hint);
+        }
         if let Some(detail) = self.detail {
             report = report.set_detail(detail);
         }

@@ -8,6 +8,7 @@ mod catalog;
 mod error;
 mod gucs;
 mod interrupts;
+mod make;
 mod preload;
 mod regclass;
 

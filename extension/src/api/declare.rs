@@ -78,7 +78,9 @@ fn declare_table(
             Item::Index(_) => {}
         }
     }
-    let ddl = declare::compile(&parsed, &target, &parents, Options::default())?;
+    // Computed and Imported rows record when, how fast and by which module they were made.
+    let ddl =
+        declare::compile(&parsed, &target, &parents, Options { job_metadata: true, provenance: false })?;
 
     if !catalog::schema_exists(&target.schema)? {
         Spi::run(&format!("CREATE SCHEMA {}", sql::ident(&target.schema)))?;
@@ -189,6 +191,23 @@ fn resolve_parent(path: &[String], schema: &str, master: Option<&TableName>) -> 
         [s, m, p] => part_of(s, m, p),
         _ => Err(missing(path.join("."))),
     }
+}
+
+/// Declares a hidden table (a `~~name` jobs table) from a definition without foreign keys.
+pub(crate) fn declare_hidden(name: &TableName, definition: &str) -> DjResult<()> {
+    let parsed = definition::parse(definition)?;
+    let target = Target { schema: name.schema.clone(), table: name.table.clone(), tier: Tier::Manual };
+    let ddl = declare::compile(&parsed, &target, &[], Options::default())?;
+    for (type_name, values) in &ddl.enums {
+        if !catalog::type_exists(&target.schema, type_name)? {
+            Spi::run(&declare::create_enum_sql(&target.schema, type_name, values))?;
+        }
+    }
+    Spi::run(&ddl.create_table)?;
+    for statement in ddl.indexes.iter().chain(&ddl.comments) {
+        Spi::run(statement)?;
+    }
+    write_lineage(&target, &ddl.lineage)
 }
 
 /// Replaces the table's `~lineage` rows (datajoint-python's table, created on first use).

@@ -189,11 +189,32 @@ fn delete(
     TableIterator::new(rows(&steps, &removed))
 }
 
+/// Deletes the rows of `name` matching `condition` (SQL this extension built, not user text)
+/// and everything downstream of them; returns the rows removed from `name`.
+pub(crate) fn delete_where(name: &TableName, condition: &str) -> DjResult<i64> {
+    let root = Table::new(name.schema.clone(), name.table.clone());
+    let deps = catalog::dependencies()?;
+    let steps = cascade::plan(&deps, &root, Some(condition.to_string()));
+    let tables: Vec<TableName> = steps
+        .iter()
+        .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
+        .collect();
+    let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables)?;
+    let mut removed = 0;
+    for i in (0..steps.len()).rev() {
+        let n = Spi::get_one::<i64>(&cascade::delete_sql(&steps, i))?.unwrap_or(0);
+        if steps[i].table == root {
+            removed = n;
+        }
+    }
+    Ok(removed)
+}
+
 /// `search_path` set to `pg_catalog` for the transaction while alive, restored after.
-struct PinnedSearchPath(String);
+pub(crate) struct PinnedSearchPath(String);
 
 impl PinnedSearchPath {
-    fn new() -> DjResult<PinnedSearchPath> {
+    pub(crate) fn new() -> DjResult<PinnedSearchPath> {
         let old =
             catalog::read_one::<String>("SELECT current_setting('search_path')", &[])?.unwrap_or_default();
         Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")?;

@@ -1,8 +1,9 @@
 //! SQL-facing functions, one module per concept.
 
-mod declare;
-mod delete;
+pub mod declare;
+pub mod delete;
 mod pipeline;
+mod populate;
 mod sandbox;
 pub mod tiers;
 mod version;

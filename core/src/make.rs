@@ -1,0 +1,358 @@
+//! Make functions: WebAssembly components of the world `datajoint:make/make` (wasm-make/wit).
+//!
+//! The host side of the contract, free of PostgreSQL: components are compiled and checked against
+//! the world once ([`load`]), prepared once per process ([`Prepared`], an `InstancePre`), and each
+//! key costs one instantiation in a fresh store ([`Prepared::call`]). The database itself is behind
+//! the [`Database`] trait, which the extension implements over SPI.
+//!
+//! The guest gets WASI preview 2 with nothing granted: no preopened directories, no environment, no
+//! arguments, no network, empty stdin; stdout and stderr go to bounded memory pipes whose text is
+//! returned with the call (a Rust panic message lands there). Clocks and random numbers work.
+
+use std::sync::OnceLock;
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::sandbox::{self, ActiveCall, Guard, Guarded, Limits, SandboxError};
+use crate::threads;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wasm-make/wit",
+        world: "make",
+        imports: { default: trappable },
+        additional_derives: [PartialEq],
+    });
+}
+
+pub use bindings::datajoint::make::host::{Level, Query};
+pub use bindings::datajoint::make::types::{Field, Value};
+
+/// The linker make components are instantiated with.
+pub type MakeLinker<D> = Linker<State<D>>;
+
+/// A row, in heading order.
+pub type Row = Vec<Field>;
+
+/// The version of the contract this host implements (guests built for any 0.1.x link).
+pub const WORLD: &str = "datajoint:make/make@0.1.0";
+
+/// Bytes of stdout and of stderr kept per call; the rest is dropped.
+pub const OUTPUT_CAPACITY: usize = 64 * 1024;
+
+/// The database as a make function sees it: what the host interface's calls do.
+pub trait Database: Send + 'static {
+    type Error: Send + 'static;
+    fn log(&mut self, level: Level, message: String);
+    /// Rows of `query` restricted by the current key; `one` asks for exactly one row.
+    fn fetch(&mut self, query: Query, one: bool) -> Result<Vec<Row>, Self::Error>;
+    /// Inserts into the target or one of its parts; returns the number of rows inserted.
+    fn insert(&mut self, table: String, rows: Vec<Row>) -> Result<u64, Self::Error>;
+}
+
+/// Why a make call failed.
+#[derive(Debug)]
+pub enum MakeError<E> {
+    /// The guest returned `err(message)`.
+    Guest(String),
+    /// A host call failed: the database's own error.
+    Host(E),
+    /// The guest trapped, ran out of time, fuel or memory, or could not be instantiated.
+    Sandbox(SandboxError),
+}
+
+/// What the guest wrote to stdout and stderr during the call (each at most [`OUTPUT_CAPACITY`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The panic message of a Rust guest ("panicked at src/lib.rs:3:5:\nboom" → "boom"), if any.
+    pub fn panic_message(&self) -> Option<String> {
+        let (_, rest) = self.stderr.split_once("panicked at ")?;
+        let (_location, message) = rest.split_once('\n')?;
+        let message = message.lines().next().unwrap_or_default().trim();
+        (!message.is_empty()).then(|| message.to_string())
+    }
+}
+
+/// Per-call store data.
+pub struct State<D: Database> {
+    guard: Guard,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    db: D,
+    host_error: Option<D::Error>,
+}
+
+impl<D: Database> Guarded for State<D> {
+    fn guard(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+}
+
+impl<D: Database> WasiView for State<D> {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl<D: Database> State<D> {
+    /// Records the database's error and stops the guest: it never sees host errors as values.
+    fn fail(&mut self, error: D::Error) -> wasmtime::Error {
+        self.host_error = Some(error);
+        wasmtime::format_err!("host call failed")
+    }
+}
+
+impl<D: Database> bindings::datajoint::make::types::Host for State<D> {}
+
+impl<D: Database> bindings::datajoint::make::host::Host for State<D> {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.db.log(level, message);
+        Ok(())
+    }
+
+    fn fetch(&mut self, q: Query) -> wasmtime::Result<Vec<Row>> {
+        self.db.fetch(q, false).map_err(|e| self.fail(e))
+    }
+
+    fn fetch1(&mut self, q: Query) -> wasmtime::Result<Row> {
+        match self.db.fetch(q, true) {
+            Ok(mut rows) if rows.len() == 1 => Ok(rows.pop().expect("one row")),
+            Ok(rows) => Err(wasmtime::format_err!("fetch1 got {} rows from the database", rows.len())),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn insert(&mut self, table: String, rows: Vec<Row>) -> wasmtime::Result<u64> {
+        self.db.insert(table, rows).map_err(|e| self.fail(e))
+    }
+}
+
+/// The linker every make component is checked and instantiated against: WASI p2 and the host
+/// interface, nothing else.
+pub fn linker<D: Database>() -> Result<Linker<State<D>>, SandboxError> {
+    let mut linker = Linker::new(sandbox::engine());
+    let internal = |e: wasmtime::Error| SandboxError::Internal(format!("{e:#}"));
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
+    bindings::Make::add_to_linker::<_, HasSelf<State<D>>>(&mut linker, |s| s).map_err(internal)?;
+    Ok(linker)
+}
+
+/// Compiles component bytes. Core modules and other binaries get a clear refusal.
+pub fn compile(bytes: &[u8]) -> Result<Component, SandboxError> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            return Err(SandboxError::InvalidModule {
+                message: "this is a core WebAssembly module, not a component".into(),
+                detail: Some(format!(
+                    "make functions are components of the world {WORLD}: build Rust for the wasm32-wasip2 target, Python with componentize-py"
+                )),
+            })
+        }
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+        _ => {
+            return Err(SandboxError::InvalidModule {
+                message: "the bytes are not a WebAssembly component (no \\0asm component header)".into(),
+                detail: None,
+            })
+        }
+    }
+    Component::new(sandbox::engine(), bytes).map_err(|e| {
+        let text = format!("{e:#}");
+        let mut lines = text.lines();
+        let message = lines.next().unwrap_or_default().trim().to_string();
+        let rest: Vec<&str> = lines.map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+        SandboxError::InvalidModule { message, detail: (!rest.is_empty()).then(|| rest.join("\n")) }
+    })
+}
+
+/// The engine fingerprint compiled artifacts are keyed by: wasmtime's own compatibility hash of
+/// the engine configuration, plus its version.
+pub fn engine_fingerprint() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sandbox::engine().precompile_compatibility_hash().hash(&mut h);
+    format!("wasmtime-{}-{:016x}", wasmtime_version(), h.finish())
+}
+
+fn wasmtime_version() -> &'static str {
+    // The pinned version (Cargo.toml): bump together.
+    "48.0.8"
+}
+
+/// Machine code of a compiled component, to store.
+pub fn serialize(component: &Component) -> Result<Vec<u8>, SandboxError> {
+    component.serialize().map_err(|e| SandboxError::Internal(format!("{e:#}")))
+}
+
+/// A component from [`serialize`]d machine code.
+///
+/// # Safety
+/// `artifact` must come from [`serialize`] under the same [`engine_fingerprint`] and from storage
+/// only the extension writes: wasmtime runs this code as it is.
+pub unsafe fn deserialize(artifact: &[u8]) -> Result<Component, SandboxError> {
+    unsafe { Component::deserialize(sandbox::engine(), artifact) }
+        .map_err(|e| SandboxError::Internal(format!("{e:#}")))
+}
+
+/// A component checked against the world and ready to instantiate in microseconds.
+pub struct Prepared<D: Database> {
+    pre: bindings::MakePre<State<D>>,
+}
+
+impl<D: Database> Prepared<D> {
+    /// Checks that `linker` satisfies every import of `component` and that it exports `make`
+    /// with the contract's signature.
+    pub fn new(linker: &Linker<State<D>>, component: &Component) -> Result<Prepared<D>, SandboxError> {
+        let pre = linker
+            .instantiate_pre(component)
+            .map_err(|e| SandboxError::UnsupportedImport(first_line(&format!("{e:#}")).to_string()))?;
+        let pre = bindings::MakePre::new(pre).map_err(|e| {
+            let text = format!("{e:#}");
+            if text.contains("no export named") || text.contains("not found") {
+                let available = component
+                    .component_type()
+                    .exports(sandbox::engine())
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                SandboxError::MissingExport { name: "make".into(), available }
+            } else {
+                SandboxError::WrongSignature { name: "make".into(), found: text.replace('\n', ": ") }
+            }
+        })?;
+        Ok(Prepared { pre })
+    }
+
+    /// Instantiates the component in a fresh store under `limits` and calls `make(key)`.
+    /// Returns the database handle back with the outcome and the guest's output.
+    pub fn call(
+        &self,
+        db: D,
+        key: Row,
+        limits: &Limits,
+        interrupt: fn() -> bool,
+    ) -> (Result<(), MakeError<D::Error>>, Output, D) {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let state = State {
+            guard: Guard::new(limits, interrupt),
+            wasi,
+            table: ResourceTable::new(),
+            db,
+            host_error: None,
+        };
+        let mut store = match sandbox::guarded_store(state) {
+            Ok(store) => store,
+            Err(e) => unreachable_store(e),
+        };
+        let outcome = match ActiveCall::begin() {
+            Err(e) => Err(MakeError::Sandbox(e)),
+            Ok(_active) => {
+                // WASI's blocking calls run on our runtime: its worker never takes a signal.
+                let _tokio = runtime().enter();
+                let result = self.pre.instantiate(&mut store).and_then(|m| m.call_make(&mut store, &key));
+                match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(message)) => Err(MakeError::Guest(message)),
+                    Err(e) => match store.data_mut().host_error.take() {
+                        Some(host) => Err(MakeError::Host(host)),
+                        None => Err(MakeError::Sandbox(sandbox::classify(e, store.data_mut().guard()))),
+                    },
+                }
+            }
+        };
+        let output = Output {
+            stdout: String::from_utf8_lossy(&stdout.contents()).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+        };
+        (outcome, output, store.into_data().db)
+    }
+}
+
+fn unreachable_store(e: SandboxError) -> ! {
+    // Setting fuel on a fuel-enabled engine cannot fail.
+    panic!("cannot create a store: {e}")
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// The tokio runtime WASI's host calls block on: one worker thread, started with every signal
+/// blocked (Postgres' handlers must only ever run on the backend's main thread).
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        threads::with_signals_blocked(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(1)
+                .thread_name("dj-wasi")
+                .enable_time()
+                .build()
+                .expect("a one-thread tokio runtime")
+        })
+    })
+}
+
+/// `name=value, ...` for messages.
+pub fn display_row(row: &[Field]) -> String {
+    row.iter().map(|f| format!("{}={}", f.name, display_value(&f.value))).collect::<Vec<_>>().join(", ")
+}
+
+pub fn display_value(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Decimal(s) => s.clone(),
+        Value::Text(s) | Value::Json(s) => format!("'{}'", s.replace('\'', "''")),
+        Value::Bytes(b) => format!("<{} bytes>", b.len()),
+        Value::Date(d) => format!("date {d}"),
+        Value::Time(t) => format!("time {t}"),
+        Value::Timestamp(t) => format!("timestamp {t}"),
+        Value::Uuid((hi, lo)) => format!("{hi:016x}{lo:016x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_modules_and_garbage_are_refused_with_reasons() {
+        let core = b"\0asm\x01\0\0\0";
+        match compile(core) {
+            Err(SandboxError::InvalidModule { message, .. }) => {
+                assert!(message.contains("core WebAssembly module"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(compile(b"hello"), Err(SandboxError::InvalidModule { .. })));
+    }
+
+    #[test]
+    fn panic_message_is_taken_from_stderr() {
+        let out = Output {
+            stdout: String::new(),
+            stderr: "\nthread '<unnamed>' panicked at src/lib.rs:40:13:\nboom 3\nnote: run with `RUST_BACKTRACE=1`\n"
+                .into(),
+        };
+        assert_eq!(out.panic_message().as_deref(), Some("boom 3"));
+        assert_eq!(Output::default().panic_message(), None);
+    }
+
+    #[test]
+    fn fingerprint_names_the_engine_version() {
+        assert!(engine_fingerprint().starts_with("wasmtime-48.0.8-"));
+        assert_eq!(engine_fingerprint(), engine_fingerprint());
+    }
+}

@@ -1,0 +1,515 @@
+//! Make functions and `dj.populate`: `dj.register_module`, `dj.set_make`, `dj.populate`,
+//! `dj.key_source`, `dj.progress`, `dj.stale`.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use datajoint_core::dependencies::Table;
+use datajoint_core::make::{self, Field, MakeError};
+use datajoint_core::naming::Tier;
+use datajoint_core::populate::{self, KeyParent, Order};
+use datajoint_core::sandbox::SandboxError;
+use pgrx::prelude::*;
+use pgrx::{IntoDatum, JsonB, PgMemoryContexts, PgSqlErrorCode};
+
+use crate::api::delete::PinnedSearchPath;
+use crate::api::tiers::PipelineWrite;
+use crate::catalog::{self, TableName};
+use crate::error::{DjError, DjResult, OrRaise};
+use crate::gucs;
+use crate::interrupts;
+use crate::make::{self as host, Context, SpiDb, TableInfo};
+
+/// How often populate reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// `dj.register_module(name, component)`: checks that `component` is a make function of the
+/// world `datajoint:make/make`, compiles it once (the machine code is cached for every backend)
+/// and stores it under `name`. Returns its sha256. Registering a name again replaces the module;
+/// rows computed by the old one become stale (`dj.stale`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn register_module(name: &str, component: &[u8]) -> String {
+    const FN: &str = "dj.register_module";
+    let artifact = host::validate(component).or_raise(FN);
+    let sha256 = Spi::get_one_with_args::<String>(
+        "INSERT INTO dj.modules AS m (name, sha256, component) \
+         VALUES ($1, pg_catalog.encode(pg_catalog.sha256($2), 'hex'), $2) \
+         ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, component = EXCLUDED.component, \
+           registered_at = pg_catalog.now(), registered_by = CURRENT_USER \
+         RETURNING sha256",
+        &[name.into(), component.into()],
+    )
+    .map_err(|e| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("cannot register module {name}: {e}"),
+            "A module name is replaced only by a member of the role that registered it; names are letters, digits, _ . -",
+        )
+    })
+    .or_raise(FN)
+    .expect("RETURNING gives a row");
+    host::store_artifact(&sha256, &artifact).or_raise(FN);
+    sha256
+}
+
+/// `dj.set_make(table, module)`: `dj.populate(table)` runs `module`'s make from now on.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_make(table: &str, module: &str) {
+    const FN: &str = "dj.set_make";
+    let name = catalog::resolve(table).or_raise(FN);
+    auto_populated(&name).or_raise(FN);
+    let exists =
+        catalog::read_one::<bool>("SELECT EXISTS (SELECT FROM dj.modules WHERE name = $1)", &[module.into()])
+            .or_raise(FN)
+            .unwrap_or(false);
+    if !exists {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("module {module} is not registered"),
+            "Register it first: SELECT dj.register_module(name, bytes); SELECT name FROM dj.modules lists them.",
+        )
+        .raise(FN);
+    }
+    let owner = catalog::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1::regclass",
+        &[name.qualified().into()],
+    )
+    .or_raise(FN)
+    .unwrap_or(false);
+    if !owner {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("only the owner of {} may choose its make function", name.qualified()),
+            "Ask the table's owner, or a member of the owning role.",
+        )
+        .raise(FN);
+    }
+    Spi::run_with_args(
+        "INSERT INTO dj.makes (schema_name, table_name, module) VALUES ($1, $2, $3) \
+         ON CONFLICT (schema_name, table_name) DO UPDATE SET module = EXCLUDED.module, set_at = pg_catalog.now(), set_by = CURRENT_USER",
+        &[name.schema.as_str().into(), name.table.as_str().into(), module.into()],
+    )
+    .map_err(DjError::from)
+    .or_raise(FN);
+}
+
+fn auto_populated(name: &TableName) -> DjResult<()> {
+    match Tier::of_table(&name.table) {
+        Some(Tier::Computed | Tier::Imported) => Ok(()),
+        Some(Tier::Part) => Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{} is a part table: its master's make fills it", name.qualified()),
+            "Populate the master table; its make inserts the parts.",
+        )),
+        _ => Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("{} is not a Computed or Imported table", name.qualified()),
+            "Only Computed and Imported tables have make functions; insert into Manual and Lookup tables directly.",
+        )),
+    }
+}
+
+/// The key source of a table: its primary-key parents joined, projected to its key.
+struct Source {
+    name: TableName,
+    key: Vec<String>,
+    sql: String,
+}
+
+fn source_of(table: &str) -> DjResult<Source> {
+    let name = catalog::resolve(table)?;
+    auto_populated(&name)?;
+    let deps = catalog::dependencies()?;
+    let t = Table::new(name.schema.clone(), name.table.clone());
+    let key: Vec<String> = deps.primary_key(&t).map(|k| k.to_vec()).unwrap_or_default();
+    let parents: Vec<KeyParent> = deps
+        .parents(&t)
+        .into_iter()
+        .filter(|(_, r)| r.primary)
+        .map(|(p, r)| KeyParent { table: p.clone(), attributes: r.attributes.clone() })
+        .collect();
+    let sql = populate::key_source(&key, &parents).ok_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
+            format!("{} has primary-key attributes no parent provides", name.qualified()),
+            "A Computed or Imported table's key comes from its parents (-> Parent lines above ---).",
+        )
+    })?;
+    Ok(Source { name, key, sql })
+}
+
+fn condition(source: &Source, restriction: Option<&str>) -> DjResult<Option<String>> {
+    restriction
+        .map(|r| {
+            populate::key_condition(r, &source.key).map_err(|e| {
+                DjError::new(
+                    PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                    format!("restriction on the key source of {}: {}", source.name.qualified(), e.message),
+                    format!("{} The key source's attributes: {}.", e.hint, source.key.join(", ")),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The rows of a query as jsonb objects.
+fn json_rows(sql: &str) -> DjResult<Vec<JsonB>> {
+    Ok(Spi::connect(|client| {
+        let rows = client.select(&format!("SELECT pg_catalog.to_jsonb(q) FROM ({sql}) AS q"), None, &[])?;
+        rows.map(|r| r.get::<JsonB>(1).map(|v| v.unwrap_or(JsonB(serde_json::Value::Null))))
+            .collect::<Result<Vec<_>, _>>()
+    })?)
+}
+
+/// `dj.key_source(table, restriction)`: the keys a populate would compute, computed or not.
+#[pg_extern(stable, parallel_safe)]
+fn key_source(table: &str, restriction: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, JsonB> {
+    const FN: &str = "dj.key_source";
+    let source = source_of(table).or_raise(FN);
+    let cond = condition(&source, restriction).or_raise(FN);
+    let t = Table::new(source.name.schema.clone(), source.name.table.clone());
+    let sql = populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), false, Order::Original, None);
+    SetOfIterator::new(json_rows(&sql).or_raise(FN))
+}
+
+/// `dj.progress(table, restriction)`: how many keys remain, of how many.
+#[pg_extern(stable, parallel_safe)]
+fn progress(
+    table: &str,
+    restriction: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(remaining, i64), name!(total, i64))> {
+    const FN: &str = "dj.progress";
+    let source = source_of(table).or_raise(FN);
+    let cond = condition(&source, restriction).or_raise(FN);
+    let t = Table::new(source.name.schema.clone(), source.name.table.clone());
+    let count = |missing: bool| {
+        let sql =
+            populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), missing, Order::Original, None);
+        catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({sql}) AS q"), &[])
+            .map(|n| n.unwrap_or(0))
+    };
+    let remaining = count(true).or_raise(FN);
+    let total = count(false).or_raise(FN);
+    TableIterator::once((remaining, total))
+}
+
+/// The module a table's make runs: (name, sha256).
+fn make_of(name: &TableName) -> DjResult<(String, String)> {
+    let found = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT m.name, m.sha256 FROM dj.makes k JOIN dj.modules m ON m.name = k.module \
+             WHERE k.schema_name = $1 AND k.table_name = $2",
+            Some(1),
+            &[name.schema.as_str().into(), name.table.as_str().into()],
+        )?;
+        if rows.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        let row = rows.first();
+        Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
+    })?;
+    found.ok_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{} has no make function", name.qualified()),
+            format!(
+                "Register a module and attach it: SELECT dj.set_make('{}', 'module_name');",
+                name.qualified().replace('\'', "''")
+            ),
+        )
+    })
+}
+
+/// `dj.stale(table)`: keys of rows computed by another module than the table's current one.
+#[pg_extern(stable, parallel_safe)]
+fn stale(table: &str) -> SetOfIterator<'static, JsonB> {
+    const FN: &str = "dj.stale";
+    let name = catalog::resolve(table).or_raise(FN);
+    auto_populated(&name).or_raise(FN);
+    let (_, sha256) = make_of(&name).or_raise(FN);
+    let info = TableInfo::read(&name).or_raise(FN);
+    if !info.columns.iter().any(|c| c.name == "_job_version") {
+        return SetOfIterator::new(Vec::new());
+    }
+    let key: Vec<String> = info.key().iter().map(|c| datajoint_core::sql::ident(&c.name)).collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE \"_job_version\" IS DISTINCT FROM {} ORDER BY {}",
+        key.join(", "),
+        name.qualified(),
+        datajoint_core::sql::literal(&sha256),
+        key.join(", ")
+    );
+    SetOfIterator::new(json_rows(&sql).or_raise(FN))
+}
+
+/// `dj.populate(table, restriction, max_calls, suppress_errors, order)`: runs the table's make
+/// function once per missing key of its key source, each key in its own subtransaction (its
+/// master and part rows are kept together or not at all). Returns how many keys were done, how
+/// many failed (only with suppress_errors; they are recorded in the table's jobs table) and how
+/// many remain.
+#[pg_extern(volatile, parallel_unsafe)]
+fn populate(
+    table: &str,
+    restriction: default!(Option<&str>, "NULL"),
+    max_calls: default!(Option<i64>, "NULL"),
+    suppress_errors: default!(bool, false),
+    order: default!(&str, "'original'"),
+    recompute_stale: default!(bool, false),
+) -> TableIterator<'static, (name!(done, i64), name!(errors, i64), name!(remaining, i64))> {
+    const FN: &str = "dj.populate";
+    let order = Order::parse(order)
+        .ok_or_else(|| {
+            DjError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("\"{order}\" is not a populate order"),
+                "The orders are original, reverse and random.",
+            )
+        })
+        .or_raise(FN);
+    if let Some(n) = max_calls.filter(|n| *n < 0) {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_calls is {n}"),
+            "Pass a number of keys ≥ 0, or NULL for all.",
+        )
+        .raise(FN);
+    }
+    let (done, errors, remaining) =
+        run(table, restriction, max_calls, suppress_errors, order, recompute_stale).or_raise(FN);
+    TableIterator::once((done, errors, remaining))
+}
+
+fn run(
+    table: &str,
+    restriction: Option<&str>,
+    max_calls: Option<i64>,
+    suppress_errors: bool,
+    order: Order,
+    recompute_stale: bool,
+) -> DjResult<(i64, i64, i64)> {
+    let source = source_of(table)?;
+    let name = source.name.clone();
+    let cond = condition(&source, restriction)?;
+    let (module, sha256) = make_of(&name)?;
+    let prepared = host::prepared(&module, &sha256)?;
+
+    let deps = catalog::dependencies()?;
+    let target = Table::new(name.schema.clone(), name.table.clone());
+    let parts: Vec<TableName> = deps
+        .children(&target)
+        .into_iter()
+        .filter(|(c, _)| c.master().as_ref() == Some(&target))
+        .map(|(c, _)| TableName { schema: c.schema.clone(), table: c.name.clone() })
+        .collect();
+    let mut writable = vec![name.clone()];
+    writable.extend(parts.iter().cloned());
+    let mut readable: Vec<TableName> = Vec::new();
+    for w in &writable {
+        for a in deps.ancestors(&Table::new(w.schema.clone(), w.table.clone())) {
+            let a = TableName { schema: a.schema.clone(), table: a.name.clone() };
+            if !writable.contains(&a) && !readable.contains(&a) {
+                readable.push(a);
+            }
+        }
+    }
+    let _path = PinnedSearchPath::new()?;
+    let _permit = PipelineWrite::begin("INSERT", &writable)?;
+
+    if recompute_stale {
+        let info = TableInfo::read(&name)?;
+        if info.columns.iter().any(|c| c.name == "_job_version") {
+            let stale = format!("_job_version <> {}", datajoint_core::sql::literal(&sha256));
+            crate::api::delete::delete_where(&name, &stale)?;
+        }
+    }
+
+    let t = Table::new(name.schema.clone(), name.table.clone());
+    let keys_sql = populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), true, order, max_calls);
+    let ctx = Rc::new(Context::new(
+        TableInfo::read(&name)?,
+        parts.iter().map(TableInfo::read).collect::<DjResult<Vec<_>>>()?,
+        readable,
+        sha256.clone(),
+    ));
+    let keys = {
+        // The key source, read once (SPI connected for the whole run: kept plans need it).
+        unsafe { pg_sys::SPI_connect() };
+        let rows = ctx.plans.query(&keys_sql, &[], &[], true, 0);
+        rows
+    };
+    let result = populate_keys(&ctx, &prepared, &keys, suppress_errors, &source.key);
+    unsafe { pg_sys::SPI_finish() };
+    let (done, errors) = result?;
+    let remaining = catalog::read_one::<i64>(
+        &format!(
+            "SELECT pg_catalog.count(*) FROM ({}) AS q",
+            populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), true, Order::Original, None)
+        ),
+        &[],
+    )?
+    .unwrap_or(0);
+    Ok((done, errors, remaining))
+}
+
+fn populate_keys(
+    ctx: &Rc<Context>,
+    prepared: &make::Prepared<SpiDb>,
+    keys: &[Vec<Field>],
+    suppress_errors: bool,
+    key_names: &[String],
+) -> DjResult<(i64, i64)> {
+    let limits = gucs::make_limits();
+    let target = ctx.target.name.qualified();
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut done = 0i64;
+    let mut errors = 0i64;
+    let mut key_cx = PgMemoryContexts::new("dj.populate key");
+    let jobs =
+        populate::jobs_table(&Table::new(ctx.target.name.schema.clone(), ctx.target.name.table.clone()));
+    let jobs_name = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
+    let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
+
+    for (i, key) in keys.iter().enumerate() {
+        pgrx::check_for_interrupts!();
+        let t0 = Instant::now();
+        let outcome = unsafe {
+            key_cx.reset();
+            key_cx.switch_to(|_| {
+                host::in_subtransaction(|| {
+                    let db =
+                        SpiDb { ctx: ctx.clone(), key: key.clone(), started: t0, started_at: unix_micros() };
+                    let (result, output, _db) =
+                        prepared.call(db, key.clone(), &limits, interrupts::stop_requested);
+                    if !output.stdout.is_empty() {
+                        pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
+                    }
+                    result.map_err(|e| make_error(e, &output, &target))?;
+                    if jobs_exist {
+                        let sql = populate::clear_job_sql(&jobs, key_names);
+                        let args = key_args(ctx, key)?;
+                        ctx.plans.query(&sql, &key_types(ctx), &args, false, 0);
+                    }
+                    Ok(())
+                })
+            })
+        };
+        match outcome {
+            Ok(()) => done += 1,
+            Err(failure) => {
+                let (code, message, detail, hint) = failure.parts();
+                if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                    || code == PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+                    || !suppress_errors
+                {
+                    let mut err = DjError::new(
+                        code,
+                        format!("make of {target} failed for key ({}): {message}", make::display_row(key)),
+                        hint.unwrap_or_default(),
+                    );
+                    err.detail = detail;
+                    pgrx::check_for_interrupts!();
+                    return Err(err);
+                }
+                errors += 1;
+                if !jobs_exist {
+                    create_jobs_table(ctx, &jobs_name)?;
+                    jobs_exist = true;
+                }
+                let text = match &detail {
+                    Some(d) => format!("{message}\n{d}"),
+                    None => message.clone(),
+                };
+                let sql = populate::record_error_sql(&jobs, key_names);
+                let mut args = key_args(ctx, key)?;
+                let mut types = key_types(ctx);
+                args.push(text.as_str().into_datum());
+                types.push(pg_sys::TEXTOID);
+                args.push(t0.elapsed().as_secs_f64().into_datum());
+                types.push(pg_sys::FLOAT8OID);
+                args.push(ctx.version.as_str().into_datum());
+                types.push(pg_sys::TEXTOID);
+                ctx.plans.query(&sql, &types, &args, false, 0);
+                pgrx::warning!("make of {target} failed for key ({}): {message}", make::display_row(key));
+            }
+        }
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            last_report = Instant::now();
+            let n = (i + 1) as f64;
+            let rate = n / started.elapsed().as_secs_f64();
+            let left = keys.len() - i - 1;
+            pgrx::notice!(
+                "populate {target}: {done} done, {errors} failed, {left} to go, {rate:.0} keys/s, about {:.0} s left",
+                left as f64 / rate
+            );
+        }
+    }
+    Ok((done, errors))
+}
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn key_types(ctx: &Context) -> Vec<pg_sys::Oid> {
+    ctx.target.key().iter().map(|c| c.type_oid).collect()
+}
+
+fn key_args(ctx: &Context, key: &[Field]) -> DjResult<Vec<Option<pg_sys::Datum>>> {
+    let target = ctx.target.name.qualified();
+    ctx.target
+        .key()
+        .iter()
+        .map(|c| {
+            let v = key.iter().find(|f| f.name == c.name).map(|f| &f.value).unwrap_or(&make::Value::Null);
+            host::to_datum(v, c, &target)
+        })
+        .collect()
+}
+
+/// A failed make as the error the user sees.
+fn make_error(e: MakeError<DjError>, output: &make::Output, target: &str) -> DjError {
+    let stderr = output.stderr.trim_end();
+    match e {
+        MakeError::Guest(message) => DjError::new(
+            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
+            format!("make function returned an error: {message}"),
+            format!("The make function of {target} refused this key; nothing it inserted is kept."),
+        ),
+        MakeError::Host(err) => err,
+        MakeError::Sandbox(err) => {
+            let panic = output.panic_message();
+            let mut out = DjError::from(err.clone());
+            if let (SandboxError::Trap { .. }, Some(p)) = (&err, &panic) {
+                out.message = format!("make function panicked: {p}");
+            } else {
+                out.message = format!("make function stopped: {}", out.message);
+            }
+            if !stderr.is_empty() {
+                let tail: String =
+                    stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                out.detail = Some(match out.detail {
+                    Some(d) => format!("{d}\nguest stderr: {tail}"),
+                    None => format!("guest stderr: {tail}"),
+                });
+            }
+            if matches!(err, SandboxError::Trap { .. }) {
+                out.hint =
+                    "The make function failed; the DETAIL shows where. Nothing it inserted is kept.".into();
+            }
+            out
+        }
+    }
+}
+
+/// Creates the target's jobs table as datajoint-python 2.3.5 does (`~~name`).
+fn create_jobs_table(ctx: &Context, jobs: &TableName) -> DjResult<()> {
+    let key: Vec<(String, String)> =
+        ctx.target.key().iter().map(|c| (c.name.clone(), c.type_name.clone())).collect();
+    let target = Table::new(ctx.target.name.schema.clone(), ctx.target.name.table.clone());
+    let definition = populate::jobs_definition(&target, &key);
+    crate::api::declare::declare_hidden(jobs, &definition)
+}

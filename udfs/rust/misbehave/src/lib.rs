@@ -1,0 +1,114 @@
+//! `misbehave`: a make function that does, on request, everything a make function should not.
+//! The extension's tests use it to check that the host survives and reports each case.
+//!
+//! ```text
+//! Case(case_id int32; mode varchar(16), n int64)      # upstream: what to do
+//! Outcome(-> Case; value int64)                       # target
+//! ```
+//!
+//! | mode | behaviour |
+//! |---|---|
+//! | `ok` | inserts `value = 2 n` |
+//! | `err` | returns `Err("case <id> refused")` |
+//! | `panic` | panics with `boom <id>` (a trap: wasm32 panics abort) |
+//! | `trap` | executes `unreachable` |
+//! | `loop` | spins forever (only fuel / the timeout stops it) |
+//! | `bomb` | allocates and touches 16 MiB blocks forever (only the memory limit stops it) |
+//! | `partial` | inserts, then returns an error: the insert must be rolled back |
+//! | `dup` | inserts the same row twice (duplicate key) |
+//! | `foreign-insert` | inserts into `Case`, which is not the target |
+//! | `foreign-fetch` | fetches `Outcome`, the target itself, which is not an ancestor |
+//! | `bad-attr` | inserts a row with an attribute `nope` that `Outcome` lacks |
+//! | `bad-type` | inserts `value = 'text'` into an int64 |
+//! | `log` | logs `case <id> says hi` at every level, inserts `value = n` |
+//! | `stdout` | writes to stdout and stderr, inserts `value = n` |
+//! | `sleep` | sleeps 5 ms (WASI clocks), inserts `value = n` |
+//! | `big` | fetches `Case` with limit 1, inserts `value = n` |
+
+use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query};
+use std::hint::black_box;
+
+struct Misbehave;
+
+impl Make for Misbehave {
+    fn make(key: Key) -> Result<(), String> {
+        let case = fetch1(Query::new("Case").attributes(["mode", "n"]));
+        let mode: String = case.get("mode")?;
+        let n: i64 = case.get("n")?;
+        let id: i32 = key.get("case_id")?;
+        let outcome = |value: i64| key.clone().with("value", value);
+
+        match mode.as_str() {
+            "ok" => insert1("Outcome", outcome(2 * n)),
+            "err" => return Err(format!("case {id} refused")),
+            "panic" => panic!("boom {id}"),
+            "trap" => core::arch::wasm32::unreachable(),
+            "loop" => spin(),
+            "bomb" => bomb(),
+            "partial" => {
+                insert1("Outcome", outcome(n));
+                return Err("gave up after inserting".into());
+            }
+            "dup" => {
+                insert1("Outcome", outcome(n));
+                insert1("Outcome", outcome(n));
+            }
+            "foreign-insert" => insert1("Case", row! { "case_id" => id + 1000, "mode" => "ok", "n" => n }),
+            "foreign-fetch" => {
+                let rows = fetch("Outcome");
+                return Err(format!("the host let me read my own target ({} rows)", rows.len()));
+            }
+            "bad-attr" => insert1("Outcome", outcome(n).with("nope", 1)),
+            "bad-type" => insert1("Outcome", key.clone().with("value", "text")),
+            "log" => {
+                let message = format!("case {id} says hi");
+                log::debug(&message);
+                log::info(&message);
+                log::notice(&message);
+                log::warning(&message);
+                insert1("Outcome", outcome(n));
+            }
+            "stdout" => {
+                println!("to stdout");
+                eprintln!("to stderr");
+                insert1("Outcome", outcome(n));
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                insert1("Outcome", outcome(n));
+            }
+            "big" => {
+                let rows = fetch(Query::new("Case").limit(1));
+                if rows.len() != 1 {
+                    return Err(format!("limit 1 returned {} rows", rows.len()));
+                }
+                insert1("Outcome", outcome(n));
+            }
+            other => return Err(format!("case {id}: unknown mode {other:?}")),
+        }
+        Ok(())
+    }
+}
+
+/// Loops forever; `black_box` keeps the optimizer from proving the loop has no effect.
+fn spin() -> ! {
+    let mut i = 0u64;
+    loop {
+        i = black_box(i.wrapping_add(1));
+    }
+}
+
+/// Allocates 16 MiB blocks forever, writing every page so the memory is really used, and never
+/// frees them.
+fn bomb() -> ! {
+    let mut blocks = Vec::new();
+    loop {
+        let mut block = vec![0u8; 16 << 20];
+        for page in block.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        blocks.push(black_box(block));
+    }
+}
+
+datajoint_make::export!(Misbehave);
