@@ -1,11 +1,15 @@
 # The two commands of the README, plus conveniences. Each script installs what it needs.
-.PHONY: demo test cluster-start cluster-stop psql
+.PHONY: demo test bench cluster-start cluster-stop psql
 
 demo:
 	scripts/demo.sh
 
 test:
 	scripts/test.sh
+
+# Benchmarks, side by side with their baselines (plain SQL, datajoint-python); not part of test.
+bench:
+	scripts/bench.sh
 
 cluster-start:
 	scripts/cluster.sh start

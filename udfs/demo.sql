@@ -1,6 +1,6 @@
 -- The demo pipeline, run by `make demo` against the dev cluster (idempotent: it starts afresh).
--- Make functions and dj.populate join it with their issue; today it shows declaring a pipeline,
--- reading it back, drawing it, and the WebAssembly sandbox inside the backend.
+-- It declares a pipeline, computes it with make functions (WebAssembly components from
+-- udfs/components, sources in udfs/rust and udfs/python), reads it back and draws it.
 \pset footer off
 \set ON_ERROR_STOP 1
 CREATE EXTENSION IF NOT EXISTS datajoint;
@@ -31,21 +31,77 @@ SELECT dj.declare('demo.Recording', 'imported', $$
 -> Session
 ---
 duration : float64     # seconds
+spike_count : int64
+$$);
+SELECT dj.declare('demo.Recording.Channel', 'part', $$
+-> master
+channel : int16
+---
+spikes : int64
 $$);
 SELECT dj.declare('demo.SpikeRate', 'computed', $$
 -> Recording
 ---
 mean_rate : float64    # spikes per second
 $$);
-SELECT dj.declare('demo.SpikeRate.Unit', 'part', $$
+SELECT dj.declare('demo.UnitRates', 'computed', $$
+-> Recording
+---
+n_units : int32
+$$);
+SELECT dj.declare('demo.UnitRates.Unit', 'part', $$
 -> master
 unit : int32
 ---
 rate : float64
 $$);
+SELECT dj.declare('demo.ChannelStats', 'computed', $$
+-> Recording
+---
+n_channels : int32
+total_spikes : int64
+mean_rate : float64
+max_rate : float64
+$$);
+SELECT dj.declare('demo.Quality', 'computed', $$
+-> Recording
+---
+rate : float64
+label : varchar(16)
+$$);
 INSERT INTO demo.subject (subject_id, sex) VALUES (1, 'M'), (2, 'F');
 INSERT INTO demo.session (subject_id, session, probe) VALUES (1, 1, 'neuropixels'), (1, 2, 'tetrode'), (2, 1, 'neuropixels');
-INSERT INTO demo._recording SELECT subject_id, session, 600 FROM demo.session;
+INSERT INTO demo._recording SELECT subject_id, session, 600, 2000 * subject_id * session FROM demo.session;
+INSERT INTO demo._recording__channel SELECT subject_id, session, c, 100 * c * session + subject_id FROM demo.session, generate_series(1, 4) c;
+
+\echo '== Make functions: WebAssembly components, compiled once when registered'
+\set spike_rate `base64 -w0 udfs/components/spike_rate.wasm`
+\set unit_rates `base64 -w0 udfs/components/unit_rates.wasm`
+\set channel_stats `base64 -w0 udfs/components/channel_stats.wasm`
+\set quality `base64 -w0 udfs/components/quality.wasm`
+\set misbehave `base64 -w0 udfs/components/misbehave.wasm`
+SELECT dj.register_module('spike_rate', decode(:'spike_rate', 'base64')) AS spike_rate_sha256;
+SELECT dj.register_module('unit_rates', decode(:'unit_rates', 'base64')) AS unit_rates_sha256;
+SELECT dj.register_module('channel_stats', decode(:'channel_stats', 'base64')) AS channel_stats_sha256;
+\echo '(the Python component carries CPython: its first compile takes a few seconds)'
+SELECT dj.register_module('quality', decode(:'quality', 'base64')) AS quality_sha256;
+SELECT dj.set_make('demo.SpikeRate', 'spike_rate');
+SELECT dj.set_make('demo.UnitRates', 'unit_rates');
+SELECT dj.set_make('demo.ChannelStats', 'channel_stats');
+SELECT dj.set_make('demo.Quality', 'quality');
+
+\echo '== populate: every missing key, one subtransaction each'
+SELECT * FROM dj.progress('demo.SpikeRate');
+SELECT * FROM dj.populate('demo.SpikeRate');            -- Rust: one upstream row in, one row out
+SELECT * FROM dj.populate('demo.UnitRates');            -- Rust: a master row and its parts
+SELECT * FROM dj.populate('demo.ChannelStats');         -- Rust: aggregates the recording's channels
+SELECT * FROM dj.populate('demo.Quality');              -- Python
+SELECT subject_id, session, mean_rate FROM demo.__spike_rate ORDER BY 1, 2;
+SELECT subject_id, session, count(*) AS units FROM demo.__unit_rates__unit GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT subject_id, session, n_channels, total_spikes, max_rate FROM demo.__channel_stats ORDER BY 1, 2;
+SELECT subject_id, session, rate, label FROM demo.__quality ORDER BY 1, 2;
+SELECT subject_id, session, left(_job_version, 12) AS module, round(_job_duration::numeric, 6) AS seconds
+  FROM demo.__quality ORDER BY 1, 2;
 
 \echo '== What a DataJoint client sees'
 SELECT * FROM dj.tables('demo');
@@ -66,18 +122,14 @@ SELECT dj.diagram(ARRAY['demo']) AS mermaid;
 \echo '== Deleting a subject takes everything downstream (preview)'
 SELECT * FROM dj.delete_preview('demo.Subject', 'subject_id = 1');
 
-\echo '== A WebAssembly module runs inside this backend...'
-SELECT dj._sandbox_call(convert_to('(module (func (export "run") (result i64)
-  (local $i i64) (local $sum i64)
-  (loop (local.set $sum (i64.add (local.get $sum) (local.get $i)))
-        (local.set $i (i64.add (local.get $i) (i64.const 1)))
-        (br_if 0 (i64.lt_u (local.get $i) (i64.const 1000001))))
-  (local.get $sum)))', 'UTF8')) AS sum_of_1_to_a_million;
-
-\echo '...and a runaway one is stopped without harming the session:'
+\echo '== A make function that misbehaves is stopped; the session carries on'
+SELECT dj.declare('demo.Case', 'manual', E'case_id : int32\n---\nmode : varchar(16)\nn : int64');
+SELECT dj.declare('demo.Outcome', 'computed', E'-> Case\n---\nvalue : int64');
+SELECT dj.register_module('misbehave', decode(:'misbehave', 'base64')) AS misbehave_sha256;
+SELECT dj.set_make('demo.Outcome', 'misbehave');
+INSERT INTO demo.case VALUES (1, 'ok', 21), (2, 'loop', 0), (3, 'panic', 0), (4, 'foreign-insert', 0);
 SET dj.make_timeout = '100ms';
-\set ON_ERROR_STOP 0
-SELECT dj._sandbox_call(convert_to('(module (func (export "run") (loop (br 0))))', 'UTF8'));
-\set ON_ERROR_STOP 1
+SELECT * FROM dj.populate('demo.Outcome', suppress_errors => true);
+SELECT case_id, status, split_part(error_message, E'\n', 1) AS error FROM demo."~~outcome" ORDER BY 1;
 RESET dj.make_timeout;
 SELECT 'still serving' AS backend;

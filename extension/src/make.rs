@@ -51,23 +51,28 @@ pub fn validate(bytes: &[u8]) -> DjResult<Vec<u8>> {
     make::serialize(&component).map_err(DjError::from)
 }
 
-/// Registration errors, with hints about components rather than core modules.
+/// Registration errors, worded for components (the sandbox's own words are for core modules).
 fn module_error(e: SandboxError) -> DjError {
-    let hint = match &e {
-        SandboxError::InvalidModule { .. } => {
-            "Pass the bytes of a WebAssembly component of the world datajoint:make/make (wasm-make/wit): cargo build --target wasm32-wasip2, or componentize-py -w make."
+    let world = "Build against wasm-make/wit (world datajoint:make/make@0.1.0): cargo build --target wasm32-wasip2, or componentize-py -w make.";
+    let mut err = DjError::from(e.clone());
+    match e {
+        SandboxError::InvalidModule { message, .. } => {
+            err.message = format!("not a valid WebAssembly component: {message}");
+            err.hint = world.into();
         }
-        SandboxError::UnsupportedImport(_) => {
-            "Make functions may import only WASI 0.2 and datajoint:make/host@0.1.x; build against wasm-make/wit."
+        SandboxError::UnsupportedImport(what) => {
+            err.message = format!("the component needs an import the host does not provide: {what}");
+            err.hint = "Make functions may import only WASI 0.2 and datajoint:make/host@0.1.x.".into();
         }
-        SandboxError::MissingExport { .. } | SandboxError::WrongSignature { .. } => {
-            "Export make: func(key: row) -> result<_, string> (world datajoint:make/make@0.1.0)."
+        SandboxError::MissingExport { .. } => {
+            err.message = "the component exports no function make".into();
+            err.hint = "Export make: func(key: row) -> result<_, string>. ".to_string() + world;
         }
-        _ => "",
-    };
-    let mut err = DjError::from(e);
-    if !hint.is_empty() {
-        err.hint = hint.to_string();
+        SandboxError::WrongSignature { found, .. } => {
+            err.message = format!("the component's make has the wrong type: {found}");
+            err.hint = "Export make: func(key: row) -> result<_, string>. ".to_string() + world;
+        }
+        _ => {}
     }
     err
 }
@@ -622,8 +627,14 @@ impl Database for SpiDb {
         let types: Vec<pg_sys::Oid> = shared.iter().map(|c| c.type_oid).collect();
         let rows = self.ctx.plans.query(&sql, &types, &args, true, 0);
         if one && rows.len() != 1 {
+            // PL/pgSQL's SELECT INTO STRICT codes: P0002 no row, P0003 several.
+            let code = if rows.is_empty() {
+                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND
+            } else {
+                PgSqlErrorCode::ERRCODE_TOO_MANY_ROWS
+            };
             return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+                code,
                 format!(
                     "fetch1 from {} found {} rows for key ({})",
                     info.name.qualified(),

@@ -30,6 +30,30 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 #[pg_extern(volatile, parallel_unsafe)]
 fn register_module(name: &str, component: &[u8]) -> String {
     const FN: &str = "dj.register_module";
+    let valid_name = name.len() <= 63
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !valid_name {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("\"{name}\" is not a module name"),
+            "Module names start with a letter or _, then letters, digits, _ . - (at most 63).",
+        )
+        .raise(FN);
+    }
+    let replaceable = catalog::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(registered_by, 'USAGE') FROM dj.modules WHERE name = $1",
+        &[name.into()],
+    )
+    .or_raise(FN);
+    if replaceable == Some(false) {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("module {name} was registered by another role"),
+            "Only (a member of) the role that registered a module may replace it; choose another name.",
+        )
+        .raise(FN);
+    }
     let artifact = host::validate(component).or_raise(FN);
     let sha256 = Spi::get_one_with_args::<String>(
         "INSERT INTO dj.modules AS m (name, sha256, component) \
@@ -39,13 +63,7 @@ fn register_module(name: &str, component: &[u8]) -> String {
          RETURNING sha256",
         &[name.into(), component.into()],
     )
-    .map_err(|e| {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("cannot register module {name}: {e}"),
-            "A module name is replaced only by a member of the role that registered it; names are letters, digits, _ . -",
-        )
-    })
+    .map_err(DjError::from)
     .or_raise(FN)
     .expect("RETURNING gives a row");
     host::store_artifact(&sha256, &artifact).or_raise(FN);
@@ -304,11 +322,16 @@ fn run(
     let mut writable = vec![name.clone()];
     writable.extend(parts.iter().cloned());
     let mut readable: Vec<TableName> = Vec::new();
+    // The ancestors of the target and of its parts, and the parts of those ancestors (written
+    // together with their masters, they belong to the same entities).
     for w in &writable {
         for a in deps.ancestors(&Table::new(w.schema.clone(), w.table.clone())) {
-            let a = TableName { schema: a.schema.clone(), table: a.name.clone() };
-            if !writable.contains(&a) && !readable.contains(&a) {
-                readable.push(a);
+            let parts_of_a = deps.children(a).into_iter().filter(|(c, _)| c.master().as_ref() == Some(a));
+            for t in std::iter::once(a).chain(parts_of_a.map(|(c, _)| c)) {
+                let t = TableName { schema: t.schema.clone(), table: t.name.clone() };
+                if !writable.contains(&t) && !readable.contains(&t) {
+                    readable.push(t);
+                }
             }
         }
     }
@@ -334,7 +357,8 @@ fn run(
     let keys = {
         // The key source, read once (SPI connected for the whole run: kept plans need it).
         unsafe { pg_sys::SPI_connect() };
-        let rows = ctx.plans.query(&keys_sql, &[], &[], true, 0);
+        // Not read-only: the keys must reflect this transaction's own changes (recompute_stale).
+        let rows = ctx.plans.query(&keys_sql, &[], &[], false, 0);
         rows
     };
     let result = populate_keys(&ctx, &prepared, &keys, suppress_errors, &source.key);
@@ -398,10 +422,18 @@ fn populate_keys(
             Ok(()) => done += 1,
             Err(failure) => {
                 let (code, message, detail, hint) = failure.parts();
-                if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-                    || code == PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
-                    || !suppress_errors
-                {
+                // Cancel, statement_timeout, shutdown: Postgres' own error goes on unchanged.
+                if let host::Failure::Caught(e) = failure {
+                    if matches!(
+                        code,
+                        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                            | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+                            | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN
+                    ) {
+                        e.rethrow();
+                    }
+                }
+                if !suppress_errors {
                     let mut err = DjError::new(
                         code,
                         format!("make of {target} failed for key ({}): {message}", make::display_row(key)),
@@ -512,4 +544,98 @@ fn create_jobs_table(ctx: &Context, jobs: &TableName) -> DjResult<()> {
     let target = Table::new(ctx.target.name.schema.clone(), ctx.target.name.table.clone());
     let definition = populate::jobs_definition(&target, &key);
     crate::api::declare::declare_hidden(jobs, &definition)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const MISBEHAVE: &[u8] = include_bytes!("../../../udfs/components/misbehave.wasm");
+
+    /// A Case/Outcome pipeline with the misbehave module as Outcome's make.
+    fn pipeline(cases: &str) {
+        Spi::run(
+            "SELECT dj.declare('pt.Case', 'manual', E'case_id : int32\\n---\\nmode : varchar(16)\\nn : int64');
+             SELECT dj.declare('pt.Outcome', 'computed', E'-> Case\\n---\\nvalue : int64');",
+        )
+        .unwrap();
+        Spi::run_with_args("SELECT dj.register_module('misbehave', $1)", &[MISBEHAVE.into()]).unwrap();
+        Spi::run("SELECT dj.set_make('pt.Outcome', 'misbehave')").unwrap();
+        Spi::run(&format!("INSERT INTO pt.case VALUES {cases}")).unwrap();
+    }
+
+    fn populate(args: &str) -> (i64, i64, i64) {
+        let row = Spi::get_three::<i64, i64, i64>(&format!("SELECT * FROM dj.populate('pt.Outcome'{args})"))
+            .unwrap();
+        (row.0.unwrap(), row.1.unwrap(), row.2.unwrap())
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap().unwrap()
+    }
+
+    #[pg_test]
+    fn populate_fills_every_missing_key_once() {
+        pipeline("(1, 'ok', 1), (2, 'ok', 2), (3, 'ok', 3)");
+        assert_eq!(populate(", max_calls => 2"), (2, 0, 1));
+        assert_eq!(populate(""), (1, 0, 0));
+        assert_eq!(populate(""), (0, 0, 0));
+        assert_eq!(count("SELECT sum(value)::int8 FROM pt.__outcome"), 12);
+        let version =
+            Spi::get_one::<String>("SELECT DISTINCT _job_version FROM pt.__outcome").unwrap().unwrap();
+        let module = Spi::get_one::<String>("SELECT sha256 FROM dj.modules WHERE name = 'misbehave'")
+            .unwrap()
+            .unwrap();
+        assert_eq!(version, module);
+    }
+
+    #[pg_test]
+    fn a_failing_key_writes_nothing_and_others_go_on_with_suppress_errors() {
+        pipeline("(1, 'partial', 1), (2, 'ok', 2), (3, 'trap', 0)");
+        assert_eq!(populate(", suppress_errors => true"), (1, 2, 2));
+        assert_eq!(count("SELECT count(*) FROM pt.__outcome"), 1);
+        assert_eq!(count("SELECT count(*) FROM pt.\"~~outcome\" WHERE status = 'error'"), 2);
+        let (remaining, total) = Spi::get_two::<i64, i64>("SELECT * FROM dj.progress('pt.Outcome')").unwrap();
+        assert_eq!((remaining, total), (Some(2), Some(3)));
+    }
+
+    #[pg_test(
+        error = "make of \"pt\".\"__outcome\" failed for key (case_id=1): make function returned an error: gave up after inserting"
+    )]
+    fn a_failing_key_is_an_error_without_suppress_errors() {
+        pipeline("(1, 'partial', 1)");
+        populate("");
+    }
+
+    #[pg_test(
+        error = "make of \"pt\".\"__outcome\" failed for key (case_id=1): the make function of \"pt\".\"__outcome\" may not insert into \"pt\".\"case\""
+    )]
+    fn a_make_writes_only_its_target() {
+        pipeline("(1, 'foreign-insert', 1)");
+        populate("");
+    }
+
+    #[pg_test(
+        error = "make of \"pt\".\"__outcome\" failed for key (case_id=1): make function stopped: guest ran past its time limit of 100 ms"
+    )]
+    fn an_endless_make_is_stopped() {
+        pipeline("(1, 'loop', 1)");
+        Spi::run("SET dj.make_timeout = 100").unwrap();
+        populate("");
+    }
+
+    #[pg_test(error = "the component exports no function make")]
+    fn registration_refuses_a_component_without_make() {
+        Spi::run("SELECT dj.register_module('empty', convert_to('(component)', 'UTF8'))").unwrap();
+    }
+
+    #[pg_test]
+    fn a_registered_module_is_compiled_once_for_all_backends() {
+        Spi::run_with_args("SELECT dj.register_module('misbehave', $1)", &[MISBEHAVE.into()]).unwrap();
+        assert_eq!(count("SELECT count(*) FROM dj.module_artifacts"), 1);
+        // The same bytes again: the cached machine code is kept, not duplicated.
+        Spi::run_with_args("SELECT dj.register_module('misbehave', $1)", &[MISBEHAVE.into()]).unwrap();
+        assert_eq!(count("SELECT count(*) FROM dj.module_artifacts"), 1);
+    }
 }

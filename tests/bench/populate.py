@@ -1,0 +1,174 @@
+"""Populate benchmarks, measured side by side in one run on one cluster (`make bench`).
+
+P1  a trivial make (fetch one upstream row, insert one row) over N keys (default 100 000):
+    our dj.populate with the Rust component udfs/components/spike_rate.wasm, against
+    - the plain SQL INSERT ... SELECT computing the same rows, and
+    - datajoint-python 2.3.5 populate of the same table with a Python make (on a subset:
+      BENCH_DJPY_KEYS, default 2 000, as it runs at a few hundred keys per second).
+    Also the Python component (udfs/components/quality.wasm) through our populate, on the subset.
+P4  first compile (dj.register_module with no cached machine code) of the Rust and the Python
+    component. (Per-key instantiate + call overhead: `cargo run --release -p datajoint-core
+    --example make_overhead`, run by scripts/bench.sh.)
+Memory: the backend's RSS after 10 % of the keys and after all of them (no per-key leak).
+"""
+import os
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import datajoint as dj
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+N = int(os.environ.get("BENCH_KEYS", "100000"))
+DJPY_KEYS = int(os.environ.get("BENCH_DJPY_KEYS", "2000"))
+SESSIONS = 100  # per subject
+SCHEMA = "bench"
+
+
+def connect():
+    return psycopg.connect(autocommit=True)
+
+
+def rss_kib(conn):
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def timed(f):
+    t = time.perf_counter()
+    out = f()
+    return time.perf_counter() - t, out
+
+
+def component(name):
+    return (ROOT / "udfs" / "components" / f"{name}.wasm").read_bytes()
+
+
+def setup(c):
+    c.execute("CREATE EXTENSION IF NOT EXISTS datajoint")
+    c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    for cls, tier, definition in [
+        ("Subject", "manual", "subject_id : int32"),
+        ("Session", "manual", "-> Subject\nsession : int16"),
+        ("Recording", "imported", "-> Session\n---\nduration : float64\nspike_count : int64"),
+        ("SpikeRate", "computed", "-> Recording\n---\nmean_rate : float64"),
+        ("SpikeRateSql", "computed", "-> Recording\n---\nmean_rate : float64"),
+        ("Quality", "computed", "-> Recording\n---\nrate : float64\nlabel : varchar(16)"),
+    ]:
+        c.execute("SELECT dj.declare(%s, %s, %s)", (f"{SCHEMA}.{cls}", tier, definition))
+    subjects = (N + SESSIONS - 1) // SESSIONS
+    c.execute(f"INSERT INTO {SCHEMA}.subject SELECT generate_series(1, %s)", (subjects,))
+    c.execute(
+        f"INSERT INTO {SCHEMA}.session SELECT s, k FROM generate_series(1, %s) s, generate_series(1, %s) k "
+        "WHERE (s - 1) * %s + k <= %s",
+        (subjects, SESSIONS, SESSIONS, N),
+    )
+    c.execute(f"INSERT INTO {SCHEMA}._recording SELECT subject_id, session, 600, subject_id * 7 + session FROM {SCHEMA}.session")
+    c.execute(f"VACUUM ANALYZE {SCHEMA}._recording")
+    assert c.execute(f"SELECT count(*) FROM {SCHEMA}._recording").fetchone()[0] == N
+
+
+def first_compile(c, name, wasm):
+    """dj.register_module of a module whose machine code is not cached yet: compile + store."""
+    c.execute("DELETE FROM dj.makes WHERE module = %s", (name,))
+    c.execute("DELETE FROM dj.modules WHERE name = %s", (name,))
+    c.execute("DELETE FROM dj.module_artifacts WHERE sha256 = encode(sha256(%s), 'hex')", (wasm,))
+    seconds, _ = timed(lambda: c.execute("SELECT dj.register_module(%s, %s)", (name, wasm)))
+    return seconds
+
+
+def djpy_populate(keys):
+    dj.config["database.backend"] = "postgresql"
+    dj.config["database.host"] = "127.0.0.1"
+    dj.config["database.port"] = int(os.environ["PGPORT"])
+    dj.config["database.user"] = "postgres"
+    dj.config["database.password"] = "unused-with-trust-auth"
+    dj.config["database.name"] = os.environ.get("PGDATABASE", "datajoint")
+    dj.config["database.use_tls"] = False
+    dj.config["safemode"] = False
+    conn = dj.conn(reset=True)
+    lab = dj.VirtualModule("lab", SCHEMA, connection=conn)
+    schema = dj.Schema(SCHEMA, connection=conn, context={"Recording": lab.Recording})
+
+    @schema
+    class SpikeRatePy(dj.Computed):
+        definition = "-> Recording\n---\nmean_rate : float64"
+
+        def make(self, key):
+            duration, spikes = (lab.Recording & key).fetch1("duration", "spike_count")
+            self.insert1(dict(key, mean_rate=spikes / duration))
+
+    subjects = keys // SESSIONS
+    seconds, _ = timed(lambda: SpikeRatePy.populate(f"subject_id <= {subjects}"))
+    done = len(SpikeRatePy())
+    conn.close()
+    return seconds, done
+
+
+def main():
+    c = connect()
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    setup(c)
+    rust, python = component("spike_rate"), component("quality")
+    compile_rust = first_compile(c, "spike_rate", rust)
+    compile_python = first_compile(c, "quality", python)
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.SpikeRate', 'spike_rate')")
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.Quality', 'quality')")
+
+    sql_s, _ = timed(lambda: c.execute(
+        f"INSERT INTO {SCHEMA}.__spike_rate_sql (subject_id, session, mean_rate) "
+        f"SELECT subject_id, session, spike_count / duration FROM {SCHEMA}._recording"
+    ))
+
+    p = connect()  # a fresh backend: its RSS is the populate's alone
+    rss_start = rss_kib(p)
+    first = N // 10
+    t1, r1 = timed(lambda: p.execute(f"SELECT * FROM dj.populate('{SCHEMA}.SpikeRate', max_calls => {first})").fetchone())
+    rss_tenth = rss_kib(p)
+    t2, r2 = timed(lambda: p.execute(f"SELECT * FROM dj.populate('{SCHEMA}.SpikeRate')").fetchone())
+    rss_end = rss_kib(p)
+    ours_s = t1 + t2
+    assert r1[0] + r2[0] == N and r2[2] == 0, (r1, r2)
+    same = c.execute(
+        f"SELECT count(*) FROM {SCHEMA}.__spike_rate a JOIN {SCHEMA}.__spike_rate_sql b USING (subject_id, session) "
+        "WHERE a.mean_rate = b.mean_rate"
+    ).fetchone()[0]
+    assert same == N, f"only {same} of {N} rows agree with plain SQL"
+
+    sub = min(DJPY_KEYS, N)
+    subjects = sub // SESSIONS
+    py_wasm_s, r = timed(lambda: p.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Quality', 'subject_id <= {subjects}')").fetchone())
+    py_wasm_keys = r[0]
+    djpy_s, djpy_keys = djpy_populate(sub)
+    p.close()
+
+    rate = N / ours_s
+    djpy_rate = djpy_keys / djpy_s
+    print(f"\n== populate benchmarks, {started}, {platform.node()} ({os.cpu_count()} cores, "
+          f"PostgreSQL {c.execute('SHOW server_version').fetchone()[0]}, release build)")
+    print(f"P1 trivial make over {N} keys (fetch 1 upstream row, insert 1 row):")
+    print(f"  plain SQL INSERT ... SELECT        {sql_s:8.2f} s  {N / sql_s:12.0f} rows/s")
+    print(f"  dj.populate, Rust component       {ours_s:8.2f} s  {rate:12.0f} keys/s  ({ours_s / sql_s:.1f}x plain SQL; target <= 3x)")
+    print(f"  dj.populate, Python component     {py_wasm_s:8.2f} s  {py_wasm_keys / py_wasm_s:12.0f} keys/s  (on {py_wasm_keys} keys)")
+    print(f"  datajoint-python 2.3.5 populate   {djpy_s:8.2f} s  {djpy_rate:12.0f} keys/s  (on {djpy_keys} keys; "
+          f"{N / djpy_rate:.0f} s for all {N} at that rate)")
+    print(f"  speed-up over datajoint-python    {rate / djpy_rate:8.0f}x  (target >= 100x)")
+    print("P4 first compile (register_module, nothing cached):")
+    print(f"  Rust component  ({len(rust) / 1e3:.0f} kB)    {compile_rust:8.3f} s")
+    print(f"  Python component ({len(python) / 1e6:.1f} MB)  {compile_python:8.3f} s")
+    print("Memory (backend RSS):")
+    print(f"  before {rss_start / 1024:.1f} MiB, after {first} keys {rss_tenth / 1024:.1f} MiB, "
+          f"after {N} keys {rss_end / 1024:.1f} MiB (growth over the last {N - first} keys: "
+          f"{(rss_end - rss_tenth) / 1024:.1f} MiB)")
+    c.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
+    c.execute("DELETE FROM dj.makes")
+    c.close()
+
+
+if __name__ == "__main__":
+    main()
