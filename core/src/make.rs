@@ -168,6 +168,9 @@ pub fn compile(bytes: &[u8]) -> Result<Component, SandboxError> {
     }
     Component::new(sandbox::engine(), bytes).map_err(|e| {
         let text = format!("{e:#}");
+        if let Some(limit) = sandbox::pool_limit(&text) {
+            return limit;
+        }
         let mut lines = text.lines();
         let message = lines.next().unwrap_or_default().trim().to_string();
         let rest: Vec<&str> = lines.map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();

@@ -402,6 +402,23 @@ impl Plans {
         plan
     }
 
+    /// Opens a cursor over `sql` (no parameters) in the current transaction; it outlives the
+    /// subtransactions run while reading it.
+    pub fn open_cursor(&self, sql: &str) -> pg_sys::Portal {
+        let plan = self.get(sql, &[]);
+        unsafe {
+            pg_sys::SPI_cursor_open(std::ptr::null(), plan.0, std::ptr::null_mut(), std::ptr::null(), false)
+        }
+    }
+
+    /// The next `n` rows of a cursor (none at the end).
+    pub fn fetch_cursor(&self, portal: pg_sys::Portal, n: i64) -> Vec<Row> {
+        unsafe {
+            pg_sys::SPI_cursor_fetch(portal, true, n);
+            rows_of_tuptable()
+        }
+    }
+
     /// Runs `sql` with `args` (typed as `types`) and returns its rows as the contract's values.
     pub fn query(
         &self,
@@ -416,36 +433,51 @@ impl Plans {
             args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
         let nulls: Vec<std::os::raw::c_char> =
             args.iter().map(|a| if a.is_some() { b' ' as _ } else { b'n' as _ }).collect();
-        let mut rows = Vec::new();
+        let rows;
         unsafe {
             let status =
                 pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), read_only, limit);
             if status < 0 {
                 panic!("SPI_execute_plan failed with {status} for {sql}");
             }
-            let table = pg_sys::SPI_tuptable;
-            if !table.is_null() {
-                let desc = (*table).tupdesc;
-                let natts = (*desc).natts as usize;
-                let n = pg_sys::SPI_processed as usize;
-                rows.reserve(n);
-                for i in 0..n {
-                    let tuple = *(*table).vals.add(i);
-                    let mut row = Vec::with_capacity(natts);
-                    for a in 0..natts {
-                        let attr = (*desc).attrs.as_slice(natts)[a];
-                        let mut is_null = false;
-                        let datum = pg_sys::SPI_getbinval(tuple, desc, (a + 1) as i32, &mut is_null);
-                        let name = CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned();
-                        row.push(Field { name, value: to_value(datum, is_null, attr.atttypid) });
-                    }
-                    rows.push(row);
-                }
-                pg_sys::SPI_freetuptable(table);
-            }
+            rows = rows_of_tuptable();
         }
         rows
     }
+}
+
+/// The rows of `SPI_tuptable` as the contract's values; frees the table.
+unsafe fn rows_of_tuptable() -> Vec<Row> {
+    let mut rows = Vec::new();
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() {
+            return rows;
+        }
+        let desc = (*table).tupdesc;
+        let natts = (*desc).natts as usize;
+        let n = pg_sys::SPI_processed as usize;
+        rows.reserve(n);
+        let names: Vec<String> = (0..natts)
+            .map(|a| {
+                let attr = (*desc).attrs.as_slice(natts)[a];
+                CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned()
+            })
+            .collect();
+        for i in 0..n {
+            let tuple = *(*table).vals.add(i);
+            let mut row = Vec::with_capacity(natts);
+            for (a, name) in names.iter().enumerate() {
+                let attr = (*desc).attrs.as_slice(natts)[a];
+                let mut is_null = false;
+                let datum = pg_sys::SPI_getbinval(tuple, desc, (a + 1) as i32, &mut is_null);
+                row.push(Field { name: name.clone(), value: to_value(datum, is_null, attr.atttypid) });
+            }
+            rows.push(row);
+        }
+        pg_sys::SPI_freetuptable(table);
+    }
+    rows
 }
 
 // ---------------------------------------------------------------------------------------------

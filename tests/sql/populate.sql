@@ -81,7 +81,7 @@ SELECT * FROM dj.populate('pop.SpikeRate');
 SELECT * FROM dj.populate('pop.SpikeRate');
 SELECT subject_id, session, mean_rate, length(_job_version) AS version_digits,
        _job_version = (SELECT sha256 FROM dj.modules WHERE name = 'spike_rate') AS by_spike_rate,
-       _job_duration >= 0 AS timed, _job_start_time IS NOT NULL AS started
+       _job_duration >= 0 AS timed, abs(extract(epoch FROM localtimestamp - _job_start_time)) < 600 AS started_recently
   FROM pop.__spike_rate ORDER BY 1, 2;
 SELECT * FROM dj.populate('pop.SpikeRate', "order" => 'sideways');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE

@@ -354,15 +354,26 @@ fn run(
         readable,
         sha256.clone(),
     ));
-    let keys = {
-        // The key source, read once (SPI connected for the whole run: kept plans need it).
-        unsafe { pg_sys::SPI_connect() };
-        // Not read-only: the keys must reflect this transaction's own changes (recompute_stale).
-        let rows = ctx.plans.query(&keys_sql, &[], &[], false, 0);
-        rows
-    };
-    let result = populate_keys(&ctx, &prepared, &keys, suppress_errors, &source.key);
-    unsafe { pg_sys::SPI_finish() };
+    let total = catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({keys_sql}) AS q"), &[])?
+        .unwrap_or(0);
+    // SPI stays connected for the whole run (the kept plans and the cursor need it). The keys come
+    // through a cursor, a batch at a time: memory stays flat however many keys there are. Its
+    // snapshot is taken here (not read-only: it sees this transaction's own changes, such as
+    // recompute_stale's deletes).
+    unsafe { pg_sys::SPI_connect() };
+    let cursor = ctx.plans.open_cursor(&keys_sql);
+    let result = populate_keys(
+        &ctx,
+        &prepared,
+        || ctx.plans.fetch_cursor(cursor, KEY_BATCH),
+        total as usize,
+        suppress_errors,
+        &source.key,
+    );
+    unsafe {
+        pg_sys::SPI_cursor_close(cursor);
+        pg_sys::SPI_finish();
+    }
     let (done, errors) = result?;
     let remaining = catalog::read_one::<i64>(
         &format!(
@@ -375,10 +386,14 @@ fn run(
     Ok((done, errors, remaining))
 }
 
+/// Keys read from the key source at a time.
+const KEY_BATCH: i64 = 1000;
+
 fn populate_keys(
     ctx: &Rc<Context>,
     prepared: &make::Prepared<SpiDb>,
-    keys: &[Vec<Field>],
+    mut next_batch: impl FnMut() -> Vec<Vec<Field>>,
+    total: usize,
     suppress_errors: bool,
     key_names: &[String],
 ) -> DjResult<(i64, i64)> {
@@ -394,96 +409,114 @@ fn populate_keys(
     let jobs_name = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
     let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
 
-    for (i, key) in keys.iter().enumerate() {
-        pgrx::check_for_interrupts!();
-        let t0 = Instant::now();
-        let outcome = unsafe {
-            key_cx.reset();
-            key_cx.switch_to(|_| {
-                host::in_subtransaction(|| {
-                    let db =
-                        SpiDb { ctx: ctx.clone(), key: key.clone(), started: t0, started_at: unix_micros() };
-                    let (result, output, _db) =
-                        prepared.call(db, key.clone(), &limits, interrupts::stop_requested);
-                    if !output.stdout.is_empty() {
-                        pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
-                    }
-                    result.map_err(|e| make_error(e, &output, &target))?;
-                    if jobs_exist {
-                        let sql = populate::clear_job_sql(&jobs, key_names);
-                        let args = key_args(ctx, key)?;
-                        ctx.plans.query(&sql, &key_types(ctx), &args, false, 0);
-                    }
-                    Ok(())
-                })
-            })
-        };
-        match outcome {
-            Ok(()) => done += 1,
-            Err(failure) => {
-                let (code, message, detail, hint) = failure.parts();
-                // Cancel, statement_timeout, shutdown: Postgres' own error goes on unchanged.
-                if let host::Failure::Caught(e) = failure {
-                    if matches!(
-                        code,
-                        PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-                            | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
-                            | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN
-                    ) {
-                        e.rethrow();
-                    }
-                }
-                if !suppress_errors {
-                    let mut err = DjError::new(
-                        code,
-                        format!("make of {target} failed for key ({}): {message}", make::display_row(key)),
-                        hint.unwrap_or_default(),
-                    );
-                    err.detail = detail;
-                    pgrx::check_for_interrupts!();
-                    return Err(err);
-                }
-                errors += 1;
-                if !jobs_exist {
-                    create_jobs_table(ctx, &jobs_name)?;
-                    jobs_exist = true;
-                }
-                let text = match &detail {
-                    Some(d) => format!("{message}\n{d}"),
-                    None => message.clone(),
-                };
-                let sql = populate::record_error_sql(&jobs, key_names);
-                let mut args = key_args(ctx, key)?;
-                let mut types = key_types(ctx);
-                args.push(text.as_str().into_datum());
-                types.push(pg_sys::TEXTOID);
-                args.push(t0.elapsed().as_secs_f64().into_datum());
-                types.push(pg_sys::FLOAT8OID);
-                args.push(ctx.version.as_str().into_datum());
-                types.push(pg_sys::TEXTOID);
-                ctx.plans.query(&sql, &types, &args, false, 0);
-                pgrx::warning!("make of {target} failed for key ({}): {message}", make::display_row(key));
-            }
+    let mut seen = 0usize;
+    loop {
+        let keys = next_batch();
+        if keys.is_empty() {
+            break;
         }
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            last_report = Instant::now();
-            let n = (i + 1) as f64;
-            let rate = n / started.elapsed().as_secs_f64();
-            let left = keys.len() - i - 1;
-            pgrx::notice!(
+        for key in &keys {
+            seen += 1;
+            pgrx::check_for_interrupts!();
+            let t0 = Instant::now();
+            let outcome = unsafe {
+                key_cx.reset();
+                key_cx.switch_to(|_| {
+                    host::in_subtransaction(|| {
+                        let db = SpiDb {
+                            ctx: ctx.clone(),
+                            key: key.clone(),
+                            started: t0,
+                            started_at: local_now_micros(),
+                        };
+                        let (result, output, _db) =
+                            prepared.call(db, key.clone(), &limits, interrupts::stop_requested);
+                        if !output.stdout.is_empty() {
+                            pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
+                        }
+                        result.map_err(|e| make_error(e, &output, &target))?;
+                        if jobs_exist {
+                            let sql = populate::clear_job_sql(&jobs, key_names);
+                            let args = key_args(ctx, key)?;
+                            ctx.plans.query(&sql, &key_types(ctx), &args, false, 0);
+                        }
+                        Ok(())
+                    })
+                })
+            };
+            match outcome {
+                Ok(()) => done += 1,
+                Err(failure) => {
+                    let (code, message, detail, hint) = failure.parts();
+                    // Cancel, statement_timeout, shutdown: Postgres' own error goes on unchanged.
+                    if let host::Failure::Caught(e) = failure {
+                        if matches!(
+                            code,
+                            PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                                | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+                                | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN
+                        ) {
+                            e.rethrow();
+                        }
+                    }
+                    if !suppress_errors {
+                        let mut err = DjError::new(
+                            code,
+                            format!(
+                                "make of {target} failed for key ({}): {message}",
+                                make::display_row(key)
+                            ),
+                            hint.unwrap_or_default(),
+                        );
+                        err.detail = detail;
+                        pgrx::check_for_interrupts!();
+                        return Err(err);
+                    }
+                    errors += 1;
+                    if !jobs_exist {
+                        create_jobs_table(ctx, &jobs_name)?;
+                        jobs_exist = true;
+                    }
+                    let text = match &detail {
+                        Some(d) => format!("{message}\n{d}"),
+                        None => message.clone(),
+                    };
+                    let sql = populate::record_error_sql(&jobs, key_names);
+                    let mut args = key_args(ctx, key)?;
+                    let mut types = key_types(ctx);
+                    args.push(text.as_str().into_datum());
+                    types.push(pg_sys::TEXTOID);
+                    args.push(t0.elapsed().as_secs_f64().into_datum());
+                    types.push(pg_sys::FLOAT8OID);
+                    args.push(ctx.version.as_str().into_datum());
+                    types.push(pg_sys::TEXTOID);
+                    ctx.plans.query(&sql, &types, &args, false, 0);
+                    pgrx::warning!("make of {target} failed for key ({}): {message}", make::display_row(key));
+                }
+            }
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                let rate = seen as f64 / started.elapsed().as_secs_f64();
+                let left = total.saturating_sub(seen);
+                pgrx::notice!(
                 "populate {target}: {done} done, {errors} failed, {left} to go, {rate:.0} keys/s, about {:.0} s left",
                 left as f64 / rate
             );
+            }
         }
     }
     Ok((done, errors))
 }
 
-fn unix_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+/// Now, as the session's wall clock (what CURRENT_TIMESTAMP stores in a `timestamp` column such as
+/// `_job_start_time`), in microseconds since 1970-01-01 00:00.
+fn local_now_micros() -> i64 {
+    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    unsafe {
+        let now = pg_sys::GetCurrentTimestamp();
+        pgrx::direct_function_call::<i64>(pg_sys::timestamptz_timestamp, &[now.into_datum()])
+            .map_or(0, |local| local + PG_EPOCH_MICROS)
+    }
 }
 
 fn key_types(ctx: &Context) -> Vec<pg_sys::Oid> {
