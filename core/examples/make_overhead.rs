@@ -63,6 +63,7 @@ fn main() {
         result.map_err(|e| format!("{e:?}")).expect("make succeeds");
         db = back;
     }
+    let rss_before = rss_kib();
     let t = Instant::now();
     for _ in 0..calls {
         let (result, _, back) = prepared.call(db, key.clone(), &limits, never);
@@ -70,6 +71,7 @@ fn main() {
         db = back;
     }
     let per_call = t.elapsed() / calls as u32;
+    let rss_after = rss_kib();
     assert_eq!(db.inserted, (calls + 100) as u64);
     println!("component {path} ({} kB)", bytes.len() / 1000);
     println!(
@@ -82,4 +84,16 @@ fn main() {
         "  instantiate + make (2 host calls) + drop: {:.1} µs per key over {calls} calls",
         per_call.as_secs_f64() * 1e6
     );
+    println!("  resident memory {} KiB before the calls, {} KiB after", rss_before, rss_after);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

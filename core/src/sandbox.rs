@@ -93,8 +93,10 @@ pub fn config() -> Config {
     c.max_wasm_stack(MAX_WASM_STACK);
     c.wasm_backtrace_max_frames(NonZeroUsize::new(MAX_BACKTRACE_FRAMES));
     // Instances come from a pool of slots reserved once per process: a make call reuses the
-    // previous key's memory mapping (reset in place) instead of mapping and unmapping 4 GiB of
-    // address space and faulting its pages in again, which was 40 % of a trivial make's time.
+    // previous key's memory mapping (its pages released with madvise) instead of mapping and
+    // unmapping 4 GiB of address space, which was 40 % of a trivial make's time. (Keeping pages
+    // resident and zeroing them instead was slower: most of a guest's initial memory is never
+    // touched.)
     // One guest runs at a time per backend, so a few slots suffice; the address space is reserved
     // (PROT_NONE), not committed.
     let mut pool = PoolingAllocationConfig::new();
@@ -115,8 +117,8 @@ pub fn config() -> Config {
         // Reuse the least recently used slot rather than warm new ones: resident memory stays at
         // what one call needs, however many different modules a backend runs.
         .max_unused_warm_slots(0)
-        .linear_memory_keep_resident(1 << 20)
-        .table_keep_resident(64 << 10);
+        .linear_memory_keep_resident(0)
+        .table_keep_resident(0);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     c
 }

@@ -406,6 +406,7 @@ impl Plans {
     /// subtransactions run while reading it.
     pub fn open_cursor(&self, sql: &str) -> pg_sys::Portal {
         let plan = self.get(sql, &[]);
+        let _cx = KeepContext::new();
         unsafe {
             pg_sys::SPI_cursor_open(std::ptr::null(), plan.0, std::ptr::null_mut(), std::ptr::null(), false)
         }
@@ -413,6 +414,7 @@ impl Plans {
 
     /// The next `n` rows of a cursor (none at the end).
     pub fn fetch_cursor(&self, portal: pg_sys::Portal, n: i64) -> Vec<Row> {
+        let _cx = KeepContext::new();
         unsafe {
             pg_sys::SPI_cursor_fetch(portal, true, n);
             rows_of_tuptable()
@@ -433,6 +435,7 @@ impl Plans {
             args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
         let nulls: Vec<std::os::raw::c_char> =
             args.iter().map(|a| if a.is_some() { b' ' as _ } else { b'n' as _ }).collect();
+        let _cx = KeepContext::new();
         let rows;
         unsafe {
             let status =
@@ -443,6 +446,23 @@ impl Plans {
             rows = rows_of_tuptable();
         }
         rows
+    }
+}
+
+/// SPI leaves its procedure context current after each call: everything allocated afterwards
+/// (a key's datums, say) would live until SPI_finish, a few hundred bytes per key. This keeps
+/// the caller's context current across an SPI call.
+struct KeepContext(pg_sys::MemoryContext);
+
+impl KeepContext {
+    fn new() -> KeepContext {
+        KeepContext(unsafe { pg_sys::CurrentMemoryContext })
+    }
+}
+
+impl Drop for KeepContext {
+    fn drop(&mut self) {
+        unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
     }
 }
 

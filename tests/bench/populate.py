@@ -32,11 +32,13 @@ def connect():
 
 
 def rss_kib(conn):
+    """The backend's private resident memory (RssAnon): VmRSS also counts the shared buffers the
+    backend has touched, which grow with every new page it writes and are not its own."""
     pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError("no RssAnon")
 
 
 def timed(f):
@@ -161,7 +163,7 @@ def main():
     print("P4 first compile (register_module, nothing cached):")
     print(f"  Rust component  ({len(rust) / 1e3:.0f} kB)    {compile_rust:8.3f} s")
     print(f"  Python component ({len(python) / 1e6:.1f} MB)  {compile_python:8.3f} s")
-    print("Memory (backend RSS):")
+    print("Memory (backend private resident memory, RssAnon):")
     print(f"  before {rss_start / 1024:.1f} MiB, after {first} keys {rss_tenth / 1024:.1f} MiB, "
           f"after {N} keys {rss_end / 1024:.1f} MiB (growth over the last {N - first} keys: "
           f"{(rss_end - rss_tenth) / 1024:.1f} MiB)")

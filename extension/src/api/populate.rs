@@ -410,6 +410,7 @@ fn populate_keys(
     let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
 
     let mut seen = 0usize;
+    let mut first_failures: Vec<String> = Vec::new();
     loop {
         let keys = next_batch();
         if keys.is_empty() {
@@ -482,16 +483,24 @@ fn populate_keys(
                         None => message.clone(),
                     };
                     let sql = populate::record_error_sql(&jobs, key_names);
-                    let mut args = key_args(ctx, key)?;
-                    let mut types = key_types(ctx);
-                    args.push(text.as_str().into_datum());
-                    types.push(pg_sys::TEXTOID);
-                    args.push(t0.elapsed().as_secs_f64().into_datum());
-                    types.push(pg_sys::FLOAT8OID);
-                    args.push(ctx.version.as_str().into_datum());
-                    types.push(pg_sys::TEXTOID);
-                    ctx.plans.query(&sql, &types, &args, false, 0);
-                    pgrx::warning!("make of {target} failed for key ({}): {message}", make::display_row(key));
+                    // In the key's context: the datums go with it.
+                    unsafe {
+                        key_cx.switch_to(|_| -> DjResult<()> {
+                            let mut args = key_args(ctx, key)?;
+                            let mut types = key_types(ctx);
+                            args.push(text.as_str().into_datum());
+                            types.push(pg_sys::TEXTOID);
+                            args.push(t0.elapsed().as_secs_f64().into_datum());
+                            types.push(pg_sys::FLOAT8OID);
+                            args.push(ctx.version.as_str().into_datum());
+                            types.push(pg_sys::TEXTOID);
+                            ctx.plans.query(&sql, &types, &args, false, 0);
+                            Ok(())
+                        })?;
+                    }
+                    if first_failures.len() < 3 {
+                        first_failures.push(format!("({}): {message}", make::display_row(key)));
+                    }
                 }
             }
             if last_report.elapsed() >= PROGRESS_EVERY {
@@ -504,6 +513,15 @@ fn populate_keys(
             );
             }
         }
+    }
+    if errors > 0 {
+        // One summary rather than a message per key: the jobs table has them all.
+        let more = if errors as usize > first_failures.len() { "; ..." } else { "" };
+        pgrx::warning!(
+            "populate {target}: {errors} key(s) failed, recorded in {}: {}{more}",
+            jobs_name.qualified(),
+            first_failures.join("; ")
+        );
     }
     Ok((done, errors))
 }
