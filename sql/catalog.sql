@@ -86,6 +86,22 @@ CREATE POLICY owner_writes ON dj.schema_settings FOR ALL
     USING (pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = schema_name), 'USAGE'))
     WITH CHECK (pg_has_role((SELECT nspowner FROM pg_namespace WHERE nspname = schema_name), 'USAGE'));
 
+-- A dropped table takes its make with it (a table declared later under the same name starts
+-- without one). Runs as the extension's owner: when the event fires the table is gone, so the
+-- ownership test of dj.makes' policy could no longer pass; it removes only rows of tables the
+-- event reports dropped.
+CREATE FUNCTION dj._forget_dropped_tables() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $forget$
+BEGIN
+    DELETE FROM dj.makes m
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.object_type = 'table' AND d.schema_name = m.schema_name AND d.object_name = m.table_name;
+END
+$forget$;
+REVOKE ALL ON FUNCTION dj._forget_dropped_tables() FROM PUBLIC;
+COMMENT ON FUNCTION dj._forget_dropped_tables() IS 'Event trigger: removes the dj.makes rows of dropped tables.';
+CREATE EVENT TRIGGER dj_forget_dropped_tables ON sql_drop EXECUTE FUNCTION dj._forget_dropped_tables();
+
 REVOKE ALL ON dj.module_artifacts FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON dj.schema_settings, dj.modules, dj.makes TO PUBLIC;
 

@@ -1,12 +1,13 @@
-"""A pipeline survives pg_dump and restore: tables, definitions, lineage, data and tier enforcement
-(dj.schema_settings is dumped with the extension's configuration)."""
+"""A pipeline survives pg_dump and restore: tables, definitions, lineage, data, tier enforcement and
+make functions (dj.schema_settings, dj.modules and dj.makes are dumped with the extension's
+configuration; the compiled machine code is not, and is rebuilt on first use)."""
 import os
 import subprocess
 
 import psycopg
 import pytest
 
-from conftest import connect
+from conftest import REPO, connect
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
 SCHEMA = "dumped"
@@ -26,11 +27,19 @@ def test_pg_dump_round_trip():
     src.execute("CREATE EXTENSION IF NOT EXISTS datajoint")
     src.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     src.execute("DELETE FROM dj.schema_settings WHERE schema_name = %s", (SCHEMA,))
+    src.execute("DELETE FROM dj.makes WHERE schema_name = %s", (SCHEMA,))
+    src.execute("DELETE FROM dj.modules WHERE name = 'dumped_misbehave'")
     src.execute(f"SELECT dj.declare('{SCHEMA}.Subject', 'manual', E'subject_id : int32\\n---\\nsex : enum(''M'', ''F'')')")
     src.execute(f"SELECT dj.declare('{SCHEMA}.Stat', 'computed', E'-> Subject\\n---\\nv = 0.5 : float32')")
     src.execute(f"SELECT dj.declare('{SCHEMA}.Stat.Item', 'part', E'-> master\\ni : int16')")
     src.execute(f"INSERT INTO {SCHEMA}.subject VALUES (1, 'M'), (2, 'F')")
     src.execute(f"INSERT INTO {SCHEMA}.__stat VALUES (1, 0.25)")
+    src.execute(f"SELECT dj.declare('{SCHEMA}.Case', 'manual', E'case_id : int32\\n---\\nmode : varchar(16)\\nn : int64')")
+    src.execute(f"SELECT dj.declare('{SCHEMA}.Outcome', 'computed', E'-> Case\\n---\\nvalue : int64')")
+    src.execute(f"INSERT INTO {SCHEMA}.case VALUES (1, 'ok', 21)")
+    misbehave = (REPO / "udfs" / "components" / "misbehave.wasm").read_bytes()
+    src.execute("SELECT dj.register_module('dumped_misbehave', %s)", (misbehave,))
+    src.execute(f"SELECT dj.set_make('{SCHEMA}.Outcome', 'dumped_misbehave')")
     src.execute("SELECT dj.enforce_tiers(%s)", (SCHEMA,))
     before = describe_all(src)
     lineage = src.execute(f'SELECT * FROM {SCHEMA}."~lineage" ORDER BY 1, 2').fetchall()
@@ -57,9 +66,16 @@ def test_pg_dump_round_trip():
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             dst.execute(f"INSERT INTO {SCHEMA}.__stat VALUES (2, 1)")
         assert dst.execute(f"SELECT count(*) FROM dj.delete('{SCHEMA}.Subject', 'subject_id = 1')").fetchone()[0] == 3
+        # The make function came along; its machine code is compiled again on first use.
+        assert dst.execute("SELECT count(*) FROM dj.module_artifacts").fetchone()[0] == 0
+        assert dst.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Outcome')").fetchone() == (1, 0, 0)
+        assert dst.execute(f"SELECT value FROM {SCHEMA}.__outcome").fetchall() == [(42,)]
+        assert dst.execute("SELECT count(*) FROM dj.module_artifacts").fetchone()[0] == 1
     finally:
         dst.close()
         src.execute(f"DROP DATABASE IF EXISTS {target} WITH (FORCE)")
         src.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
         src.execute("DELETE FROM dj.schema_settings WHERE schema_name = %s", (SCHEMA,))
+        src.execute("DELETE FROM dj.makes WHERE schema_name = %s", (SCHEMA,))
+        src.execute("DELETE FROM dj.modules WHERE name = 'dumped_misbehave'")
         src.close()

@@ -206,15 +206,19 @@ SELECT * FROM dj.stale('pop.SpikeRate');
 SELECT * FROM dj.populate('pop.SpikeRate', recompute_stale => true);
 SELECT count(*) AS stale_after FROM dj.stale('pop.SpikeRate');
 
--- Replacing another role's module is refused.
+-- Any role may register modules; replacing another role's module is refused.
 SET ROLE pop_analyst;
+SELECT length(dj.register_module('analyst_copy', decode(:'spike_rate', 'base64'))) AS sha256_hex_digits;
+SELECT name, registered_by FROM dj.modules WHERE name = 'analyst_copy';
 SELECT dj.register_module('spike_rate', decode(:'spike_rate', 'base64'));
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT dj.set_make('pop.Outcome', 'spike_rate');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
+SELECT count(*) AS makes_before_drop FROM dj.makes;
 DROP SCHEMA pop CASCADE;
-DELETE FROM dj.makes;
+-- Dropped tables take their makes with them.
+SELECT count(*) AS makes_after_drop FROM dj.makes;
 DELETE FROM dj.modules;
 DROP ROLE pop_analyst;
