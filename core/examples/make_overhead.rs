@@ -59,14 +59,14 @@ fn main() {
     let mut db = Memory { inserted: 0 };
     // Warm up (the first call starts the epoch ticker and the WASI runtime).
     for _ in 0..100 {
-        let (result, _, back) = prepared.call(db, key.clone(), &limits, never);
+        let (result, _, back) = prepared.call(db, &key, &limits, never);
         result.map_err(|e| format!("{e:?}")).expect("make succeeds");
         db = back;
     }
     let rss_before = rss_kib();
     let t = Instant::now();
     for _ in 0..calls {
-        let (result, _, back) = prepared.call(db, key.clone(), &limits, never);
+        let (result, _, back) = prepared.call(db, &key, &limits, never);
         result.map_err(|e| format!("{e:?}")).expect("make succeeds");
         db = back;
     }

@@ -142,6 +142,15 @@ impl Dependencies {
         self.neighbors(table, Direction::Outgoing)
     }
 
+    /// The part tables of a master (its children named `master__part`).
+    pub fn parts(&self, master: &Table) -> Vec<&Table> {
+        self.children(master)
+            .into_iter()
+            .map(|(c, _)| c)
+            .filter(|c| c.master().as_ref() == Some(master))
+            .collect()
+    }
+
     fn closure(&self, table: &Table, direction: Direction) -> Vec<&Table> {
         let Some(&start) = self.index.get(table) else { return Vec::new() };
         let mut seen = vec![false; self.graph.node_count()];
@@ -310,6 +319,13 @@ pub(crate) mod tests {
 
     fn names(tables: Vec<&Table>) -> Vec<&str> {
         tables.into_iter().map(|t| t.name.as_str()).collect()
+    }
+
+    #[test]
+    fn parts_are_the_children_named_after_their_master() {
+        let deps = pipeline();
+        assert_eq!(names(deps.parts(&t("__pair"))), vec!["__pair__channel"]);
+        assert!(deps.parts(&t("session")).is_empty(), "{:?}", names(deps.parts(&t("session"))));
     }
 
     #[test]

@@ -166,16 +166,7 @@ pub fn compile(bytes: &[u8]) -> Result<Component, SandboxError> {
             })
         }
     }
-    Component::new(sandbox::engine(), bytes).map_err(|e| {
-        let text = format!("{e:#}");
-        if let Some(limit) = sandbox::pool_limit(&text) {
-            return limit;
-        }
-        let mut lines = text.lines();
-        let message = lines.next().unwrap_or_default().trim().to_string();
-        let rest: Vec<&str> = lines.map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
-        SandboxError::InvalidModule { message, detail: (!rest.is_empty()).then(|| rest.join("\n")) }
-    })
+    Component::new(sandbox::engine(), bytes).map_err(sandbox::compile_error)
 }
 
 /// The engine fingerprint compiled artifacts are keyed by: wasmtime's own compatibility hash of
@@ -184,12 +175,7 @@ pub fn engine_fingerprint() -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     sandbox::engine().precompile_compatibility_hash().hash(&mut h);
-    format!("wasmtime-{}-{:016x}", wasmtime_version(), h.finish())
-}
-
-fn wasmtime_version() -> &'static str {
-    // The pinned version (Cargo.toml): bump together.
-    "48.0.8"
+    format!("wasmtime-{}-{:016x}", crate::WASMTIME_VERSION, h.finish())
 }
 
 /// Machine code of a compiled component, to store.
@@ -240,7 +226,7 @@ impl<D: Database> Prepared<D> {
     pub fn call(
         &self,
         db: D,
-        key: Row,
+        key: &Row,
         limits: &Limits,
         interrupt: fn() -> bool,
     ) -> (Result<(), MakeError<D::Error>>, Output, D) {
@@ -254,16 +240,15 @@ impl<D: Database> Prepared<D> {
             db,
             host_error: None,
         };
-        let mut store = match sandbox::guarded_store(state) {
-            Ok(store) => store,
-            Err(e) => unreachable_store(e),
-        };
+        // Setting fuel on a fuel-enabled engine, the only thing that could fail here, cannot fail.
+        let mut store =
+            sandbox::guarded_store(state).unwrap_or_else(|e| panic!("cannot create a store: {e}"));
         let outcome = match ActiveCall::begin() {
             Err(e) => Err(MakeError::Sandbox(e)),
             Ok(_active) => {
                 // WASI's blocking calls run on our runtime: its worker never takes a signal.
                 let _tokio = runtime().enter();
-                let result = self.pre.instantiate(&mut store).and_then(|m| m.call_make(&mut store, &key));
+                let result = self.pre.instantiate(&mut store).and_then(|m| m.call_make(&mut store, key));
                 match result {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(message)) => Err(MakeError::Guest(message)),
@@ -280,11 +265,6 @@ impl<D: Database> Prepared<D> {
         };
         (outcome, output, store.into_data().db)
     }
-}
-
-fn unreachable_store(e: SandboxError) -> ! {
-    // Setting fuel on a fuel-enabled engine cannot fail.
-    panic!("cannot create a store: {e}")
 }
 
 fn first_line(text: &str) -> &str {
@@ -311,6 +291,24 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// `name=value, ...` for messages.
 pub fn display_row(row: &[Field]) -> String {
     row.iter().map(|f| format!("{}={}", f.name, display_value(&f.value))).collect::<Vec<_>>().join(", ")
+}
+
+/// The variant's name, for messages.
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Boolean(_) => "boolean",
+        Value::Int(_) => "int",
+        Value::Float(_) => "float",
+        Value::Decimal(_) => "decimal",
+        Value::Text(_) => "text",
+        Value::Bytes(_) => "bytes",
+        Value::Json(_) => "json",
+        Value::Date(_) => "date",
+        Value::Time(_) => "time",
+        Value::Timestamp(_) => "timestamp",
+        Value::Uuid(_) => "uuid",
+    }
 }
 
 pub fn display_value(v: &Value) -> String {

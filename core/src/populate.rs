@@ -184,6 +184,11 @@ pub fn fetch_sql(
     Ok(out)
 }
 
+/// The condition of rows not made by the module with this sha256 (`dj.stale`, recompute_stale).
+pub fn stale_condition(sha256: &str) -> String {
+    format!("\"_job_version\" IS DISTINCT FROM {}", sql::literal(sha256))
+}
+
 /// `INSERT INTO table (columns) VALUES ($1, ...)`.
 pub fn insert_sql(table: &Table, columns: &[String]) -> String {
     let names: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
@@ -398,6 +403,11 @@ mod tests {
             clear_job_sql(&Table::new("lab", "~~pair"), &names(&["a"])),
             "DELETE FROM \"lab\".\"~~pair\" WHERE \"a\" = $1"
         );
+    }
+
+    #[test]
+    fn stale_rows_are_those_of_another_version() {
+        assert_eq!(stale_condition("ab'c"), "\"_job_version\" IS DISTINCT FROM 'ab''c'");
     }
 
     #[test]

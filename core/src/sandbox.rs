@@ -139,27 +139,23 @@ pub fn compile(bytes: &[u8]) -> Result<Module, SandboxError> {
             detail: None,
         });
     }
-    Module::new(engine(), bytes).map_err(|e| {
-        let text = format!("{e:#}");
-        if let Some(limit) = pool_limit(&text) {
-            return limit;
-        }
-        // Text-format errors come as "reason\n --> line:col\n | excerpt": reason first, location after.
-        let mut lines = text.lines();
-        let message = lines.next().unwrap_or_default().trim().to_string();
-        let rest: Vec<&str> = lines.map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
-        SandboxError::InvalidModule { message, detail: (!rest.is_empty()).then(|| rest.join("\n")) }
-    })
+    Module::new(engine(), bytes).map_err(compile_error)
 }
 
-/// A module that exceeds the instance pool's per-instance limits (memories, tables, size) is valid
-/// WebAssembly that this sandbox will not run: a resource error, not an invalid module.
-pub(crate) fn pool_limit(error_text: &str) -> Option<SandboxError> {
-    let (_, reason) = error_text.split_once("does not fit in pooling allocator requirements: ")?;
-    Some(SandboxError::Resource(format!(
-        "resource limit exceeded: {}",
-        reason.lines().next().unwrap_or(reason)
-    )))
+/// Why wasmtime would not compile a module or component.
+pub(crate) fn compile_error(e: wasmtime::Error) -> SandboxError {
+    let text = format!("{e:#}");
+    // Valid WebAssembly beyond the instance pool's per-instance limits (memories, tables, size):
+    // a resource this sandbox will not give, not an invalid module.
+    if let Some((_, reason)) = text.split_once("does not fit in pooling allocator requirements: ") {
+        let reason = reason.lines().next().unwrap_or(reason);
+        return SandboxError::Resource(format!("resource limit exceeded: {reason}"));
+    }
+    // Text-format errors come as "reason\n --> line:col\n | excerpt": reason first, location after.
+    let mut lines = text.lines();
+    let message = lines.next().unwrap_or_default().trim().to_string();
+    let rest: Vec<&str> = lines.map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+    SandboxError::InvalidModule { message, detail: (!rest.is_empty()).then(|| rest.join("\n")) }
 }
 
 /// Instantiates `module` in a fresh store under `limits` and calls its export `name`, which must

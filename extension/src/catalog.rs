@@ -260,11 +260,16 @@ pub fn tables(schema: Option<&str>) -> DjResult<Vec<TableName>> {
 
 /// Columns of a table in order, as `describe` and `heading` need them.
 pub fn columns(name: &TableName) -> DjResult<Vec<ColumnInfo>> {
+    Ok(typed_columns(name)?.into_iter().map(|(c, _)| c).collect())
+}
+
+/// Columns of a table in order, each with its type's oid (what SPI parameters and values need).
+pub fn typed_columns(name: &TableName) -> DjResult<Vec<(ColumnInfo, pg_sys::Oid)>> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, \
                     pg_get_expr(d.adbin, d.adrelid), col_description(a.attrelid, a.attnum), \
-                    coalesce(a.attnum = ANY (i.indkey), false) \
+                    coalesce(a.attnum = ANY (i.indkey), false), a.atttypid \
              FROM pg_attribute a \
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
@@ -275,14 +280,15 @@ pub fn columns(name: &TableName) -> DjResult<Vec<ColumnInfo>> {
         )?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(ColumnInfo {
+            let column = ColumnInfo {
                 name: row.get(1)?.unwrap_or_default(),
                 sql_type: row.get(2)?.unwrap_or_default(),
                 nullable: row.get(3)?.unwrap_or(false),
                 default: row.get(4)?,
                 comment: row.get(5)?,
                 in_key: row.get(6)?.unwrap_or(false),
-            });
+            };
+            out.push((column, row.get(7)?.unwrap_or(pg_sys::InvalidOid)));
         }
         Ok(out)
     })

@@ -14,6 +14,7 @@ use datajoint_core::naming;
 use datajoint_core::populate::{self, QueryError};
 use datajoint_core::restriction::RestrictionError;
 use datajoint_core::sandbox::SandboxError;
+use datajoint_core::sql;
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode};
 
@@ -22,7 +23,7 @@ use crate::error::{DjError, DjResult};
 
 /// Days and microseconds between the Unix epoch (the contract's) and 2000-01-01 (PostgreSQL's).
 const PG_EPOCH_DAYS: i32 = 10_957;
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 // ---------------------------------------------------------------------------------------------
 // Modules
@@ -181,29 +182,16 @@ pub struct TableInfo {
 
 impl TableInfo {
     pub fn read(name: &TableName) -> DjResult<TableInfo> {
-        let columns = Spi::connect(|client| {
-            let rows = client.select(
-                "SELECT a.attname::text, a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                        coalesce(a.attnum = ANY (i.indkey), false) \
-                   FROM pg_catalog.pg_attribute a \
-                   LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
-                  WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-                  ORDER BY a.attnum",
-                None,
-                &[name.qualified().into()],
-            )?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(Column {
-                    name: row.get::<String>(1)?.unwrap_or_default(),
-                    type_oid: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-                    type_name: row.get::<String>(3)?.unwrap_or_default(),
-                    in_key: row.get::<bool>(4)?.unwrap_or(false),
-                });
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })?;
+        let columns = catalog::typed_columns(name)?
+            .into_iter()
+            .map(|(c, type_oid)| Column { name: c.name, type_oid, type_name: c.sql_type, in_key: c.in_key })
+            .collect();
         Ok(TableInfo { name: name.clone(), columns })
+    }
+
+    /// Whether rows record the module that made them (datajoint-python's job metadata).
+    pub fn has_job_version(&self) -> bool {
+        self.column("_job_version").is_some()
     }
 
     pub fn key(&self) -> Vec<&Column> {
@@ -218,7 +206,7 @@ impl TableInfo {
         self.columns.iter().find(|c| c.name == name)
     }
 
-    fn table(&self) -> Table {
+    pub fn table(&self) -> Table {
         Table::new(self.name.schema.clone(), self.name.table.clone())
     }
 }
@@ -289,23 +277,6 @@ unsafe fn input_text(text: &str, type_oid: pg_sys::Oid) -> pg_sys::Datum {
     }
 }
 
-fn variant_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Boolean(_) => "boolean",
-        Value::Int(_) => "int",
-        Value::Float(_) => "float",
-        Value::Decimal(_) => "decimal",
-        Value::Text(_) => "text",
-        Value::Bytes(_) => "bytes",
-        Value::Json(_) => "json",
-        Value::Date(_) => "date",
-        Value::Time(_) => "time",
-        Value::Timestamp(_) => "timestamp",
-        Value::Uuid(_) => "uuid",
-    }
-}
-
 /// The value as a datum of the column's type (None for NULL), in the current memory context.
 pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_sys::Datum>> {
     let out_of_range = || {
@@ -360,7 +331,7 @@ pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_s
                         "attribute {} of {table} is {}; the make function passed a {} value",
                         column.name,
                         column.type_name,
-                        variant_name(v)
+                        make::kind(v)
                     ),
                     "Pass a value of the attribute's type (or its text form).",
                 ))
@@ -478,20 +449,21 @@ unsafe fn rows_of_tuptable() -> Vec<Row> {
         let natts = (*desc).natts as usize;
         let n = pg_sys::SPI_processed as usize;
         rows.reserve(n);
-        let names: Vec<String> = (0..natts)
-            .map(|a| {
-                let attr = (*desc).attrs.as_slice(natts)[a];
-                CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned()
+        let columns: Vec<(String, pg_sys::Oid)> = (*desc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .map(|attr| {
+                (CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned(), attr.atttypid)
             })
             .collect();
         for i in 0..n {
             let tuple = *(*table).vals.add(i);
             let mut row = Vec::with_capacity(natts);
-            for (a, name) in names.iter().enumerate() {
-                let attr = (*desc).attrs.as_slice(natts)[a];
+            for (a, (name, type_oid)) in columns.iter().enumerate() {
                 let mut is_null = false;
                 let datum = pg_sys::SPI_getbinval(tuple, desc, (a + 1) as i32, &mut is_null);
-                row.push(Field { name: name.clone(), value: to_value(datum, is_null, attr.atttypid) });
+                row.push(Field { name: name.clone(), value: to_value(datum, is_null, *type_oid) });
             }
             rows.push(row);
         }
@@ -512,6 +484,18 @@ pub struct Context {
     pub version: String,
     pub plans: Plans,
     tables: RefCell<HashMap<String, Rc<TableInfo>>>,
+    fetches: RefCell<HashMap<FetchKey, Rc<FetchStatement>>>,
+}
+
+/// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.
+type FetchKey = (String, Vec<String>, Vec<String>, Vec<String>, Option<u64>, bool);
+
+/// A checked guest query: its SQL and the key attributes bound to its parameters.
+struct FetchStatement {
+    table: Rc<TableInfo>,
+    sql: String,
+    key_columns: Vec<Column>,
+    types: Vec<pg_sys::Oid>,
 }
 
 impl Context {
@@ -528,6 +512,7 @@ impl Context {
             version,
             plans: Plans::default(),
             tables: RefCell::new(HashMap::new()),
+            fetches: RefCell::new(HashMap::new()),
         }
     }
 
@@ -536,25 +521,18 @@ impl Context {
     }
 
     /// A table named by the guest: `Class`, `Master.Part`, `Part` (of the target), `schema.Class`,
-    /// `schema.table`.
+    /// `schema.table`. Names without a schema are in the target's schema; otherwise as every dj
+    /// function reads table names (catalog::resolve).
     fn resolve(&self, name: &str) -> DjResult<TableName> {
-        let parts = catalog::split_name(name).unwrap_or_default();
-        match parts.as_slice() {
-            [one] if naming::is_class_name(one) => {
-                if let Some(t) = catalog::find_class(self.schema(), one)? {
-                    return Ok(t);
-                }
+        let schema = sql::ident(self.schema());
+        match catalog::split_name(name).unwrap_or_default().as_slice() {
+            [one] => catalog::resolve(&format!("{schema}.{}", sql::ident(one))).or_else(|missing| {
+                // A bare part name: a part of the target.
                 let part = naming::part_table_name(&self.target.name.table, one);
-                if self.parts.iter().any(|p| p.name.table == part) {
-                    return Ok(TableName { schema: self.schema().to_string(), table: part });
-                }
-                catalog::resolve(&format!("{}.{one}", self.schema()))
-            }
-            [one] => {
-                catalog::resolve(&format!("{}.{}", sql_quote_ident(self.schema()), sql_quote_ident(one)))
-            }
+                self.parts.iter().find(|p| p.name.table == part).map(|p| p.name.clone()).ok_or(missing)
+            }),
             [a, b] if naming::is_class_name(a) && naming::is_class_name(b) => {
-                catalog::resolve(&format!("{}.{a}.{b}", sql_quote_ident(self.schema())))
+                catalog::resolve(&format!("{schema}.{a}.{b}"))
             }
             _ => catalog::resolve(name),
         }
@@ -576,13 +554,49 @@ impl Context {
         Ok(info)
     }
 
+    /// The statement of a guest's query: checked (readable table, known attributes, a condition
+    /// re-emitted from its syntax tree) once per populate call, not once per key.
+    fn fetch_statement(&self, q: Query, one: bool, key: &Row) -> DjResult<Rc<FetchStatement>> {
+        let cache_key: FetchKey = (q.relation, q.restrictions, q.attributes, q.order_by, q.limit, one);
+        if let Some(f) = self.fetches.borrow().get(&cache_key) {
+            return Ok(f.clone());
+        }
+        let (relation, restrictions, attributes, order_by, limit, _) = &cache_key;
+        let info = self.table(relation)?;
+        if !self.readable.contains(&info.name) {
+            return Err(DjError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "the make function of {} may not read {}: it is not an ancestor of the target",
+                    self.target.name.qualified(),
+                    info.name.qualified()
+                ),
+                "A make function reads only the tables its target depends on (dj.ancestors lists them).",
+            ));
+        }
+        // Every key of a populate call has the same attributes: the shared ones are fixed.
+        let key_columns: Vec<Column> =
+            info.columns.iter().filter(|c| key.iter().any(|f| f.name == c.name)).cloned().collect();
+        let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
+        let sql = populate::fetch_sql(
+            &info.table(),
+            &info.visible(),
+            &key_names,
+            attributes,
+            restrictions,
+            order_by,
+            if one { Some(2) } else { *limit },
+        )
+        .map_err(|e| query_error(e, &info.name.qualified()))?;
+        let types = key_columns.iter().map(|c| c.type_oid).collect();
+        let statement = Rc::new(FetchStatement { table: info, sql, key_columns, types });
+        self.fetches.borrow_mut().insert(cache_key, statement.clone());
+        Ok(statement)
+    }
+
     fn writable(&self, t: &TableName) -> bool {
         *t == self.target.name || self.parts.iter().any(|p| p.name == *t)
     }
-}
-
-fn sql_quote_ident(s: &str) -> String {
-    datajoint_core::sql::ident(s)
 }
 
 /// The database as one key's make call sees it.
@@ -641,43 +655,17 @@ impl Database for SpiDb {
     }
 
     fn fetch(&mut self, q: Query, one: bool) -> Result<Vec<Row>, DjError> {
-        let info = self.ctx.table(&q.relation)?;
-        if !self.ctx.readable.contains(&info.name) {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "the make function of {} may not read {}: it is not an ancestor of the target",
-                    self.ctx.target.name.qualified(),
-                    info.name.qualified()
-                ),
-                "A make function reads only the tables its target depends on (dj.ancestors lists them).",
-            ));
-        }
-        let heading = info.visible();
-        let shared: Vec<&Column> =
-            info.columns.iter().filter(|c| self.key.iter().any(|f| f.name == c.name)).collect();
-        let key_names: Vec<String> = shared.iter().map(|c| c.name.clone()).collect();
-        let limit = if one { Some(2) } else { q.limit };
-        let sql = populate::fetch_sql(
-            &info.table(),
-            &heading,
-            &key_names,
-            &q.attributes,
-            &q.restrictions,
-            &q.order_by,
-            limit,
-        )
-        .map_err(|e| query_error(e, &info.name.qualified()))?;
-        let mut args = Vec::with_capacity(shared.len());
-        for c in &shared {
+        let fetch = self.ctx.fetch_statement(q, one, &self.key)?;
+        let info = &fetch.table;
+        let mut args = Vec::with_capacity(fetch.key_columns.len());
+        for c in &fetch.key_columns {
             args.push(to_datum(
                 self.key_value(&c.name).expect("shared with the key"),
                 c,
                 &info.name.qualified(),
             )?);
         }
-        let types: Vec<pg_sys::Oid> = shared.iter().map(|c| c.type_oid).collect();
-        let rows = self.ctx.plans.query(&sql, &types, &args, true, 0);
+        let rows = self.ctx.plans.query(&fetch.sql, &fetch.types, &args, true, 0);
         if one && rows.len() != 1 {
             // PL/pgSQL's SELECT INTO STRICT codes: P0002 no row, P0003 several.
             let code = if rows.is_empty() {

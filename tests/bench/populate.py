@@ -13,14 +13,17 @@ Memory: the backend's RSS after 10 % of the keys and after all of them (no per-k
 """
 import os
 import platform
+import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import datajoint as dj
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "client"))
+from conftest import connect_datajoint  # noqa: E402  (the client tests' datajoint-python settings)
+
 N = int(os.environ.get("BENCH_KEYS", "100000"))
 DJPY_KEYS = int(os.environ.get("BENCH_DJPY_KEYS", "2000"))
 SESSIONS = 100  # per subject
@@ -85,15 +88,7 @@ def first_compile(c, name, wasm):
 
 
 def djpy_populate(keys):
-    dj.config["database.backend"] = "postgresql"
-    dj.config["database.host"] = "127.0.0.1"
-    dj.config["database.port"] = int(os.environ["PGPORT"])
-    dj.config["database.user"] = "postgres"
-    dj.config["database.password"] = "unused-with-trust-auth"
-    dj.config["database.name"] = os.environ.get("PGDATABASE", "datajoint")
-    dj.config["database.use_tls"] = False
-    dj.config["safemode"] = False
-    conn = dj.conn(reset=True)
+    conn = connect_datajoint()
     lab = dj.VirtualModule("lab", SCHEMA, connection=conn)
     schema = dj.Schema(SCHEMA, connection=conn, context={"Recording": lab.Recording})
 

@@ -3,6 +3,8 @@
 import os
 import pathlib
 import subprocess
+import threading
+import time
 
 import psycopg
 import pytest
@@ -21,6 +23,56 @@ def pytest_configure(config):
 
 def connect(**kw) -> psycopg.Connection:
     return psycopg.connect(dbname=os.environ.get("PGDATABASE", "datajoint"), autocommit=True, **kw)
+
+
+def connect_datajoint():
+    """datajoint-python 2.3.5 configured for the cluster under test (also used by tests/bench)."""
+    import datajoint as dj
+
+    dj.config["database.backend"] = "postgresql"
+    dj.config["database.host"] = "127.0.0.1"
+    dj.config["database.port"] = int(os.environ["PGPORT"])
+    dj.config["database.user"] = "postgres"
+    dj.config["database.password"] = "unused-with-trust-auth"
+    dj.config["database.name"] = os.environ.get("PGDATABASE", "datajoint")
+    dj.config["database.use_tls"] = False
+    dj.config["safemode"] = False
+    return dj.conn(reset=True)
+
+
+@pytest.fixture(scope="module")
+def dj_connection():
+    conn = connect_datajoint()
+    yield conn
+    conn.close()
+
+
+def execute_in_thread(conn, *args):
+    """Runs conn.execute(*args) in a thread; the returned dict gets its first row ("row") or its
+    error ("error"), and how long it took ("seconds")."""
+    outcome = {}
+
+    def target():
+        started = time.monotonic()
+        try:
+            outcome["row"] = conn.execute(*args).fetchone()
+        except psycopg.Error as e:
+            outcome["error"] = e
+        outcome["seconds"] = time.monotonic() - started
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t, outcome
+
+
+def wait_until_active(admin, pid):
+    """Until the backend `pid` runs a statement (at most 4 s)."""
+    for _ in range(200):
+        row = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        if row and row[0] == "active":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"backend {pid} never started its statement")
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """datajoint-python 2.3.5, as a foreign client of the same database, must see the tables
 dj.declare creates as its own (tiers, definitions, joins, populate, cascade delete), and
 dj.tables must see the tables it declares."""
-import os
 
 import datajoint as dj
 import pytest
@@ -18,21 +17,6 @@ PIPELINE = [
     ("Pair", "computed", "-> Session\n-> Subject.proj(partner_id='subject_id')\n---\nsimilarity : float32"),
     ("Pair.Channel", "part", "-> master\nchannel : int16\n---\nvalue : <blob>"),
 ]
-
-
-@pytest.fixture(scope="module")
-def dj_connection():
-    dj.config["database.backend"] = "postgresql"
-    dj.config["database.host"] = "127.0.0.1"
-    dj.config["database.port"] = int(os.environ["PGPORT"])
-    dj.config["database.user"] = "postgres"
-    dj.config["database.password"] = "unused-with-trust-auth"
-    dj.config["database.name"] = os.environ.get("PGDATABASE", "datajoint")
-    dj.config["database.use_tls"] = False
-    dj.config["safemode"] = False
-    conn = dj.conn(reset=True)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture(scope="module")

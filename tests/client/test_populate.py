@@ -2,7 +2,6 @@
 the threads WASI needs never take a signal, and datajoint-python 2.3.5 and we populate each
 other's tables."""
 import os
-import threading
 import time
 
 import datajoint as dj
@@ -10,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import REPO, connect
+from conftest import REPO, connect, execute_in_thread, wait_until_active
 
 SCHEMA = "client_populate"
 
@@ -47,38 +46,13 @@ def pipeline():
     c.close()
 
 
-def populate_in_thread(conn, *args):
-    outcome = {}
-
-    def target():
-        started = time.monotonic()
-        try:
-            outcome["row"] = conn.execute(*args).fetchone()
-        except psycopg.Error as e:
-            outcome["error"] = e
-        outcome["seconds"] = time.monotonic() - started
-
-    t = threading.Thread(target=target)
-    t.start()
-    return t, outcome
-
-
-def wait_active(admin, pid):
-    for _ in range(200):
-        row = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
-        if row and row[0] == "active":
-            return
-        time.sleep(0.02)
-    raise AssertionError("populate never started")
-
-
 def test_cancel_stops_a_running_make_and_keeps_nothing_of_it(pipeline, admin, server_log):
     pipeline.execute(f"INSERT INTO {SCHEMA}.case VALUES (1, 'ok', 1), (2, 'loop', 0)")
     conn = connect()
     conn.execute("SET dj.make_timeout = 0")  # only the cancel can stop it
     pid = conn.info.backend_pid
-    thread, outcome = populate_in_thread(conn, f"SELECT * FROM dj.populate('{SCHEMA}.Outcome')")
-    wait_active(admin, pid)
+    thread, outcome = execute_in_thread(conn, f"SELECT * FROM dj.populate('{SCHEMA}.Outcome')")
+    wait_until_active(admin, pid)
     time.sleep(0.3)
     assert admin.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
     thread.join(10)
@@ -126,8 +100,8 @@ def test_wasi_threads_never_take_signals_and_terminate_still_works(pipeline, adm
     main_blocked = masks[pid][1]
     assert not main_blocked & (1 << 14), "the main thread still takes SIGTERM"
     victim.execute("SET dj.make_timeout = 0")
-    thread, outcome = populate_in_thread(victim, f"SELECT * FROM dj.populate('{SCHEMA}.Outcome')")
-    wait_active(admin, pid)
+    thread, outcome = execute_in_thread(victim, f"SELECT * FROM dj.populate('{SCHEMA}.Outcome')")
+    wait_until_active(admin, pid)
     time.sleep(0.3)
     assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
     thread.join(10)
@@ -138,21 +112,6 @@ def test_wasi_threads_never_take_signals_and_terminate_still_works(pipeline, adm
     victim.close()
     pipeline.execute(f"DELETE FROM {SCHEMA}.__outcome")
     pipeline.execute(f"DELETE FROM {SCHEMA}.case")
-
-
-@pytest.fixture(scope="module")
-def dj_connection():
-    dj.config["database.backend"] = "postgresql"
-    dj.config["database.host"] = "127.0.0.1"
-    dj.config["database.port"] = int(os.environ["PGPORT"])
-    dj.config["database.user"] = "postgres"
-    dj.config["database.password"] = "unused-with-trust-auth"
-    dj.config["database.name"] = os.environ.get("PGDATABASE", "datajoint")
-    dj.config["database.use_tls"] = False
-    dj.config["safemode"] = False
-    conn = dj.conn(reset=True)
-    yield conn
-    conn.close()
 
 
 def test_datajoint_python_reads_what_our_populate_computed(pipeline, dj_connection):

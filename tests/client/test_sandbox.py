@@ -1,13 +1,12 @@
 """The sandbox seen from a real driver: failures end the call, never the backend; Postgres'
 own interrupts (cancel, statement_timeout, terminate) stop a running guest promptly."""
-import threading
 import time
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import connect
+from conftest import connect, execute_in_thread, wait_until_active
 from wat import ANSWER, BOMB, CALL, COUNT, LOOP, MULTI_MEMORY_BOMB, TRAP
 
 
@@ -40,36 +39,11 @@ def test_failure_is_a_clean_error_and_the_backend_survives(conn, server_log, mod
     assert conn.execute(CALL, (ANSWER,)).fetchone()[0] == 42
 
 
-def run_loop_in_thread(conn):
-    outcome = {}
-
-    def target():
-        started = time.monotonic()
-        try:
-            conn.execute(CALL, (LOOP,))
-        except psycopg.Error as e:  # noqa: PERF203
-            outcome["error"] = e
-        outcome["seconds"] = time.monotonic() - started
-
-    t = threading.Thread(target=target)
-    t.start()
-    return t, outcome
-
-
-def wait_until_running(admin, pid):
-    for _ in range(100):
-        row = admin.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
-        if row and row[0] == "active":
-            return
-        time.sleep(0.02)
-    raise AssertionError("the guest call never started")
-
-
 def test_pg_cancel_backend_stops_a_running_guest(conn, admin, server_log):
     conn.execute("SET dj.make_timeout = 0")  # only the cancel can stop it
     pid = conn.info.backend_pid
-    thread, outcome = run_loop_in_thread(conn)
-    wait_until_running(admin, pid)
+    thread, outcome = execute_in_thread(conn, CALL, (LOOP,))
+    wait_until_active(admin, pid)
     time.sleep(0.2)
     assert admin.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]
     thread.join(10)
@@ -97,8 +71,8 @@ def test_terminate_ends_only_that_backend(admin, server_log):
     victim.execute("SET dj.make_timeout = 0")
     other = connect()
     pid = victim.info.backend_pid
-    thread, outcome = run_loop_in_thread(victim)
-    wait_until_running(admin, pid)
+    thread, outcome = execute_in_thread(victim, CALL, (LOOP,))
+    wait_until_active(admin, pid)
     time.sleep(0.2)
     assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
     thread.join(10)

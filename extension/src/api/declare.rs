@@ -85,20 +85,10 @@ fn declare_table(
     if !catalog::schema_exists(&target.schema)? {
         Spi::run(&format!("CREATE SCHEMA {}", sql::ident(&target.schema)))?;
     }
-    for (type_name, values) in &ddl.enums {
-        // Enum types are shared by every table of the schema with the same value set.
-        if !catalog::type_exists(&target.schema, type_name)? {
-            Spi::run(&declare::create_enum_sql(&target.schema, type_name, values))?;
-        }
-    }
-    Spi::run(&ddl.create_table)?;
-    for statement in ddl.indexes.iter().chain(&ddl.comments) {
-        Spi::run(statement)?;
-    }
+    create(&target, &ddl)?;
     for notice in &ddl.notices {
         pgrx::notice!("{notice}");
     }
-    write_lineage(&target, &ddl.lineage)?;
 
     // In a tier-enforcing schema the dj_guard_new_tables event trigger has guarded it already.
     let name = TableName { schema: target.schema.clone(), table: target.table.clone() };
@@ -198,7 +188,14 @@ pub(crate) fn declare_hidden(name: &TableName, definition: &str) -> DjResult<()>
     let parsed = definition::parse(definition)?;
     let target = Target { schema: name.schema.clone(), table: name.table.clone(), tier: Tier::Manual };
     let ddl = declare::compile(&parsed, &target, &[], Options::default())?;
+    create(&target, &ddl)
+}
+
+/// Runs a compiled declaration in an existing schema: enum types, table, indexes, comments,
+/// `~lineage` rows.
+fn create(target: &Target, ddl: &declare::TableDdl) -> DjResult<()> {
     for (type_name, values) in &ddl.enums {
+        // Enum types are shared by every table of the schema with the same value set.
         if !catalog::type_exists(&target.schema, type_name)? {
             Spi::run(&declare::create_enum_sql(&target.schema, type_name, values))?;
         }
@@ -207,7 +204,7 @@ pub(crate) fn declare_hidden(name: &TableName, definition: &str) -> DjResult<()>
     for statement in ddl.indexes.iter().chain(&ddl.comments) {
         Spi::run(statement)?;
     }
-    write_lineage(&target, &ddl.lineage)
+    write_lineage(target, &ddl.lineage)
 }
 
 /// Replaces the table's `~lineage` rows (datajoint-python's table, created on first use).

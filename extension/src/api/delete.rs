@@ -170,44 +170,38 @@ fn delete(
 > {
     const FN: &str = "dj.delete";
     let (deps, steps, integrity) = plan(table, restriction, key, part_integrity).or_raise(FN);
-    let tables: Vec<TableName> = steps
-        .iter()
-        .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
-        .collect();
-    let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables).or_raise(FN);
-    // Nothing a user put on the search path (a function or operator of the same name) may run
-    // while the deletes hold that permission.
-    let _path = PinnedSearchPath::new().or_raise(FN);
-    let mut removed = vec![0i64; steps.len()];
-    // Children first: each condition's subqueries still see the parent rows.
-    for i in (0..steps.len()).rev() {
-        removed[i] = Spi::get_one::<i64>(&cascade::delete_sql(&steps, i)).or_raise(FN).unwrap_or(0);
-    }
+    let removed = execute(&steps).or_raise(FN);
     if integrity == PartIntegrity::Enforce {
         check_parts(&deps, &steps, &removed).or_raise(FN);
     }
     TableIterator::new(rows(&steps, &removed))
 }
 
-/// Deletes the rows of `name` matching `condition` (SQL this extension built, not user text)
-/// and everything downstream of them; returns the rows removed from `name`.
-pub(crate) fn delete_where(name: &TableName, condition: &str) -> DjResult<i64> {
-    let root = Table::new(name.schema.clone(), name.table.clone());
-    let deps = catalog::dependencies()?;
-    let steps = cascade::plan(&deps, &root, Some(condition.to_string()));
+/// Runs the deletes of a cascade plan, children first (each condition's subqueries still see the
+/// parent rows), holding the tier guard's permission for exactly those tables; returns the rows
+/// removed per step.
+fn execute(steps: &[Step]) -> DjResult<Vec<i64>> {
     let tables: Vec<TableName> = steps
         .iter()
         .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
         .collect();
     let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables)?;
-    let mut removed = 0;
+    // Nothing a user put on the search path (a function or operator of the same name) may run
+    // while the deletes hold that permission.
+    let _path = PinnedSearchPath::new()?;
+    let mut removed = vec![0i64; steps.len()];
     for i in (0..steps.len()).rev() {
-        let n = Spi::get_one::<i64>(&cascade::delete_sql(&steps, i))?.unwrap_or(0);
-        if steps[i].table == root {
-            removed = n;
-        }
+        removed[i] = Spi::get_one::<i64>(&cascade::delete_sql(steps, i))?.unwrap_or(0);
     }
     Ok(removed)
+}
+
+/// Deletes the rows of `name` matching `condition` (SQL this extension built, not user text)
+/// and everything downstream of them.
+pub(crate) fn delete_where(name: &TableName, condition: &str) -> DjResult<()> {
+    let root = Table::new(name.schema.clone(), name.table.clone());
+    let steps = cascade::plan(&*catalog::dependencies()?, &root, Some(condition.to_string()));
+    execute(&steps).map(|_| ())
 }
 
 /// `search_path` set to `pg_catalog` for the transaction while alive, restored after.

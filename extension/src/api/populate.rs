@@ -127,14 +127,40 @@ fn auto_populated(name: &TableName) -> DjResult<()> {
     }
 }
 
-/// The key source of a table: its primary-key parents joined, projected to its key.
+/// The key source of a table: its primary-key parents joined, projected to its key, restricted
+/// by a checked condition.
 struct Source {
     name: TableName,
+    table: Table,
     key: Vec<String>,
     sql: String,
+    condition: Option<String>,
 }
 
-fn source_of(table: &str) -> DjResult<Source> {
+impl Source {
+    /// Its keys (only those missing from the table when `missing`), in `order`, at most `limit`.
+    fn keys(&self, missing: bool, order: Order, limit: Option<i64>) -> String {
+        populate::keys_sql(
+            &self.sql,
+            &self.table,
+            &self.key,
+            self.condition.as_deref(),
+            missing,
+            order,
+            limit,
+        )
+    }
+
+    fn count(&self, missing: bool) -> DjResult<i64> {
+        count_rows(&self.keys(missing, Order::Original, None))
+    }
+}
+
+fn count_rows(sql: &str) -> DjResult<i64> {
+    Ok(catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({sql}) AS q"), &[])?.unwrap_or(0))
+}
+
+fn source_of(table: &str, restriction: Option<&str>) -> DjResult<Source> {
     let name = catalog::resolve(table)?;
     auto_populated(&name)?;
     let deps = catalog::dependencies()?;
@@ -153,21 +179,18 @@ fn source_of(table: &str) -> DjResult<Source> {
             "A Computed or Imported table's key comes from its parents (-> Parent lines above ---).",
         )
     })?;
-    Ok(Source { name, key, sql })
-}
-
-fn condition(source: &Source, restriction: Option<&str>) -> DjResult<Option<String>> {
-    restriction
+    let condition = restriction
         .map(|r| {
-            populate::key_condition(r, &source.key).map_err(|e| {
+            populate::key_condition(r, &key).map_err(|e| {
                 DjError::new(
                     PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-                    format!("restriction on the key source of {}: {}", source.name.qualified(), e.message),
-                    format!("{} The key source's attributes: {}.", e.hint, source.key.join(", ")),
+                    format!("restriction on the key source of {}: {}", name.qualified(), e.message),
+                    format!("{} The key source's attributes: {}.", e.hint, key.join(", ")),
                 )
             })
         })
-        .transpose()
+        .transpose()?;
+    Ok(Source { name, table: t, key, sql, condition })
 }
 
 /// The rows of a query as jsonb objects.
@@ -183,11 +206,8 @@ fn json_rows(sql: &str) -> DjResult<Vec<JsonB>> {
 #[pg_extern(stable, parallel_safe)]
 fn key_source(table: &str, restriction: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, JsonB> {
     const FN: &str = "dj.key_source";
-    let source = source_of(table).or_raise(FN);
-    let cond = condition(&source, restriction).or_raise(FN);
-    let t = Table::new(source.name.schema.clone(), source.name.table.clone());
-    let sql = populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), false, Order::Original, None);
-    SetOfIterator::new(json_rows(&sql).or_raise(FN))
+    let source = source_of(table, restriction).or_raise(FN);
+    SetOfIterator::new(json_rows(&source.keys(false, Order::Original, None)).or_raise(FN))
 }
 
 /// `dj.progress(table, restriction)`: how many keys remain, of how many.
@@ -197,17 +217,9 @@ fn progress(
     restriction: default!(Option<&str>, "NULL"),
 ) -> TableIterator<'static, (name!(remaining, i64), name!(total, i64))> {
     const FN: &str = "dj.progress";
-    let source = source_of(table).or_raise(FN);
-    let cond = condition(&source, restriction).or_raise(FN);
-    let t = Table::new(source.name.schema.clone(), source.name.table.clone());
-    let count = |missing: bool| {
-        let sql =
-            populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), missing, Order::Original, None);
-        catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({sql}) AS q"), &[])
-            .map(|n| n.unwrap_or(0))
-    };
-    let remaining = count(true).or_raise(FN);
-    let total = count(false).or_raise(FN);
+    let source = source_of(table, restriction).or_raise(FN);
+    let remaining = source.count(true).or_raise(FN);
+    let total = source.count(false).or_raise(FN);
     TableIterator::once((remaining, total))
 }
 
@@ -246,15 +258,15 @@ fn stale(table: &str) -> SetOfIterator<'static, JsonB> {
     auto_populated(&name).or_raise(FN);
     let (_, sha256) = make_of(&name).or_raise(FN);
     let info = TableInfo::read(&name).or_raise(FN);
-    if !info.columns.iter().any(|c| c.name == "_job_version") {
+    if !info.has_job_version() {
         return SetOfIterator::new(Vec::new());
     }
     let key: Vec<String> = info.key().iter().map(|c| datajoint_core::sql::ident(&c.name)).collect();
     let sql = format!(
-        "SELECT {} FROM {} WHERE \"_job_version\" IS DISTINCT FROM {} ORDER BY {}",
+        "SELECT {} FROM {} WHERE {} ORDER BY {}",
         key.join(", "),
         name.qualified(),
-        datajoint_core::sql::literal(&sha256),
+        populate::stale_condition(&sha256),
         key.join(", ")
     );
     SetOfIterator::new(json_rows(&sql).or_raise(FN))
@@ -305,19 +317,17 @@ fn run(
     order: Order,
     recompute_stale: bool,
 ) -> DjResult<(i64, i64, i64)> {
-    let source = source_of(table)?;
+    let source = source_of(table, restriction)?;
     let name = source.name.clone();
-    let cond = condition(&source, restriction)?;
     let (module, sha256) = make_of(&name)?;
     let prepared = host::prepared(&module, &sha256)?;
 
     let deps = catalog::dependencies()?;
-    let target = Table::new(name.schema.clone(), name.table.clone());
+    let target = &source.table;
     let parts: Vec<TableName> = deps
-        .children(&target)
+        .parts(target)
         .into_iter()
-        .filter(|(c, _)| c.master().as_ref() == Some(&target))
-        .map(|(c, _)| TableName { schema: c.schema.clone(), table: c.name.clone() })
+        .map(|c| TableName { schema: c.schema.clone(), table: c.name.clone() })
         .collect();
     let mut writable = vec![name.clone()];
     writable.extend(parts.iter().cloned());
@@ -326,8 +336,7 @@ fn run(
     // together with their masters, they belong to the same entities).
     for w in &writable {
         for a in deps.ancestors(&Table::new(w.schema.clone(), w.table.clone())) {
-            let parts_of_a = deps.children(a).into_iter().filter(|(c, _)| c.master().as_ref() == Some(a));
-            for t in std::iter::once(a).chain(parts_of_a.map(|(c, _)| c)) {
+            for t in std::iter::once(a).chain(deps.parts(a)) {
                 let t = TableName { schema: t.schema.clone(), table: t.name.clone() };
                 if !writable.contains(&t) && !readable.contains(&t) {
                     readable.push(t);
@@ -338,24 +347,19 @@ fn run(
     let _path = PinnedSearchPath::new()?;
     let _permit = PipelineWrite::begin("INSERT", &writable)?;
 
-    if recompute_stale {
-        let info = TableInfo::read(&name)?;
-        if info.columns.iter().any(|c| c.name == "_job_version") {
-            let stale = format!("_job_version <> {}", datajoint_core::sql::literal(&sha256));
-            crate::api::delete::delete_where(&name, &stale)?;
-        }
+    let info = TableInfo::read(&name)?;
+    if recompute_stale && info.has_job_version() {
+        crate::api::delete::delete_where(&name, &populate::stale_condition(&sha256))?;
     }
 
-    let t = Table::new(name.schema.clone(), name.table.clone());
-    let keys_sql = populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), true, order, max_calls);
+    let keys_sql = source.keys(true, order, max_calls);
     let ctx = Rc::new(Context::new(
-        TableInfo::read(&name)?,
+        info,
         parts.iter().map(TableInfo::read).collect::<DjResult<Vec<_>>>()?,
         readable,
         sha256.clone(),
     ));
-    let total = catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({keys_sql}) AS q"), &[])?
-        .unwrap_or(0);
+    let total = count_rows(&keys_sql)?;
     // SPI stays connected for the whole run (the kept plans and the cursor need it). The keys come
     // through a cursor, a batch at a time: memory stays flat however many keys there are. Its
     // snapshot is taken here (not read-only: it sees this transaction's own changes, such as
@@ -368,21 +372,13 @@ fn run(
         || ctx.plans.fetch_cursor(cursor, KEY_BATCH),
         total as usize,
         suppress_errors,
-        &source.key,
     );
     unsafe {
         pg_sys::SPI_cursor_close(cursor);
         pg_sys::SPI_finish();
     }
     let (done, errors) = result?;
-    let remaining = catalog::read_one::<i64>(
-        &format!(
-            "SELECT pg_catalog.count(*) FROM ({}) AS q",
-            populate::keys_sql(&source.sql, &t, &source.key, cond.as_deref(), true, Order::Original, None)
-        ),
-        &[],
-    )?
-    .unwrap_or(0);
+    let remaining = source.count(true)?;
     Ok((done, errors, remaining))
 }
 
@@ -395,7 +391,6 @@ fn populate_keys(
     mut next_batch: impl FnMut() -> Vec<Vec<Field>>,
     total: usize,
     suppress_errors: bool,
-    key_names: &[String],
 ) -> DjResult<(i64, i64)> {
     let limits = gucs::make_limits();
     let target = ctx.target.name.qualified();
@@ -404,10 +399,16 @@ fn populate_keys(
     let mut done = 0i64;
     let mut errors = 0i64;
     let mut key_cx = PgMemoryContexts::new("dj.populate key");
-    let jobs =
-        populate::jobs_table(&Table::new(ctx.target.name.schema.clone(), ctx.target.name.table.clone()));
-    let jobs_name = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
+    let jobs = populate::jobs_table(&ctx.target.table());
     let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
+    // The jobs table's statements and parameter types, the same for every key.
+    let key_columns = ctx.target.key();
+    let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
+    let key_types: Vec<pg_sys::Oid> = key_columns.iter().map(|c| c.type_oid).collect();
+    let clear_job = populate::clear_job_sql(&jobs, &key_names);
+    let record_error = populate::record_error_sql(&jobs, &key_names);
+    let record_types: Vec<pg_sys::Oid> =
+        key_types.iter().copied().chain([pg_sys::TEXTOID, pg_sys::FLOAT8OID, pg_sys::TEXTOID]).collect();
 
     let mut seen = 0usize;
     let mut first_failures: Vec<String> = Vec::new();
@@ -431,15 +432,13 @@ fn populate_keys(
                             started_at: local_now_micros(),
                         };
                         let (result, output, _db) =
-                            prepared.call(db, key.clone(), &limits, interrupts::stop_requested);
+                            prepared.call(db, key, &limits, interrupts::stop_requested);
                         if !output.stdout.is_empty() {
                             pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
                         }
                         result.map_err(|e| make_error(e, &output, &target))?;
                         if jobs_exist {
-                            let sql = populate::clear_job_sql(&jobs, key_names);
-                            let args = key_args(ctx, key)?;
-                            ctx.plans.query(&sql, &key_types(ctx), &args, false, 0);
+                            ctx.plans.query(&clear_job, &key_types, &key_args(ctx, key)?, false, 0);
                         }
                         Ok(())
                     })
@@ -475,26 +474,21 @@ fn populate_keys(
                     }
                     errors += 1;
                     if !jobs_exist {
-                        create_jobs_table(ctx, &jobs_name)?;
+                        create_jobs_table(ctx, &jobs)?;
                         jobs_exist = true;
                     }
                     let text = match &detail {
                         Some(d) => format!("{message}\n{d}"),
                         None => message.clone(),
                     };
-                    let sql = populate::record_error_sql(&jobs, key_names);
                     // In the key's context: the datums go with it.
                     unsafe {
                         key_cx.switch_to(|_| -> DjResult<()> {
                             let mut args = key_args(ctx, key)?;
-                            let mut types = key_types(ctx);
                             args.push(text.as_str().into_datum());
-                            types.push(pg_sys::TEXTOID);
                             args.push(t0.elapsed().as_secs_f64().into_datum());
-                            types.push(pg_sys::FLOAT8OID);
                             args.push(ctx.version.as_str().into_datum());
-                            types.push(pg_sys::TEXTOID);
-                            ctx.plans.query(&sql, &types, &args, false, 0);
+                            ctx.plans.query(&record_error, &record_types, &args, false, 0);
                             Ok(())
                         })?;
                     }
@@ -519,7 +513,7 @@ fn populate_keys(
         let more = if errors as usize > first_failures.len() { "; ..." } else { "" };
         pgrx::warning!(
             "populate {target}: {errors} key(s) failed, recorded in {}: {}{more}",
-            jobs_name.qualified(),
+            datajoint_core::sql::qualified(&jobs.schema, &jobs.name),
             first_failures.join("; ")
         );
     }
@@ -529,16 +523,11 @@ fn populate_keys(
 /// Now, as the session's wall clock (what CURRENT_TIMESTAMP stores in a `timestamp` column such as
 /// `_job_start_time`), in microseconds since 1970-01-01 00:00.
 fn local_now_micros() -> i64 {
-    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
     unsafe {
         let now = pg_sys::GetCurrentTimestamp();
         pgrx::direct_function_call::<i64>(pg_sys::timestamptz_timestamp, &[now.into_datum()])
-            .map_or(0, |local| local + PG_EPOCH_MICROS)
+            .map_or(0, |local| local + host::PG_EPOCH_MICROS)
     }
-}
-
-fn key_types(ctx: &Context) -> Vec<pg_sys::Oid> {
-    ctx.target.key().iter().map(|c| c.type_oid).collect()
 }
 
 fn key_args(ctx: &Context, key: &[Field]) -> DjResult<Vec<Option<pg_sys::Datum>>> {
@@ -589,12 +578,12 @@ fn make_error(e: MakeError<DjError>, output: &make::Output, target: &str) -> DjE
 }
 
 /// Creates the target's jobs table as datajoint-python 2.3.5 does (`~~name`).
-fn create_jobs_table(ctx: &Context, jobs: &TableName) -> DjResult<()> {
+fn create_jobs_table(ctx: &Context, jobs: &Table) -> DjResult<()> {
     let key: Vec<(String, String)> =
         ctx.target.key().iter().map(|c| (c.name.clone(), c.type_name.clone())).collect();
-    let target = Table::new(ctx.target.name.schema.clone(), ctx.target.name.table.clone());
-    let definition = populate::jobs_definition(&target, &key);
-    crate::api::declare::declare_hidden(jobs, &definition)
+    let definition = populate::jobs_definition(&ctx.target.table(), &key);
+    let jobs = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
+    crate::api::declare::declare_hidden(&jobs, &definition)
 }
 
 #[cfg(any(test, feature = "pg_test"))]
