@@ -2,6 +2,7 @@
 //! unit-tested with `cargo test -p datajoint-core`, and shared by the extension and (later) an
 //! out-of-database worker.
 
+pub mod algebra;
 pub mod cascade;
 pub mod declare;
 pub mod definition;

@@ -75,9 +75,54 @@ fn refuse(message: impl Into<String>, fragment: impl Into<String>, hint: &str) -
 
 const HINT: &str = "Write a condition on the table's attributes, e.g. 'depth > 100 AND quality = ''good'''.";
 
+/// Aggregate functions an aggregation's computed attribute may call (`count(*)`,
+/// `avg(rate)`, `count(DISTINCT x)`).
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "bool_and",
+    "bool_or",
+    "every",
+];
+
+/// What an expression may name and what each name stands for in SQL: an attribute's column
+/// (`t1."depth"`) or, for an attribute computed earlier, its parenthesized expression.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub columns: Vec<(String, String)>,
+    /// Whether aggregate functions are allowed (an aggregation's computed attributes).
+    pub aggregates: bool,
+}
+
+impl Scope {
+    /// Attributes that are plain columns of the same name.
+    pub fn plain(attributes: &[String]) -> Scope {
+        Scope { columns: attributes.iter().map(|a| (a.clone(), sql::ident(a))).collect(), aggregates: false }
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.columns.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
 /// Parses and checks `condition` against the table's attributes; returns it re-emitted from the
 /// syntax tree.
 pub fn condition(condition: &str, attributes: &[String]) -> Result<String, RestrictionError> {
+    expression(condition, &Scope::plain(attributes))
+}
+
+/// Parses and checks a condition or computed expression against `scope`; returns it re-emitted
+/// from the syntax tree, with every attribute replaced by its SQL from the scope.
+pub fn expression(condition: &str, scope: &Scope) -> Result<String, RestrictionError> {
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, condition)
         .tokenize()
@@ -104,26 +149,28 @@ pub fn condition(condition: &str, attributes: &[String]) -> Result<String, Restr
             "A restriction is one condition; combine several with AND / OR.",
         ));
     }
-    emit(&expr, attributes)
+    emit(&expr, scope)
 }
 
 /// Checks `expr` and writes it as SQL. Nothing of the parsed text is printed by sqlparser:
 /// attributes go through our identifier quoting, strings through our literal quoting, numbers are
 /// re-validated, and operators, casts and functions come from fixed lists.
-fn emit(expr: &Expr, attributes: &[String]) -> Result<String, RestrictionError> {
-    let e = |x: &Expr| emit(x, attributes);
+fn emit(expr: &Expr, scope: &Scope) -> Result<String, RestrictionError> {
+    let e = |x: &Expr| emit(x, scope);
     Ok(match expr {
         Expr::Identifier(ident) => {
             let name =
                 if ident.quote_style.is_some() { ident.value.clone() } else { ident.value.to_lowercase() };
-            if !attributes.iter().any(|a| *a == name) {
-                return Err(refuse(
-                    format!("\"{name}\" is not an attribute of the table"),
-                    name,
-                    &format!("Its attributes are: {}.", attributes.join(", ")),
-                ));
+            match scope.columns.iter().find(|(a, _)| *a == name) {
+                Some((_, column)) => column.clone(),
+                None => {
+                    return Err(refuse(
+                        format!("\"{name}\" is not an attribute of the table"),
+                        name,
+                        &format!("Its attributes are: {}.", scope.names().join(", ")),
+                    ))
+                }
             }
-            sql::ident(&name)
         }
         Expr::Value(v) => literal(&v.value)?,
         Expr::TypedString(t) => {
@@ -206,7 +253,21 @@ fn emit(expr: &Expr, attributes: &[String]) -> Result<String, RestrictionError> 
             })?;
             format!("CAST({} AS {ty}{})", e(x)?, type_modifiers(data_type)?)
         }
-        Expr::Function(f) => emit_function(f, attributes)?,
+        Expr::Function(f) => emit_function(f, scope)?,
+        Expr::Case { operand, conditions, else_result, .. } => {
+            let mut out = String::from("(CASE");
+            if let Some(x) = operand {
+                out.push_str(&format!(" {}", e(x)?));
+            }
+            for when in conditions {
+                out.push_str(&format!(" WHEN {} THEN {}", e(&when.condition)?, e(&when.result)?));
+            }
+            if let Some(x) = else_result {
+                out.push_str(&format!(" ELSE {}", e(x)?));
+            }
+            out.push_str(" END)");
+            out
+        }
         Expr::Subquery(_) | Expr::Exists { .. } | Expr::In { .. } => {
             return Err(refuse(
                 "subqueries are not allowed in a condition",
@@ -294,15 +355,20 @@ fn type_modifiers(data_type: &DataType) -> Result<String, RestrictionError> {
     }
 }
 
-fn emit_function(f: &Function, attributes: &[String]) -> Result<String, RestrictionError> {
+fn emit_function(f: &Function, scope: &Scope) -> Result<String, RestrictionError> {
     let name = f.name.to_string().to_lowercase();
-    let Some(&known) = FUNCTIONS.iter().find(|n| **n == name) else {
-        return Err(refuse(
-            format!("function {name} is not allowed in a condition"),
-            f.to_string(),
-            &format!("Allowed functions: {}.", FUNCTIONS.join(", ")),
-        ));
+    let aggregate = scope.aggregates.then(|| AGGREGATES.iter().find(|n| **n == name)).flatten();
+    let Some(&known) = FUNCTIONS.iter().find(|n| **n == name).or(aggregate) else {
+        let hint = if AGGREGATES.contains(&name.as_str()) {
+            "Aggregate functions are allowed in dj.aggr's computed attributes only.".to_string()
+        } else {
+            format!("Allowed functions: {}.", FUNCTIONS.join(", "))
+        };
+        return Err(refuse(format!("function {name} is not allowed in a condition"), f.to_string(), &hint));
     };
+    if aggregate.is_some() {
+        return emit_aggregate(known, f, scope);
+    }
     if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
         return Err(refuse("aggregate and window forms are not allowed", f.to_string(), HINT));
     }
@@ -312,7 +378,7 @@ fn emit_function(f: &Function, attributes: &[String]) -> Result<String, Restrict
             list.args
                 .iter()
                 .map(|arg| match arg {
-                    FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => emit(x, attributes),
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => emit(x, scope),
                     other => Err(refuse("this function argument is not allowed", other.to_string(), HINT)),
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -321,6 +387,39 @@ fn emit_function(f: &Function, attributes: &[String]) -> Result<String, Restrict
     };
     // Schema-qualified, so no function of the same name elsewhere on the search path is called.
     Ok(format!("pg_catalog.{known}({})", args.join(", ")))
+}
+
+/// `count(*)`, `avg(x)`, `count(DISTINCT x)`: one argument, no ORDER BY, FILTER or window.
+fn emit_aggregate(name: &str, f: &Function, scope: &Scope) -> Result<String, RestrictionError> {
+    let bad = || {
+        refuse(
+            "this aggregate form is not allowed",
+            f.to_string(),
+            "Write e.g. count(*), avg(rate) or count(DISTINCT x).",
+        )
+    };
+    if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() {
+        return Err(bad());
+    }
+    let FunctionArguments::List(list) = &f.args else { return Err(bad()) };
+    if !list.clauses.is_empty() || list.args.len() != 1 {
+        return Err(bad());
+    }
+    let distinct = match list.duplicate_treatment {
+        Some(sqlparser::ast::DuplicateTreatment::Distinct) => "DISTINCT ",
+        _ => "",
+    };
+    let argument = match &list.args[0] {
+        FunctionArg::Unnamed(FunctionArgExpr::Wildcard) if name == "count" && distinct.is_empty() => {
+            "*".to_string()
+        }
+        // An aggregate of an aggregate is an error in SQL too: check the argument without them.
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => {
+            emit(x, &Scope { aggregates: false, ..scope.clone() })?
+        }
+        _ => return Err(bad()),
+    };
+    Ok(format!("pg_catalog.{name}({distinct}{argument})"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,539 @@
+//! The query algebra in SQL: the `dj.relation` type, its operators (`*` join, `&` restrict, `-`
+//! antirestrict, `+` union), `dj.proj/aggr/extend/top/u/not`, and the functions that run or
+//! describe an expression (`dj.sql`, `dj.fetch`, `dj.fetch1`, `dj.count`, `dj.heading`,
+//! `dj.primary_key`, `dj.create_view`). The algebra itself lives in `datajoint_core::algebra`.
+//!
+//! A `dj.relation` value is the expression's text (`(lab.Session * lab.Scan) & 'depth > 100'`):
+//! `dj.rel(text)` makes one. It and every operator check it against the catalog and store it with canonical
+//! table names; the type's input function (`'…'::dj.relation`) checks only its syntax, so stored
+//! or dumped values load before their tables exist. (The type is not called `rel`: PostgreSQL
+//! would read `dj.rel('…')` as a cast to it, skipping the checks.) Everything runs as the calling role.
+
+use std::ffi::CStr;
+
+use datajoint_core::algebra::{
+    self, AlgebraError, Attribute, Catalog, Code, Compiled, Cond, Rel as Expr, TableInfo,
+};
+use datajoint_core::naming::{self, Tier};
+use datajoint_core::sql;
+use pgrx::prelude::*;
+use pgrx::{InOutFuncs, JsonB, PgSqlErrorCode, StringInfo, VariadicArray};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, TableName};
+use crate::error::{DjError, DjResult, OrRaise};
+
+/// A relation expression. Its text form is the expression itself.
+#[derive(Clone, Debug, PostgresType, Serialize, Deserialize)]
+#[inoutfuncs]
+pub struct Relation {
+    text: String,
+}
+
+impl InOutFuncs for Relation {
+    fn input(input: &CStr) -> Self {
+        let text = input.to_str().unwrap_or_else(|_| {
+            DjError::new(PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, "expression is not UTF-8", "")
+                .raise("dj.relation")
+        });
+        let expr = algebra::parse(text).or_raise("dj.relation");
+        Relation { text: expr.to_string() }
+    }
+
+    fn output(&self, buffer: &mut StringInfo) {
+        buffer.push_str(&self.text);
+    }
+}
+
+impl From<AlgebraError> for DjError {
+    fn from(e: AlgebraError) -> Self {
+        use PgSqlErrorCode::*;
+        let code = match e.code {
+            Code::Syntax => ERRCODE_SYNTAX_ERROR,
+            Code::UndefinedTable => ERRCODE_UNDEFINED_TABLE,
+            Code::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
+            Code::LineageClash => ERRCODE_AMBIGUOUS_COLUMN,
+            Code::Incompatible => ERRCODE_DATATYPE_MISMATCH,
+            Code::WrongOperand => ERRCODE_WRONG_OBJECT_TYPE,
+            Code::NotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+            Code::InvalidReference => ERRCODE_INVALID_COLUMN_REFERENCE,
+            Code::DuplicateColumn => ERRCODE_DUPLICATE_COLUMN,
+            Code::InvalidName => ERRCODE_INVALID_NAME,
+            Code::InvalidParameter => ERRCODE_INVALID_PARAMETER_VALUE,
+        };
+        DjError::new(code, e.message, e.hint).detail(format!("at: {}", e.fragment))
+    }
+}
+
+/// Tables as the catalog describes them to the caller.
+struct PgCatalog;
+
+impl Catalog for PgCatalog {
+    type Error = DjError;
+
+    fn table(&mut self, name: &str) -> DjResult<TableInfo> {
+        let t = catalog::resolve(name)?;
+        table_info(&t)
+    }
+}
+
+fn table_info(t: &TableName) -> DjResult<TableInfo> {
+    let lineage_available = catalog::table_exists(&t.schema, "~lineage")?;
+    let lineage = if lineage_available { catalog::lineage_of(t)? } else { Vec::new() };
+    let attributes = catalog::columns(t)?
+        .into_iter()
+        // Hidden attributes (job metadata) are not part of the heading, as in datajoint-python.
+        .filter(|c| !c.name.starts_with('_'))
+        .map(|c| Attribute {
+            lineage: lineage.iter().find(|(a, _)| *a == c.name).map(|(_, l)| l.clone()),
+            name: c.name,
+            in_key: c.in_key,
+        })
+        .collect();
+    let display = match Tier::of_table(&t.table) {
+        Some(_) => format!("{}.{}", display_part(&t.schema), naming::class_name_of(&t.table)),
+        None => sql::qualified(&t.schema, &t.table),
+    };
+    Ok(TableInfo { display, schema: t.schema.clone(), table: t.table.clone(), attributes, lineage_available })
+}
+
+/// A schema name as the expression syntax reads it back: bare when it is a plain word.
+fn display_part(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        sql::ident(name)
+    }
+}
+
+/// Checks `expr` against the catalog; returns it with canonical names, and its compiled form.
+fn checked(mut expr: Expr) -> DjResult<(Relation, Compiled)> {
+    let compiled = algebra::compile(&mut expr, &mut PgCatalog)?;
+    Ok((Relation { text: expr.to_string() }, compiled))
+}
+
+fn parsed(rel: &Relation) -> DjResult<Expr> {
+    Ok(algebra::parse(&rel.text)?)
+}
+
+fn build(funcname: &'static str, f: impl FnOnce() -> DjResult<Expr>) -> Relation {
+    f().and_then(checked).or_raise(funcname).0
+}
+
+fn compiled(funcname: &'static str, rel: &Relation) -> Compiled {
+    parsed(rel).and_then(checked).or_raise(funcname).1
+}
+
+/// `dj.rel('lab.Session')`, `dj.rel('(lab.Session * lab.Scan) & ''depth > 100''')`: a relation
+/// from a table name or from an expression's text.
+#[pg_extern(stable, parallel_safe, name = "rel")]
+fn rel_from_text(expression: &str) -> Relation {
+    build("dj.rel", || Ok(algebra::parse(expression)?))
+}
+
+fn json_cond(value: &JsonB) -> DjResult<Cond> {
+    Ok(Cond::from_json(&value.0)?)
+}
+
+/// An SQL condition, or a key written as JSON text (`rel & '{"subject_id": 1}'`: no SQL
+/// condition starts with `{` or `[`).
+fn text_cond(text: &str) -> DjResult<Cond> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+            return Ok(Cond::from_json(&value)?);
+        }
+    }
+    Ok(Cond::Sql(text.to_string()))
+}
+
+fn list_cond(items: Vec<Option<String>>) -> Cond {
+    Cond::Or(items.into_iter().flatten().map(Cond::Sql).collect())
+}
+
+macro_rules! restriction_operators {
+    ($variant:ident, $text:ident, $json:ident, $list:ident, $name:literal) => {
+        #[pg_extern(stable, parallel_safe)]
+        fn $text(rel: Relation, condition: &str) -> Relation {
+            build($name, || Ok(Expr::$variant(Box::new(parsed(&rel)?), text_cond(condition)?)))
+        }
+
+        #[pg_extern(stable, parallel_safe)]
+        fn $json(rel: Relation, condition: JsonB) -> Relation {
+            build($name, || Ok(Expr::$variant(Box::new(parsed(&rel)?), json_cond(&condition)?)))
+        }
+
+        #[pg_extern(stable, parallel_safe)]
+        fn $list(rel: Relation, conditions: Vec<Option<String>>) -> Relation {
+            build($name, || Ok(Expr::$variant(Box::new(parsed(&rel)?), list_cond(conditions))))
+        }
+    };
+}
+
+restriction_operators!(Restrict, rel_restrict_text, rel_restrict_jsonb, rel_restrict_list, "dj.relation &");
+restriction_operators!(Exclude, rel_exclude_text, rel_exclude_jsonb, rel_exclude_list, "dj.relation -");
+
+/// A relation as a condition (`{"$rel": "expression"}`): the implicit cast that lets `a & b` and
+/// `a - b` take a relation on the right. (An `&(relation, relation)` operator would make
+/// PostgreSQL read `a & 'depth > 1'` as a relation literal.)
+#[pg_extern(immutable, parallel_safe)]
+fn relation_condition(rel: Relation) -> JsonB {
+    JsonB(serde_json::json!({ "$rel": rel.text }))
+}
+
+/// `a * b`: the join on shared attributes of the same lineage.
+#[pg_extern(stable, parallel_safe)]
+fn rel_join(a: Relation, b: Relation) -> Relation {
+    build("dj.relation *", || Ok(Expr::Join(Box::new(parsed(&a)?), Box::new(parsed(&b)?))))
+}
+
+/// `a + b`: the union of relations with the same primary key.
+#[pg_extern(stable, parallel_safe)]
+fn rel_union(a: Relation, b: Relation) -> Relation {
+    build("dj.relation +", || Ok(Expr::Union(Box::new(parsed(&a)?), Box::new(parsed(&b)?))))
+}
+
+// The operators live in `public` (on every default search_path), so that `a * b` works without
+// `dj` on the path; their argument types keep them apart from every other `*`, `&`, `-`, `+`.
+extension_sql!(
+    r#"
+CREATE CAST (dj.relation AS jsonb) WITH FUNCTION dj.relation_condition(dj.relation) AS IMPLICIT;
+CREATE OPERATOR public.* (LEFTARG = dj.relation, RIGHTARG = dj.relation, FUNCTION = dj.rel_join);
+CREATE OPERATOR public.+ (LEFTARG = dj.relation, RIGHTARG = dj.relation, FUNCTION = dj.rel_union);
+CREATE OPERATOR public.& (LEFTARG = dj.relation, RIGHTARG = text, FUNCTION = dj.rel_restrict_text);
+CREATE OPERATOR public.& (LEFTARG = dj.relation, RIGHTARG = jsonb, FUNCTION = dj.rel_restrict_jsonb);
+CREATE OPERATOR public.& (LEFTARG = dj.relation, RIGHTARG = text[], FUNCTION = dj.rel_restrict_list);
+CREATE OPERATOR public.- (LEFTARG = dj.relation, RIGHTARG = text, FUNCTION = dj.rel_exclude_text);
+CREATE OPERATOR public.- (LEFTARG = dj.relation, RIGHTARG = jsonb, FUNCTION = dj.rel_exclude_jsonb);
+CREATE OPERATOR public.- (LEFTARG = dj.relation, RIGHTARG = text[], FUNCTION = dj.rel_exclude_list);
+COMMENT ON TYPE dj.relation IS 'A DataJoint query expression; its text is the expression, e.g. (lab.Session * lab.Scan) & ''depth > 100''.';
+COMMENT ON OPERATOR public.* (dj.relation, dj.relation) IS 'DataJoint join: matches namesake attributes of the same lineage.';
+COMMENT ON OPERATOR public.+ (dj.relation, dj.relation) IS 'DataJoint union of relations with the same primary key.';
+COMMENT ON OPERATOR public.& (dj.relation, text) IS 'DataJoint restriction by an SQL condition.';
+COMMENT ON OPERATOR public.& (dj.relation, jsonb) IS 'DataJoint restriction by a key, a list of keys (any), or the JSON form of conditions.';
+COMMENT ON OPERATOR public.& (dj.relation, text[]) IS 'DataJoint restriction by any of several SQL conditions.';
+COMMENT ON OPERATOR public.- (dj.relation, text) IS 'DataJoint antirestriction by an SQL condition.';
+COMMENT ON OPERATOR public.- (dj.relation, jsonb) IS 'DataJoint antirestriction by a key, keys or conditions.';
+COMMENT ON OPERATOR public.- (dj.relation, text[]) IS 'DataJoint antirestriction by several SQL conditions (none may hold).';
+"#,
+    name = "rel_operators",
+    requires = [
+        Relation,
+        relation_condition,
+        rel_join,
+        rel_union,
+        rel_restrict_text,
+        rel_restrict_jsonb,
+        rel_restrict_list,
+        rel_exclude_text,
+        rel_exclude_jsonb,
+        rel_exclude_list
+    ]
+);
+
+/// `dj.not(condition)`: the negation of a condition, for lists and nesting (`rel & ARRAY[..]`
+/// has no place for it otherwise). Returns the JSON form of conditions.
+#[pg_extern(immutable, parallel_safe, name = "not")]
+fn not_text(condition: &str) -> JsonB {
+    JsonB(Cond::Not(Box::new(Cond::Sql(condition.to_string()))).to_json())
+}
+
+#[pg_extern(immutable, parallel_safe, name = "not")]
+fn not_jsonb(condition: JsonB) -> JsonB {
+    JsonB(serde_json::json!({ "$not": condition.0 }))
+}
+
+#[pg_extern(immutable, parallel_safe, name = "not")]
+fn not_rel(rel: Relation) -> JsonB {
+    JsonB(Cond::Not(Box::new(Cond::Rel(Box::new(parsed(&rel).or_raise("dj.not"))))).to_json())
+}
+
+fn strings(items: VariadicArray<'_, String>) -> Vec<String> {
+    items.iter().flatten().collect()
+}
+
+/// `dj.proj(rel, 'attr', 'new = old', 'x = expression', '-attr', '...')`.
+#[pg_extern(stable, parallel_safe)]
+fn proj(rel: Relation, attributes: VariadicArray<'_, String>) -> Relation {
+    let items = strings(attributes);
+    build("dj.proj", || Ok(Expr::Proj(Box::new(parsed(&rel)?), items)))
+}
+
+/// `dj.proj(rel)`: the primary key only.
+#[pg_extern(stable, parallel_safe, name = "proj")]
+fn proj_key(rel: Relation) -> Relation {
+    build("dj.proj", || Ok(Expr::Proj(Box::new(parsed(&rel)?), Vec::new())))
+}
+
+fn aggr_of(group: &Relation, rel: &Relation, items: Vec<String>, exclude_nonmatching: bool) -> Relation {
+    build("dj.aggr", || {
+        Ok(Expr::Aggr {
+            group: Box::new(parsed(group)?),
+            rel: Box::new(parsed(rel)?),
+            items,
+            exclude_nonmatching,
+        })
+    })
+}
+
+/// `dj.aggr(group, rel, 'n = count(*)', 'mean_rate = avg(rate)')`: one row per row of `group`
+/// (also those without matches in `rel`), with computations over the matching rows of `rel`.
+#[pg_extern(stable, parallel_safe)]
+fn aggr(group: Relation, rel: Relation, computations: VariadicArray<'_, String>) -> Relation {
+    aggr_of(&group, &rel, strings(computations), false)
+}
+
+/// `dj.aggr(group, rel, ARRAY['n = count(*)'], exclude_nonmatching => true)`.
+#[pg_extern(stable, parallel_safe, name = "aggr")]
+fn aggr_array(
+    group: Relation,
+    rel: Relation,
+    computations: Vec<Option<String>>,
+    exclude_nonmatching: default!(bool, false),
+) -> Relation {
+    aggr_of(&group, &rel, computations.into_iter().flatten().collect(), exclude_nonmatching)
+}
+
+/// `dj.extend(a, b)`: `a` with the attributes of `b`, every row of `a` kept (`a` must determine
+/// `b`).
+#[pg_extern(stable, parallel_safe)]
+fn extend(a: Relation, b: Relation) -> Relation {
+    build("dj.extend", || Ok(Expr::Extend(Box::new(parsed(&a)?), Box::new(parsed(&b)?))))
+}
+
+/// `dj.top(rel, 10, 'rate DESC')`: the first rows in that order (`KEY` = by primary key).
+#[pg_extern(stable, parallel_safe)]
+fn top(
+    rel: Relation,
+    limit: default!(Option<i64>, 1),
+    order_by: default!(&str, "'KEY'"),
+    offset: default!(i64, 0),
+) -> Relation {
+    build("dj.top", || {
+        let bad = |what: &str| {
+            DjError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{what} must not be negative"),
+                "",
+            )
+        };
+        let limit = limit.map(|l| u64::try_from(l).map_err(|_| bad("limit"))).transpose()?;
+        let offset = u64::try_from(offset).map_err(|_| bad("offset"))?;
+        let order_by = order_by.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        Ok(Expr::Top { rel: Box::new(parsed(&rel)?), limit, order_by, offset })
+    })
+}
+
+/// `dj.u('a', 'b')`: the universal set of those attributes (restrict it by a relation, or group
+/// with it in dj.aggr).
+#[pg_extern(immutable, parallel_safe)]
+fn u(attributes: VariadicArray<'_, String>) -> Relation {
+    Relation { text: Expr::U(strings(attributes)).to_string() }
+}
+
+/// `dj.u()`: the universal set with no attributes (one group: totals over a relation).
+#[pg_extern(immutable, parallel_safe, name = "u")]
+fn u_empty() -> Relation {
+    Relation { text: Expr::U(Vec::new()).to_string() }
+}
+
+/// `dj.sql(rel)`: the SQL the expression runs as.
+#[pg_extern(stable, parallel_safe)]
+fn sql(rel: Relation) -> String {
+    compiled("dj.sql", &rel).sql
+}
+
+/// The query, with the ORDER BY / LIMIT / OFFSET a fetch asks for.
+fn fetch_query(
+    funcname: &'static str,
+    rel: &Relation,
+    order_by: Option<&str>,
+    limit: Option<i64>,
+    offset: i64,
+) -> String {
+    let c = compiled(funcname, rel);
+    let mut q = format!("SELECT pg_catalog.to_jsonb(q) FROM ({}) AS q", c.sql);
+    if let Some(order_by) = order_by {
+        let items: Vec<String> = order_by.split(',').map(|s| s.trim().to_string()).collect();
+        let order = algebra::order_by_attributes(&c.heading, &items).or_raise(funcname);
+        let order: Vec<String> = order.into_iter().map(|o| format!("q.{o}")).collect();
+        if !order.is_empty() {
+            q.push_str(&format!(" ORDER BY {}", order.join(", ")));
+        }
+    }
+    if let Some(limit) = limit {
+        q.push_str(&format!(" LIMIT {}", limit.max(0)));
+    }
+    if offset > 0 {
+        q.push_str(&format!(" OFFSET {offset}"));
+    }
+    q
+}
+
+fn json_rows(query: &str) -> DjResult<Vec<JsonB>> {
+    Ok(Spi::connect(|client| {
+        client.select(query, None, &[])?.map(|row| row.get::<JsonB>(1)).collect::<Result<Vec<_>, _>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+/// `dj.fetch(rel, order_by, limit, offset)`: the rows, each as a JSON object.
+#[pg_extern(stable, parallel_safe)]
+fn fetch(
+    rel: Relation,
+    order_by: default!(Option<&str>, "NULL"),
+    limit: default!(Option<i64>, "NULL"),
+    offset: default!(i64, 0),
+) -> SetOfIterator<'static, JsonB> {
+    let query = fetch_query("dj.fetch", &rel, order_by, limit, offset);
+    SetOfIterator::new(json_rows(&query).or_raise("dj.fetch"))
+}
+
+/// `dj.fetch1(rel)`: the one row of a relation that must have exactly one.
+#[pg_extern(stable, parallel_safe)]
+fn fetch1(rel: Relation) -> JsonB {
+    let query = fetch_query("dj.fetch1", &rel, None, Some(2), 0);
+    let mut found = json_rows(&query).or_raise("dj.fetch1");
+    match found.len() {
+        1 => found.pop().expect("one row"),
+        0 => DjError::new(
+            PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            format!("fetch1: {} has no rows", rel.text),
+            "fetch1 needs exactly one row; restrict by a full primary key.",
+        )
+        .raise("dj.fetch1"),
+        _ => DjError::new(
+            PgSqlErrorCode::ERRCODE_TOO_MANY_ROWS,
+            format!("fetch1: {} has more than one row", rel.text),
+            "fetch1 needs exactly one row; restrict by a full primary key, or use dj.fetch.",
+        )
+        .raise("dj.fetch1"),
+    }
+}
+
+/// `dj.count(rel)`: the number of rows.
+#[pg_extern(stable, parallel_safe)]
+fn count(rel: Relation) -> i64 {
+    let c = compiled("dj.count", &rel);
+    catalog::read_one::<i64>(&format!("SELECT count(*) FROM ({}) AS q", c.sql), &[])
+        .or_raise("dj.count")
+        .unwrap_or(0)
+}
+
+/// `dj.primary_key(rel)`: the primary key of the result.
+#[pg_extern(stable, parallel_safe)]
+fn primary_key(rel: Relation) -> Vec<String> {
+    compiled("dj.primary_key", &rel).primary_key()
+}
+
+/// The result's column types, as PostgreSQL infers them for the query.
+fn column_types(query: &str) -> DjResult<Vec<String>> {
+    Spi::connect(|client| {
+        let table = client.select(&format!("SELECT * FROM ({query}) AS q LIMIT 0"), None, &[])?;
+        let mut oids = Vec::new();
+        for i in 1..=table.columns()? {
+            oids.push(table.column_type_oid(i)?.value());
+        }
+        let mut out = Vec::new();
+        for oid in oids {
+            let name = client
+                .select("SELECT format_type($1, NULL)", None, &[oid.into()])?
+                .first()
+                .get_one::<String>()?;
+            out.push(name.unwrap_or_default());
+        }
+        Ok(out)
+    })
+}
+
+/// `dj.heading(rel)`: the result's attributes: name, type, whether in the primary key, lineage.
+#[pg_extern(stable, parallel_safe, name = "heading")]
+fn rel_heading(
+    rel: Relation,
+) -> TableIterator<
+    'static,
+    (name!(attribute, String), name!(sql_type, String), name!(in_key, bool), name!(lineage, Option<String>)),
+> {
+    let c = compiled("dj.heading", &rel);
+    let types = column_types(&c.sql).or_raise("dj.heading");
+    TableIterator::new(
+        c.heading.into_iter().zip(types).map(|(a, t)| (a.name, t, a.in_key, a.lineage)).collect::<Vec<_>>(),
+    )
+}
+
+/// `dj.create_view('lab.active_sessions', rel)`: a view of the expression (security_invoker,
+/// so the base tables' privileges and row-level security apply to whoever queries it), with a
+/// comment naming its primary key. Returns the view's qualified name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_view(name: &str, rel: Relation, replace: default!(bool, false)) -> String {
+    let c = compiled("dj.create_view", &rel);
+    let parts = catalog::split_name(name).filter(|p| p.len() == 2).unwrap_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("\"{name}\" is not a view name"),
+            "Name the view with its schema: schema.view_name.",
+        )
+        .raise("dj.create_view")
+    });
+    let qualified = sql::qualified(&parts[0], &parts[1]);
+    let key = c.primary_key().join(", ");
+    let comment = format!("DataJoint query: {}; primary key: ({key})", rel.text);
+    let or_replace = if replace { "OR REPLACE " } else { "" };
+    Spi::run(&format!(
+        "CREATE {or_replace}VIEW {qualified} WITH (security_invoker = true) AS {};\nCOMMENT ON VIEW {qualified} IS {}",
+        c.sql,
+        sql::literal(&comment)
+    ))
+    .map_err(DjError::from)
+    .or_raise("dj.create_view");
+    qualified
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "SELECT dj.declare('alg.Subject', 'subject_id: int\n---\nspecies: varchar(20)');
+             SELECT dj.declare('alg.Session', '-> alg.Subject\nsession_idx: int\n---\nduration: float');
+             INSERT INTO alg.subject VALUES (1, 'mouse'), (2, 'rat'), (3, 'mouse');
+             INSERT INTO alg.session VALUES (1, 1, 2.0), (1, 2, 3.0), (2, 1, 1.0);",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn operators_compose_and_run() {
+        Spi::run("CREATE SCHEMA alg").unwrap();
+        setup();
+        let n = Spi::get_one::<i64>(
+            "SELECT dj.count(dj.rel('alg.Subject') * dj.rel('alg.Session') & 'duration > 1.5')",
+        );
+        assert_eq!(n, Ok(Some(2)));
+        let n = Spi::get_one::<i64>("SELECT dj.count(dj.rel('alg.Subject') - dj.rel('alg.Session'))");
+        assert_eq!(n, Ok(Some(1)));
+        let text =
+            Spi::get_one::<String>("SELECT (dj.rel('alg.subject') & '{\"subject_id\": 1}'::jsonb)::text");
+        assert_eq!(text, Ok(Some("alg.Subject & {\"subject_id\":1}".to_string())));
+        let total = Spi::get_one::<pgrx::JsonB>(
+            "SELECT dj.fetch1(dj.aggr(dj.rel('alg.Subject') & 'subject_id = 1', dj.rel('alg.Session'), 'n = count(*)'))",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(total.0["n"], 2);
+    }
+
+    #[pg_test(error = "cannot match on attribute \"species\": different lineages (none vs none)")]
+    fn namesakes_without_lineage_do_not_match() {
+        Spi::run("CREATE SCHEMA alg").unwrap();
+        setup();
+        Spi::run("SELECT dj.rel('alg.Subject') * dj.proj(dj.rel('alg.Session'), 'species = duration')")
+            .unwrap();
+    }
+}
