@@ -1286,7 +1286,7 @@ impl<C: Catalog> Compiler<'_, C> {
                     })
                     .collect();
                 wheres.extend(r.wheres.iter().cloned());
-                let mut sub = format!("EXISTS (SELECT FROM {}", r.from);
+                let mut sub = format!("EXISTS (SELECT 1 FROM {}", r.from);
                 if !wheres.is_empty() {
                     let _ = write!(sub, " WHERE {}", wheres.join(" AND "));
                 }
@@ -1900,7 +1900,7 @@ mod tests {
         assert_eq!(c.sql.matches("SELECT").count(), 1, "{}", c.sql);
         assert!(c.sql.ends_with("WHERE (t2.\"depth\" > 100) AND (t2.\"subject_id\" = '3')"), "{}", c.sql);
         let c = compiled("lab.Session - lab.Scan").unwrap();
-        assert!(c.sql.contains("WHERE (NOT EXISTS (SELECT FROM \"lab\".\"scan\" AS t2 WHERE t2.\"subject_id\" = t1.\"subject_id\""), "{}", c.sql);
+        assert!(c.sql.contains("WHERE (NOT EXISTS (SELECT 1 FROM \"lab\".\"scan\" AS t2 WHERE t2.\"subject_id\" = t1.\"subject_id\""), "{}", c.sql);
         // Keys ignore attributes the relation does not have; an empty key matches everything.
         let c = compiled("lab.Subject & {\"scan_idx\": 1}").unwrap();
         assert!(!c.sql.contains("WHERE"));

@@ -232,7 +232,7 @@ pub fn parent(name: &TableName) -> DjResult<Parent> {
 }
 
 /// The `~lineage` rows of a table, if its schema has that table.
-pub fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
+fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
     if !table_exists(&name.schema, "~lineage")? {
         return Ok(Vec::new());
     }

@@ -17,7 +17,8 @@ use datajoint_core::algebra::{
 use datajoint_core::naming::{self, Tier};
 use datajoint_core::sql;
 use pgrx::prelude::*;
-use pgrx::{InOutFuncs, JsonB, PgSqlErrorCode, StringInfo, VariadicArray};
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::{InOutFuncs, JsonB, PgOid, PgSqlErrorCode, StringInfo, VariadicArray};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, TableName};
@@ -72,29 +73,117 @@ impl Catalog for PgCatalog {
     type Error = DjError;
 
     fn table(&mut self, name: &str) -> DjResult<TableInfo> {
-        let t = catalog::resolve(name)?;
-        table_info(&t)
+        match catalog::split_name(name).as_deref().and_then(candidates) {
+            Some((schema, candidates)) => match table_info(&schema, candidates)? {
+                Some(info) => Ok(info),
+                // Not found: let the catalog's resolver say so, with its hint.
+                None => Err(catalog::resolve(name).err().unwrap_or_else(|| {
+                    DjError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("table {name} does not exist"), "")
+                })),
+            },
+            None => Err(catalog::resolve(name).err().expect("not a table name")),
+        }
     }
 }
 
-fn table_info(t: &TableName) -> DjResult<TableInfo> {
-    let lineage_available = catalog::table_exists(&t.schema, "~lineage")?;
-    let lineage = if lineage_available { catalog::lineage_of(t)? } else { Vec::new() };
-    let attributes = catalog::columns(t)?
+/// The schema and the table names a name can mean, most likely first: a class name stands for
+/// its table in any tier (`Session` → `session`, `#session`, `_session`, `__session`), a
+/// master's part for the part of any of those.
+fn candidates(parts: &[String]) -> Option<(String, Vec<String>)> {
+    const TIERS: [Tier; 4] = [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed];
+    Some(match parts {
+        [schema, class] if naming::is_class_name(class) => {
+            (schema.clone(), TIERS.iter().map(|t| naming::master_table_name(class, *t)).collect())
+        }
+        [schema, table] => (schema.clone(), vec![table.clone()]),
+        [schema, master, part] if naming::is_class_name(master) && naming::is_class_name(part) => (
+            schema.clone(),
+            TIERS.iter().map(|t| naming::part_table_name(&naming::master_table_name(master, *t), part)).collect(),
+        ),
+        _ => return None,
+    })
+}
+
+/// One table's visible columns, key membership and whether its schema records lineage; one
+/// statement, planned once per backend (expressions compile in well under a millisecond).
+const COLUMNS: &str = "WITH t AS ( \
+       SELECT c.oid, c.relname::text AS relname FROM pg_catalog.pg_class c \
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+       WHERE n.nspname = $1 AND c.relname = ANY ($2) AND c.relkind IN ('r', 'p') \
+       ORDER BY pg_catalog.array_position($2, c.relname::text) LIMIT 1) \
+     SELECT t.relname, a.attname::text, coalesce(a.attnum = ANY (i.indkey), false), \
+            pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, '~lineage')) IS NOT NULL \
+     FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
+     LEFT JOIN pg_catalog.pg_index i ON i.indrelid = t.oid AND i.indisprimary \
+     ORDER BY a.attnum";
+
+thread_local! {
+    static PLANS: std::cell::RefCell<Option<OwnedPreparedStatement>> = const { std::cell::RefCell::new(None) };
+    static LINEAGE_PLANS: std::cell::RefCell<std::collections::HashMap<String, OwnedPreparedStatement>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn table_info(schema: &str, candidates: Vec<String>) -> DjResult<Option<TableInfo>> {
+    let rows: Vec<(String, String, bool, bool)> = Spi::connect(|client| {
+        PLANS.with(|plans| -> DjResult<_> {
+            let mut plans = plans.borrow_mut();
+            if plans.is_none() {
+                let oids = [PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::TEXTARRAYOID)];
+                *plans = Some(client.prepare(COLUMNS, &oids)?.keep());
+            }
+            let table = client.select(plans.as_ref().expect("prepared"), None, &[schema.into(), candidates.into()])?;
+            let mut out = Vec::new();
+            for row in table {
+                out.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?.unwrap_or_default(),
+                    row.get::<bool>(3)?.unwrap_or(false),
+                    row.get::<bool>(4)?.unwrap_or(false),
+                ));
+            }
+            Ok(out)
+        })
+    })?;
+    let Some((table, _, _, lineage_available)) = rows.first().cloned() else { return Ok(None) };
+    let t = TableName { schema: schema.to_string(), table };
+    let lineage = if lineage_available { lineage_rows(&t)? } else { Vec::new() };
+    let attributes = rows
         .into_iter()
         // Hidden attributes (job metadata) are not part of the heading, as in datajoint-python.
-        .filter(|c| !c.name.starts_with('_'))
-        .map(|c| Attribute {
-            lineage: lineage.iter().find(|(a, _)| *a == c.name).map(|(_, l)| l.clone()),
-            name: c.name,
-            in_key: c.in_key,
+        .filter(|(_, name, _, _)| !name.starts_with('_'))
+        .map(|(_, name, in_key, _)| Attribute {
+            lineage: lineage.iter().find(|(a, _)| *a == name).map(|(_, l)| l.clone()),
+            name,
+            in_key,
         })
         .collect();
     let display = match Tier::of_table(&t.table) {
         Some(_) => format!("{}.{}", display_part(&t.schema), naming::class_name_of(&t.table)),
         None => sql::qualified(&t.schema, &t.table),
     };
-    Ok(TableInfo { display, schema: t.schema.clone(), table: t.table.clone(), attributes, lineage_available })
+    Ok(Some(TableInfo { display, schema: t.schema.clone(), table: t.table.clone(), attributes, lineage_available }))
+}
+
+/// The schema's `~lineage` rows for one table, through a plan kept per schema.
+fn lineage_rows(t: &TableName) -> DjResult<Vec<(String, String)>> {
+    Ok(Spi::connect(|client| {
+        LINEAGE_PLANS.with(|plans| -> DjResult<_> {
+            let mut plans = plans.borrow_mut();
+            if !plans.contains_key(&t.schema) {
+                let query = format!(
+                    "SELECT attribute_name::text, lineage::text FROM {} WHERE table_name = $1",
+                    sql::qualified(&t.schema, "~lineage")
+                );
+                plans.insert(t.schema.clone(), client.prepare(query.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?.keep());
+            }
+            let table = client.select(&plans[&t.schema], None, &[t.table.as_str().into()])?;
+            let mut out = Vec::new();
+            for row in table {
+                out.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
+            }
+            Ok(out)
+        })
+    })?)
 }
 
 /// A schema name as the expression syntax reads it back: bare when it is a plain word.
