@@ -344,7 +344,12 @@ impl<'a> Lexer<'a> {
     }
 
     fn fragment(&self) -> String {
-        self.rest().chars().take(40).collect()
+        let rest: String = self.rest().chars().take(40).collect();
+        if rest.trim().is_empty() {
+            "(end of the expression)".into()
+        } else {
+            rest
+        }
     }
 
     fn next(&mut self) -> Result<(Token, usize), AlgebraError> {
@@ -466,7 +471,12 @@ impl<'a> Parser<'a> {
     }
 
     fn fragment(&self) -> String {
-        self.lexer.text[self.at..].chars().take(40).collect()
+        let rest: String = self.lexer.text[self.at..].chars().take(40).collect();
+        if rest.trim().is_empty() {
+            "(end of the expression)".into()
+        } else {
+            rest
+        }
     }
 
     fn expect(&mut self, token: Token, what: &str) -> Result<(), AlgebraError> {

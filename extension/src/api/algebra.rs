@@ -571,9 +571,10 @@ fn create_view(name: &str, rel: Relation, replace: default!(bool, false)) -> Str
     let qualified = sql::qualified(&parts[0], &parts[1]);
     let key = c.primary_key().join(", ");
     let comment = format!("DataJoint query: {}; primary key: ({key})", rel.text);
-    let or_replace = if replace { "OR REPLACE " } else { "" };
+    // Replacing drops the old view first: CREATE OR REPLACE cannot change a view's columns.
+    let drop = if replace { format!("DROP VIEW IF EXISTS {qualified};\n") } else { String::new() };
     Spi::run(&format!(
-        "CREATE {or_replace}VIEW {qualified} WITH (security_invoker = true) AS {};\nCOMMENT ON VIEW {qualified} IS {}",
+        "{drop}CREATE VIEW {qualified} WITH (security_invoker = true) AS {};\nCOMMENT ON VIEW {qualified} IS {}",
         c.sql,
         sql::literal(&comment)
     ))
