@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make bench`: the populate benchmarks, each side by side with its baseline in one run, on a
-# throwaway "bench" cluster with the release build. Figures go to stdout (quote them with the
-# date and machine they print). BENCH_KEYS (default 100000) and BENCH_DJPY_KEYS (default 2000)
-# set the sizes.
+# `make bench`: the populate and query-algebra benchmarks, each side by side with its baseline in
+# one run, on a throwaway "bench" cluster with the release build. Figures go to stdout (quote them
+# with the date and machine they print). BENCH_KEYS (default 100000), BENCH_DJPY_KEYS (default
+# 2000) and BENCH_NEURONS (default 1000000) set the sizes; BENCH_ONLY=populate or algebra runs one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -13,7 +13,13 @@ scripts/cluster.sh --name bench destroy
 scripts/cluster.sh --name bench start
 trap 'scripts/cluster.sh --name bench stop >/dev/null' EXIT
 eval "$(scripts/cluster.sh --name bench env)"
-.venv/bin/python tests/bench/populate.py
-echo
-echo "== P4 per-key overhead of a cached module (no database work)"
-cargo run --quiet --release -p datajoint-core --example make_overhead udfs/components/misbehave.wasm 20000
+if [[ ${BENCH_ONLY:-populate} == populate ]]; then
+  .venv/bin/python tests/bench/populate.py
+  echo
+  echo "== P4 per-key overhead of a cached module (no database work)"
+  cargo run --quiet --release -p datajoint-core --example make_overhead udfs/components/misbehave.wasm 20000
+  echo
+fi
+if [[ ${BENCH_ONLY:-algebra} == algebra ]]; then
+  .venv/bin/python tests/bench/algebra.py
+fi

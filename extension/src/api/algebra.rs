@@ -583,6 +583,32 @@ fn create_view(name: &str, rel: Relation, replace: default!(bool, false)) -> Str
     qualified
 }
 
+extension_sql!(
+    r#"
+COMMENT ON FUNCTION dj.rel(text) IS 'A relation from a table (schema.Class or SQL name) or from an expression''s text, checked against the catalog.';
+COMMENT ON FUNCTION dj.proj(dj.relation, text[]) IS 'Projection: keep ''attr'', rename ''new = old'', compute ''x = expression'', drop ''-attr'', all ''...''; the primary key always stays.';
+COMMENT ON FUNCTION dj.proj(dj.relation) IS 'Projection onto the primary key.';
+COMMENT ON FUNCTION dj.aggr(dj.relation, dj.relation, text[]) IS 'Aggregation: one row per row of the first relation (all kept), computations such as ''n = count(*)'' over the matching rows of the second.';
+COMMENT ON FUNCTION dj.aggr(dj.relation, dj.relation, text[], boolean) IS 'Aggregation with computations as an array; exclude_nonmatching drops groups without matches.';
+COMMENT ON FUNCTION dj.extend(dj.relation, dj.relation) IS 'The first relation with the attributes of the second, every row kept (the first must determine the second).';
+COMMENT ON FUNCTION dj.top(dj.relation, bigint, text, bigint) IS 'The first rows in an order (''KEY'' = primary key; ''attr DESC, other'').';
+COMMENT ON FUNCTION dj.u(text[]) IS 'The universal set of these attributes: restrict it by a relation, or group with it in dj.aggr.';
+COMMENT ON FUNCTION dj.u() IS 'The universal set with no attributes: one group, for totals in dj.aggr.';
+COMMENT ON FUNCTION dj.not(text) IS 'The negation of an SQL condition, as a JSON condition (for lists and nesting).';
+COMMENT ON FUNCTION dj.not(jsonb) IS 'The negation of a key, list of keys or JSON condition.';
+COMMENT ON FUNCTION dj.not(dj.relation) IS 'The negation of a semijoin: rows matching no row of the relation.';
+COMMENT ON FUNCTION dj.sql(dj.relation) IS 'The SQL a relation runs as.';
+COMMENT ON FUNCTION dj.fetch(dj.relation, text, bigint, bigint) IS 'The rows of a relation as JSON objects, optionally ordered (''KEY'', ''attr DESC''), limited and offset.';
+COMMENT ON FUNCTION dj.fetch1(dj.relation) IS 'The one row of a relation that must have exactly one (P0002 none, P0003 several).';
+COMMENT ON FUNCTION dj.count(dj.relation) IS 'The number of rows of a relation.';
+COMMENT ON FUNCTION dj.heading(dj.relation) IS 'The attributes of a relation: name, type, whether in the primary key, lineage.';
+COMMENT ON FUNCTION dj.primary_key(dj.relation) IS 'The primary key of a relation.';
+COMMENT ON FUNCTION dj.create_view(text, dj.relation, boolean) IS 'Creates schema.view for the relation (security_invoker: the querying role''s privileges and row-level security apply), with its primary key in the comment; replace drops an existing view first.';
+"#,
+    name = "algebra_comments",
+    requires = [rel_from_text, proj, proj_key, aggr, aggr_array, extend, top, u, u_empty, not_text, not_jsonb, not_rel, sql, fetch, fetch1, count, rel_heading, primary_key, create_view]
+);
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -590,8 +616,8 @@ mod tests {
 
     fn setup() {
         Spi::run(
-            "SELECT dj.declare('alg.Subject', 'subject_id: int\n---\nspecies: varchar(20)');
-             SELECT dj.declare('alg.Session', '-> alg.Subject\nsession_idx: int\n---\nduration: float');
+            "SELECT dj.declare('alg.Subject', 'manual', 'subject_id: int\n---\nspecies: varchar(20)');
+             SELECT dj.declare('alg.Session', 'manual', '-> alg.Subject\nsession_idx: int\n---\nduration: float');
              INSERT INTO alg.subject VALUES (1, 'mouse'), (2, 'rat'), (3, 'mouse');
              INSERT INTO alg.session VALUES (1, 1, 2.0), (1, 2, 3.0), (2, 1, 1.0);",
         )
