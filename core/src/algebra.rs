@@ -156,6 +156,8 @@ pub enum Code {
     InvalidName,
     /// 22023
     InvalidParameter,
+    /// 54001
+    TooComplex,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -450,11 +452,20 @@ struct Parser<'a> {
     lexer: Lexer<'a>,
     token: Token,
     at: usize,
+    /// Parentheses, lists and function calls currently open.
+    depth: usize,
+    /// Operators and functions read so far.
+    operators: usize,
 }
+
+/// Limits that keep parsing, compiling, printing and dropping an expression far from the end of
+/// the backend's stack, whatever text arrives.
+const MAX_DEPTH: usize = 64;
+const MAX_OPERATORS: usize = 256;
 
 /// Parses the textual form of a relation expression.
 pub fn parse(text: &str) -> Result<Rel, AlgebraError> {
-    let mut p = Parser { lexer: Lexer { text, pos: 0 }, token: Token::End, at: 0 };
+    let mut p = Parser { lexer: Lexer { text, pos: 0 }, token: Token::End, at: 0, depth: 0, operators: 0 };
     p.advance()?;
     let operand = p.expression()?;
     if p.token != Token::End {
@@ -511,6 +522,7 @@ impl<'a> Parser<'a> {
     fn expression(&mut self) -> Result<Operand, AlgebraError> {
         let mut left = self.additive()?;
         while self.token == Token::Op('&') {
+            self.operator()?;
             self.advance()?;
             let right = self.additive()?;
             left = Operand::Rel(Rel::Restrict(Box::new(self.relation(left)?), Self::condition(right)));
@@ -521,6 +533,7 @@ impl<'a> Parser<'a> {
     fn additive(&mut self) -> Result<Operand, AlgebraError> {
         let mut left = self.multiplicative()?;
         while let Token::Op(op @ ('+' | '-')) = self.token {
+            self.operator()?;
             self.advance()?;
             let right = self.multiplicative()?;
             let l = Box::new(self.relation(left)?);
@@ -536,6 +549,7 @@ impl<'a> Parser<'a> {
     fn multiplicative(&mut self) -> Result<Operand, AlgebraError> {
         let mut left = self.atom()?;
         while self.token == Token::Op('*') {
+            self.operator()?;
             self.advance()?;
             let right = self.atom()?;
             left = Operand::Rel(Rel::Join(Box::new(self.relation(left)?), Box::new(self.relation(right)?)));
@@ -543,7 +557,36 @@ impl<'a> Parser<'a> {
         Ok(left)
     }
 
+    /// Counts an operator or function against [`MAX_OPERATORS`].
+    fn operator(&mut self) -> Result<(), AlgebraError> {
+        self.operators += 1;
+        if self.operators > MAX_OPERATORS {
+            return Err(AlgebraError::new(
+                Code::TooComplex,
+                format!("the expression has more than {MAX_OPERATORS} operators"),
+                self.fragment(),
+                "Split it: store parts as views (dj.create_view) and combine those.",
+            ));
+        }
+        Ok(())
+    }
+
     fn atom(&mut self) -> Result<Operand, AlgebraError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(AlgebraError::new(
+                Code::TooComplex,
+                format!("the expression nests deeper than {MAX_DEPTH} levels"),
+                self.fragment(),
+                "Split it: store parts as views (dj.create_view) and combine those.",
+            ));
+        }
+        let out = self.atom_inner();
+        self.depth -= 1;
+        out
+    }
+
+    fn atom_inner(&mut self) -> Result<Operand, AlgebraError> {
         let at = self.fragment();
         match self.advance()? {
             Token::Open => {
@@ -581,11 +624,11 @@ impl<'a> Parser<'a> {
     }
 
     /// `schema.Class`, `schema.Master.Part`, `"schema"."table"`: kept as written (quotes included)
-    /// for the catalog to resolve.
+    /// for the catalog to resolve. (A name without schema is the catalog's to accept or refuse:
+    /// make functions name the tables of their target's schema so.)
     fn name(&mut self, first: String, quoted: bool) -> Result<Operand, AlgebraError> {
         let part = |s: String, q: bool| if q { sql::ident(&s) } else { s };
         let mut name = part(first, quoted);
-        let mut parts = 1;
         while self.token == Token::Dot {
             self.advance()?;
             match self.advance()? {
@@ -593,15 +636,6 @@ impl<'a> Parser<'a> {
                 Token::Quoted(q) => name.push_str(&format!(".{}", sql::ident(&q))),
                 _ => return Err(syntax("expected a name after '.'", self.fragment())),
             }
-            parts += 1;
-        }
-        if parts < 2 {
-            return Err(AlgebraError::new(
-                Code::Syntax,
-                format!("\"{name}\" is not a table name"),
-                name,
-                "Name tables with their schema: schema.ClassName or schema.table_name.",
-            ));
         }
         Ok(Operand::Rel(Rel::Table(name)))
     }
@@ -629,6 +663,7 @@ impl<'a> Parser<'a> {
     }
 
     fn function(&mut self, name: &str, at: &str) -> Result<Operand, AlgebraError> {
+        self.operator()?;
         let mut named = Vec::new();
         let rel = match name {
             "u" => {
@@ -1859,7 +1894,6 @@ mod tests {
             ("lab.Session &", ""),
             ("lab.Session ; drop table x", "; drop table x"),
             ("'depth > 1' & lab.Session", "\"depth > 1\""),
-            ("Session", "Session"),
             ("proj(lab.Session, 3)", ")"),
             ("frob(lab.Session)", "frob(lab.Session)"),
             ("lab.Session & {\"a\": ", "{\"a\": "),
@@ -2033,6 +2067,18 @@ mod tests {
         compile(&mut rel, &mut Lab).unwrap();
         assert_eq!(rel.to_string(), "lab.Subject * lab.Session");
         assert_eq!(compiled("lab.Nope").unwrap_err().code, Code::UndefinedTable);
+    }
+
+    #[test]
+    fn deep_or_long_expressions_are_refused_not_a_stack_overflow() {
+        let deep = format!("{}lab.Subject{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(parse(&deep).unwrap_err().code, Code::TooComplex);
+        let long = vec!["lab.Subject"; 100_000].join(" * ");
+        assert_eq!(parse(&long).unwrap_err().code, Code::TooComplex);
+        let lists = format!("lab.Subject & {}'x'{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse(&lists).unwrap_err().code, Code::TooComplex);
+        let fine = vec!["lab.Subject"; 200].join(" * ");
+        assert!(parse(&fine).is_ok());
     }
 
     #[test]

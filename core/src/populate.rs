@@ -137,6 +137,21 @@ pub fn fetch_sql(
     order_by: &[String],
     limit: Option<u64>,
 ) -> Result<String, QueryError> {
+    let from = sql::qualified(&table.schema, &table.name);
+    fetch_sql_from(&from, heading, key_attributes, attributes, conditions, order_by, limit)
+}
+
+/// [`fetch_sql`] over any FROM item whose columns are `heading`: a table, or a compiled relation
+/// expression as `(SELECT …) AS q`.
+pub fn fetch_sql_from(
+    from: &str,
+    heading: &[String],
+    key_attributes: &[String],
+    attributes: &[String],
+    conditions: &[String],
+    order_by: &[String],
+    limit: Option<u64>,
+) -> Result<String, QueryError> {
     let unknown =
         |a: &str| QueryError::UnknownAttribute { attribute: a.to_string(), available: heading.to_vec() };
     let selected: Vec<String> = if attributes.is_empty() {
@@ -156,8 +171,7 @@ pub fn fetch_sql(
     for c in conditions {
         wheres.push(restriction::condition(c, heading).map_err(QueryError::Condition)?);
     }
-    let mut out =
-        format!("SELECT {} FROM {}", selected.join(", "), sql::qualified(&table.schema, &table.name));
+    let mut out = format!("SELECT {} FROM {from}", selected.join(", "));
     if !wheres.is_empty() {
         out = format!("{out} WHERE {}", wheres.join(" AND "));
     }

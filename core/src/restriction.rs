@@ -254,6 +254,14 @@ fn emit(expr: &Expr, scope: &Scope) -> Result<String, RestrictionError> {
             format!("CAST({} AS {ty}{})", e(x)?, type_modifiers(data_type)?)
         }
         Expr::Function(f) => emit_function(f, scope)?,
+        // TRIM(x) and TRIM(x, 'chars'): btrim; the LEADING/TRAILING/FROM forms are refused.
+        Expr::Trim { trim_where: None, trim_what: None, expr: x, trim_characters } => {
+            let mut args = vec![e(x)?];
+            for c in trim_characters.iter().flatten() {
+                args.push(e(c)?);
+            }
+            format!("pg_catalog.btrim({})", args.join(", "))
+        }
         Expr::Case { operand, conditions, else_result, .. } => {
             let mut out = String::from("(CASE");
             if let Some(x) = operand {
@@ -385,8 +393,16 @@ fn emit_function(f: &Function, scope: &Scope) -> Result<String, RestrictionError
         }
         other => return Err(refuse("these function arguments are not allowed", other.to_string(), HINT)),
     };
-    // Schema-qualified, so no function of the same name elsewhere on the search path is called.
-    Ok(format!("pg_catalog.{known}({})", args.join(", ")))
+    Ok(match known {
+        // SQL constructs, not functions: keywords that no other schema's function can shadow.
+        "coalesce" | "nullif" | "greatest" | "least" => {
+            format!("{}({})", known.to_uppercase(), args.join(", "))
+        }
+        // TRIM is syntax too; with function-call arguments it is btrim.
+        "trim" => format!("pg_catalog.btrim({})", args.join(", ")),
+        // Schema-qualified, so no function of the same name elsewhere on the search path is called.
+        _ => format!("pg_catalog.{known}({})", args.join(", ")),
+    })
 }
 
 /// `count(*)`, `avg(x)`, `count(DISTINCT x)`: one argument, no ORDER BY, FILTER or window.
@@ -428,6 +444,38 @@ mod tests {
 
     fn attrs() -> Vec<String> {
         ["depth", "quality", "animal_id", "Weird"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn sql_constructs_are_not_qualified_as_functions() {
+        // pg_catalog.coalesce does not exist: COALESCE, NULLIF, GREATEST, LEAST and TRIM are syntax.
+        assert_eq!(
+            condition("coalesce(depth, 0) > greatest(animal_id, 1)", &attrs()).unwrap(),
+            "(COALESCE(\"depth\", 0) > GREATEST(\"animal_id\", 1))"
+        );
+        assert_eq!(
+            condition("trim(quality) = 'x'", &attrs()).unwrap(),
+            "(pg_catalog.btrim(\"quality\") = 'x')"
+        );
+        assert_eq!(condition("abs(depth) > 1", &attrs()).unwrap(), "(pg_catalog.abs(\"depth\") > 1)");
+    }
+
+    #[test]
+    fn aggregates_only_where_the_scope_allows_them() {
+        let plain = Scope::plain(&attrs());
+        assert!(expression("count(*)", &plain).is_err());
+        let grouped = Scope { aggregates: true, ..plain };
+        assert_eq!(expression("count(*)", &grouped).unwrap(), "pg_catalog.count(*)");
+        assert_eq!(
+            expression("count(DISTINCT quality)", &grouped).unwrap(),
+            "pg_catalog.count(DISTINCT \"quality\")"
+        );
+        assert_eq!(expression("avg(depth) * 2", &grouped).unwrap(), "(pg_catalog.avg(\"depth\") * 2)");
+        // No aggregate of an aggregate, no window or FILTER forms, no ORDER BY inside.
+        assert!(expression("sum(count(*))", &grouped).is_err());
+        assert!(expression("count(*) OVER ()", &grouped).is_err());
+        assert!(expression("count(*) FILTER (WHERE depth > 1)", &grouped).is_err());
+        assert!(expression("sum(depth ORDER BY depth)", &grouped).is_err());
     }
 
     #[test]

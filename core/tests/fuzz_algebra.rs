@@ -21,7 +21,9 @@ impl Catalog for Lab {
     fn table(&mut self, name: &str) -> Result<TableInfo, AlgebraError> {
         let subject = Some("lab.subject.subject_id");
         let (table, attributes) = match name {
-            "lab.Subject" => ("subject", vec![attr("subject_id", true, subject), attr("species", false, None)]),
+            "lab.Subject" => {
+                ("subject", vec![attr("subject_id", true, subject), attr("species", false, None)])
+            }
             "lab.Session" => (
                 "session",
                 vec![
@@ -93,7 +95,9 @@ fn expression_like() -> impl Strategy<Value = String> {
 
 fn single_select(sql: &str) -> bool {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => statements.len() == 1 && matches!(statements[0], sqlparser::ast::Statement::Query(_)),
+        Ok(statements) => {
+            statements.len() == 1 && matches!(statements[0], sqlparser::ast::Statement::Query(_))
+        }
         Err(_) => false,
     }
 }

@@ -8,6 +8,7 @@ use std::ffi::{CStr, CString};
 use std::rc::Rc;
 use std::time::Instant;
 
+use datajoint_core::algebra::{self, Catalog, Rel as Expr};
 use datajoint_core::dependencies::Table;
 use datajoint_core::make::{self, Database, Field, Level, Prepared, Query, Row, Value};
 use datajoint_core::naming;
@@ -492,7 +493,8 @@ type FetchKey = (String, Vec<String>, Vec<String>, Vec<String>, Option<u64>, boo
 
 /// A checked guest query: its SQL and the key attributes bound to its parameters.
 struct FetchStatement {
-    table: Rc<TableInfo>,
+    /// What the query reads, for messages: a table's name or an expression.
+    label: String,
     sql: String,
     key_columns: Vec<Column>,
     types: Vec<pg_sys::Oid>,
@@ -562,17 +564,22 @@ impl Context {
             return Ok(f.clone());
         }
         let (relation, restrictions, attributes, order_by, limit, _) = &cache_key;
+        let limit = if one { Some(2) } else { *limit };
+        if let Some(expression) = relation_expression(relation)? {
+            let statement = Rc::new(self.expression_statement(
+                expression,
+                restrictions,
+                attributes,
+                order_by,
+                limit,
+                key,
+            )?);
+            self.fetches.borrow_mut().insert(cache_key, statement.clone());
+            return Ok(statement);
+        }
         let info = self.table(relation)?;
         if !self.readable.contains(&info.name) {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "the make function of {} may not read {}: it is not an ancestor of the target",
-                    self.target.name.qualified(),
-                    info.name.qualified()
-                ),
-                "A make function reads only the tables its target depends on (dj.ancestors lists them).",
-            ));
+            return Err(self.unreadable(&info.name));
         }
         // Every key of a populate call has the same attributes: the shared ones are fixed.
         let key_columns: Vec<Column> =
@@ -585,13 +592,56 @@ impl Context {
             attributes,
             restrictions,
             order_by,
-            if one { Some(2) } else { *limit },
+            limit,
         )
         .map_err(|e| query_error(e, &info.name.qualified()))?;
         let types = key_columns.iter().map(|c| c.type_oid).collect();
-        let statement = Rc::new(FetchStatement { table: info, sql, key_columns, types });
+        let statement = Rc::new(FetchStatement { label: info.name.qualified(), sql, key_columns, types });
         self.fetches.borrow_mut().insert(cache_key, statement.clone());
         Ok(statement)
+    }
+
+    /// A guest query over a relation expression (`aggr(Recording, Recording.Channel, 'n =
+    /// count(*)')`): every table it names must be readable; the result is restricted by the key
+    /// on the attributes it shares with it, like a table.
+    fn expression_statement(
+        &self,
+        mut expression: Expr,
+        restrictions: &[String],
+        attributes: &[String],
+        order_by: &[String],
+        limit: Option<u64>,
+        key: &Row,
+    ) -> DjResult<FetchStatement> {
+        let compiled = algebra::compile(&mut expression, &mut GuestCatalog { ctx: self })?;
+        let label = expression.to_string();
+        let heading: Vec<String> = compiled.heading.iter().map(|a| a.name.clone()).collect();
+        let key_columns: Vec<Column> = self
+            .target
+            .columns
+            .iter()
+            .filter(|c| key.iter().any(|f| f.name == c.name) && heading.contains(&c.name))
+            .cloned()
+            .collect();
+        let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
+        let from = format!("({}) AS q", compiled.sql);
+        let sql =
+            populate::fetch_sql_from(&from, &heading, &key_names, attributes, restrictions, order_by, limit)
+                .map_err(|e| query_error(e, &label))?;
+        let types = key_columns.iter().map(|c| c.type_oid).collect();
+        Ok(FetchStatement { label, sql, key_columns, types })
+    }
+
+    fn unreadable(&self, t: &TableName) -> DjError {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "the make function of {} may not read {}: it is not an ancestor of the target",
+                self.target.name.qualified(),
+                t.qualified()
+            ),
+            "A make function reads only the tables its target depends on (dj.ancestors lists them).",
+        )
     }
 
     fn writable(&self, t: &TableName) -> bool {
@@ -615,6 +665,40 @@ unsafe impl Send for SpiDb {}
 impl SpiDb {
     fn key_value(&self, name: &str) -> Option<&Value> {
         self.key.iter().find(|f| f.name == name).map(|f| &f.value)
+    }
+}
+
+/// The guest's `relation` as an expression, when it is one (`Recording * Session`); `None` for a
+/// plain table name, which the host resolves relative to the target's schema as before.
+fn relation_expression(relation: &str) -> DjResult<Option<Expr>> {
+    if !relation.contains(['*', '&', '-', '+', '(', '[', '\'']) {
+        return Ok(None);
+    }
+    let parsed = algebra::parse(relation).map_err(|e| {
+        let message = format!("cannot read the expression {relation}: {} (at: {})", e.message, e.fragment);
+        DjError { message, ..DjError::from(e) }
+    })?;
+    match parsed {
+        Expr::Table(_) => Ok(None),
+        expression => Ok(Some(expression)),
+    }
+}
+
+/// Tables named in a guest's expression: resolved as the guest's table names are, and readable
+/// only when the make function may read them.
+struct GuestCatalog<'a> {
+    ctx: &'a Context,
+}
+
+impl Catalog for GuestCatalog<'_> {
+    type Error = DjError;
+
+    fn table(&mut self, name: &str) -> DjResult<algebra::TableInfo> {
+        let t = self.ctx.resolve(name)?;
+        if !self.ctx.readable.contains(&t) {
+            return Err(self.ctx.unreadable(&t));
+        }
+        crate::api::algebra::table_info_of(&t)
     }
 }
 
@@ -656,14 +740,9 @@ impl Database for SpiDb {
 
     fn fetch(&mut self, q: Query, one: bool) -> Result<Vec<Row>, DjError> {
         let fetch = self.ctx.fetch_statement(q, one, &self.key)?;
-        let info = &fetch.table;
         let mut args = Vec::with_capacity(fetch.key_columns.len());
         for c in &fetch.key_columns {
-            args.push(to_datum(
-                self.key_value(&c.name).expect("shared with the key"),
-                c,
-                &info.name.qualified(),
-            )?);
+            args.push(to_datum(self.key_value(&c.name).expect("shared with the key"), c, &fetch.label)?);
         }
         let rows = self.ctx.plans.query(&fetch.sql, &fetch.types, &args, true, 0);
         if one && rows.len() != 1 {
@@ -677,7 +756,7 @@ impl Database for SpiDb {
                 code,
                 format!(
                     "fetch1 from {} found {} rows for key ({})",
-                    info.name.qualified(),
+                    fetch.label,
                     if rows.is_empty() { "no".to_string() } else { "several".to_string() },
                     make::display_row(&self.key)
                 ),

@@ -128,7 +128,7 @@ INSERT INTO pop.case VALUES
   (1, 'ok', 5), (2, 'err', 0), (3, 'panic', 0), (4, 'trap', 0), (5, 'loop', 0), (6, 'bomb', 0),
   (7, 'partial', 0), (8, 'dup', 0), (9, 'foreign-insert', 0), (10, 'foreign-fetch', 0),
   (11, 'bad-attr', 0), (12, 'bad-type', 0), (13, 'log', 13), (14, 'stdout', 14), (15, 'sleep', 15),
-  (16, 'big', 16);
+  (16, 'big', 16), (17, 'expr', 17), (18, 'foreign-expr', 0), (19, 'bad-expr', 0);
 SET dj.make_timeout = '200ms';
 SET dj.make_memory_limit = '64MB';
 \set VERBOSITY terse
@@ -158,11 +158,17 @@ SELECT * FROM dj.populate('pop.Outcome', 'case_id = 11');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT * FROM dj.populate('pop.Outcome', 'case_id = 12');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- Relation expressions in a guest's fetch: the tables they name must be readable too.
+SELECT * FROM dj.populate('pop.Outcome', 'case_id = 18');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT * FROM dj.populate('pop.Outcome', 'case_id = 19');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 \set VERBOSITY default
 -- Nothing of the failed keys was written (the partial insert of case 7 included).
 SELECT count(*) AS outcomes FROM pop.__outcome;
--- The harmless cases: messages at each level, stdout (to the server log), a sleep, a limit.
-SELECT * FROM dj.populate('pop.Outcome', 'case_id = 1 or case_id >= 13');
+-- The harmless cases: messages at each level, stdout (to the server log), a sleep, a limit, an
+-- expression computing the value in the database.
+SELECT * FROM dj.populate('pop.Outcome', 'case_id = 1 or case_id between 13 and 17');
 SELECT case_id, value FROM pop.__outcome ORDER BY 1;
 -- With suppress_errors every failing key is recorded and populate goes on.
 SELECT * FROM dj.populate('pop.Outcome', suppress_errors => true);

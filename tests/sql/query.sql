@@ -50,6 +50,7 @@ SELECT * FROM dj.fetch(dj.rel('alg.Subject') & dj.not('species = ''mouse'''));
 SELECT * FROM dj.fetch(dj.rel('alg.Subject') - '{"species": "mouse"}'::jsonb);
 SELECT * FROM dj.fetch(dj.proj(dj.rel('alg.Session'), 'minutes = duration', 'hours = round(CAST(duration / 60 AS numeric), 2)', '-rig'), 'KEY');
 SELECT * FROM dj.fetch(dj.proj(dj.rel('alg.Session'), 'idx = session_idx'), 'KEY', 2, 1);
+SELECT * FROM dj.fetch(dj.proj(dj.rel('alg.Subject'), 'x = coalesce(nullif(species, ''rat''), ''other'')', 'y = greatest(weight, 21)', 'z = trim(species)'), 'KEY');
 SELECT * FROM dj.fetch(dj.aggr(dj.rel('alg.Subject'), dj.rel('alg.Session') * dj.rel('alg.Scan'), 'scans = count(scan_idx)', 'deepest = max(depth)'), 'KEY');
 SELECT * FROM dj.fetch(dj.aggr(dj.rel('alg.Subject'), dj.rel('alg.Session'), ARRAY['n = count(*)'], exclude_nonmatching => true), 'KEY');
 SELECT * FROM dj.fetch(dj.aggr(dj.u('species'), dj.rel('alg.Subject'), 'n = count(*)', 'mean_weight = avg(weight)'), 'KEY');

@@ -442,7 +442,10 @@ pub struct Query {
 impl Query {
     /// All rows and attributes of `relation`: a class name (`Session`, `lab.Session`,
     /// `Session.Trial`; a bare name is in the target's schema) or an SQL name (`lab.session`).
-    /// It must be an ancestor of the target (or of one of its parts).
+    /// It must be an ancestor of the target (or of one of its parts). It may also be a relation
+    /// expression in the language of SQL's `dj.rel` (`(Session * Scan) & 'depth > 100'`,
+    /// `aggr(Recording, Recording.Channel, 'n = count(*)')`) over such tables; the host restricts
+    /// its result by the key like a table's.
     pub fn new(relation: impl Into<String>) -> Query {
         Query { relation: relation.into(), ..Query::default() }
     }

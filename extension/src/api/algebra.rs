@@ -61,6 +61,7 @@ impl From<AlgebraError> for DjError {
             Code::DuplicateColumn => ERRCODE_DUPLICATE_COLUMN,
             Code::InvalidName => ERRCODE_INVALID_NAME,
             Code::InvalidParameter => ERRCODE_INVALID_PARAMETER_VALUE,
+            Code::TooComplex => ERRCODE_STATEMENT_TOO_COMPLEX,
         };
         DjError::new(code, e.message, e.hint).detail(format!("at: {}", e.fragment))
     }
@@ -78,7 +79,11 @@ impl Catalog for PgCatalog {
                 Some(info) => Ok(info),
                 // Not found: let the catalog's resolver say so, with its hint.
                 None => Err(catalog::resolve(name).err().unwrap_or_else(|| {
-                    DjError::new(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("table {name} does not exist"), "")
+                    DjError::new(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                        format!("table {name} does not exist"),
+                        "",
+                    )
                 })),
             },
             None => Err(catalog::resolve(name).err().expect("not a table name")),
@@ -98,7 +103,10 @@ fn candidates(parts: &[String]) -> Option<(String, Vec<String>)> {
         [schema, table] => (schema.clone(), vec![table.clone()]),
         [schema, master, part] if naming::is_class_name(master) && naming::is_class_name(part) => (
             schema.clone(),
-            TIERS.iter().map(|t| naming::part_table_name(&naming::master_table_name(master, *t), part)).collect(),
+            TIERS
+                .iter()
+                .map(|t| naming::part_table_name(&naming::master_table_name(master, *t), part))
+                .collect(),
         ),
         _ => return None,
     })
@@ -131,7 +139,11 @@ fn table_info(schema: &str, candidates: Vec<String>) -> DjResult<Option<TableInf
                 let oids = [PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::TEXTARRAYOID)];
                 *plans = Some(client.prepare(COLUMNS, &oids)?.keep());
             }
-            let table = client.select(plans.as_ref().expect("prepared"), None, &[schema.into(), candidates.into()])?;
+            let table = client.select(
+                plans.as_ref().expect("prepared"),
+                None,
+                &[schema.into(), candidates.into()],
+            )?;
             let mut out = Vec::new();
             for row in table {
                 out.push((
@@ -161,7 +173,24 @@ fn table_info(schema: &str, candidates: Vec<String>) -> DjResult<Option<TableInf
         Some(_) => format!("{}.{}", display_part(&t.schema), naming::class_name_of(&t.table)),
         None => sql::qualified(&t.schema, &t.table),
     };
-    Ok(Some(TableInfo { display, schema: t.schema.clone(), table: t.table.clone(), attributes, lineage_available }))
+    Ok(Some(TableInfo {
+        display,
+        schema: t.schema.clone(),
+        table: t.table.clone(),
+        attributes,
+        lineage_available,
+    }))
+}
+
+/// A resolved table as the algebra sees it (for make functions' expressions).
+pub(crate) fn table_info_of(t: &TableName) -> DjResult<TableInfo> {
+    table_info(&t.schema, vec![t.table.clone()])?.ok_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("table {} does not exist", t.qualified()),
+            "",
+        )
+    })
 }
 
 /// The schema's `~lineage` rows for one table, through a plan kept per schema.
@@ -174,12 +203,18 @@ fn lineage_rows(t: &TableName) -> DjResult<Vec<(String, String)>> {
                     "SELECT attribute_name::text, lineage::text FROM {} WHERE table_name = $1",
                     sql::qualified(&t.schema, "~lineage")
                 );
-                plans.insert(t.schema.clone(), client.prepare(query.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?.keep());
+                plans.insert(
+                    t.schema.clone(),
+                    client.prepare(query.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?.keep(),
+                );
             }
             let table = client.select(&plans[&t.schema], None, &[t.table.as_str().into()])?;
             let mut out = Vec::new();
             for row in table {
-                out.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
+                out.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?.unwrap_or_default(),
+                ));
             }
             Ok(out)
         })
@@ -603,10 +638,50 @@ COMMENT ON FUNCTION dj.fetch1(dj.relation) IS 'The one row of a relation that mu
 COMMENT ON FUNCTION dj.count(dj.relation) IS 'The number of rows of a relation.';
 COMMENT ON FUNCTION dj.heading(dj.relation) IS 'The attributes of a relation: name, type, whether in the primary key, lineage.';
 COMMENT ON FUNCTION dj.primary_key(dj.relation) IS 'The primary key of a relation.';
+COMMENT ON FUNCTION dj.rel_join(dj.relation, dj.relation) IS 'The * operator on relations (join).';
+COMMENT ON FUNCTION dj.rel_union(dj.relation, dj.relation) IS 'The + operator on relations (union).';
+COMMENT ON FUNCTION dj.rel_restrict_text(dj.relation, text) IS 'The & operator with an SQL condition (or a key written as JSON).';
+COMMENT ON FUNCTION dj.rel_restrict_jsonb(dj.relation, jsonb) IS 'The & operator with a key, keys, a relation or JSON conditions.';
+COMMENT ON FUNCTION dj.rel_restrict_list(dj.relation, text[]) IS 'The & operator with several SQL conditions (any).';
+COMMENT ON FUNCTION dj.rel_exclude_text(dj.relation, text) IS 'The - operator with an SQL condition (or a key written as JSON).';
+COMMENT ON FUNCTION dj.rel_exclude_jsonb(dj.relation, jsonb) IS 'The - operator with a key, keys, a relation or JSON conditions.';
+COMMENT ON FUNCTION dj.rel_exclude_list(dj.relation, text[]) IS 'The - operator with several SQL conditions (none may hold).';
+COMMENT ON FUNCTION dj.relation_condition(dj.relation) IS 'A relation as a JSON condition (the implicit cast behind a & b and a - b).';
+COMMENT ON FUNCTION dj.relation_in(cstring) IS 'Input of dj.relation: checks the expression''s syntax only.';
+COMMENT ON FUNCTION dj.relation_out(dj.relation) IS 'Output of dj.relation: the expression''s text.';
 COMMENT ON FUNCTION dj.create_view(text, dj.relation, boolean) IS 'Creates schema.view for the relation (security_invoker: the querying role''s privileges and row-level security apply), with its primary key in the comment; replace drops an existing view first.';
 "#,
     name = "algebra_comments",
-    requires = [rel_from_text, proj, proj_key, aggr, aggr_array, extend, top, u, u_empty, not_text, not_jsonb, not_rel, sql, fetch, fetch1, count, rel_heading, primary_key, create_view]
+    requires = [
+        rel_join,
+        rel_union,
+        rel_restrict_text,
+        rel_restrict_jsonb,
+        rel_restrict_list,
+        rel_exclude_text,
+        rel_exclude_jsonb,
+        rel_exclude_list,
+        relation_condition,
+        rel_from_text,
+        proj,
+        proj_key,
+        aggr,
+        aggr_array,
+        extend,
+        top,
+        u,
+        u_empty,
+        not_text,
+        not_jsonb,
+        not_rel,
+        sql,
+        fetch,
+        fetch1,
+        count,
+        rel_heading,
+        primary_key,
+        create_view
+    ]
 );
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,6 +1,6 @@
 //! SQL-facing functions, one module per concept.
 
-mod algebra;
+pub(crate) mod algebra;
 pub mod declare;
 pub mod delete;
 mod pipeline;

@@ -586,6 +586,19 @@ fn create_jobs_table(ctx: &Context, jobs: &Table) -> DjResult<()> {
     crate::api::declare::declare_hidden(&jobs, &definition)
 }
 
+extension_sql!(
+    r#"
+COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make function: a WebAssembly component of world datajoint:make/make; compiles it once and returns its sha256.';
+COMMENT ON FUNCTION dj.set_make(text, text) IS 'Sets the make function (a registered module) of a Computed or Imported table; table owner only.';
+COMMENT ON FUNCTION dj.key_source(text, text) IS 'The keys a populate would compute: the primary-key parents'' keys not yet in the table, optionally restricted.';
+COMMENT ON FUNCTION dj.progress(text, text) IS 'How many keys of a table are done and how many remain.';
+COMMENT ON FUNCTION dj.stale(text) IS 'Rows made by another version of the table''s make function (or by another client).';
+COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean) IS 'Runs the table''s make function once per missing key, one subtransaction per key, as the calling role; returns done, errors, remaining.';
+"#,
+    name = "populate_comments",
+    requires = [register_module, set_make, key_source, progress, stale, populate]
+);
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {

@@ -24,6 +24,9 @@
 //! | `stdout` | writes to stdout and stderr, inserts `value = n` |
 //! | `sleep` | sleeps 5 ms (WASI clocks), inserts `value = n` |
 //! | `big` | fetches `Case` with limit 1, inserts `value = n` |
+//! | `expr` | fetches a relation expression over `Case`, inserts `value = 2 n` computed by it |
+//! | `foreign-expr` | fetches an expression that joins `Outcome`, the target, which is not readable |
+//! | `bad-expr` | fetches a malformed expression |
 
 use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query};
 use std::hint::black_box;
@@ -57,6 +60,18 @@ impl Make for Misbehave {
             "foreign-fetch" => {
                 let rows = fetch("Outcome");
                 return Err(format!("the host let me read my own target ({} rows)", rows.len()));
+            }
+            "expr" => {
+                let twice: i64 = fetch1("proj(Case & 'n >= 0', 'twice = n * 2')").get("twice")?;
+                insert1("Outcome", outcome(twice));
+            }
+            "foreign-expr" => {
+                let rows = fetch("Case * Outcome");
+                return Err(format!("the host let me join my own target ({} rows)", rows.len()));
+            }
+            "bad-expr" => {
+                let rows = fetch("Case * (");
+                return Err(format!("the host ran a malformed expression ({} rows)", rows.len()));
             }
             "bad-attr" => insert1("Outcome", outcome(n).with("nope", 1)),
             "bad-type" => insert1("Outcome", key.clone().with("value", "text")),
