@@ -188,8 +188,13 @@ impl fmt::Display for AlgebraError {
 
 impl From<restriction::RestrictionError> for AlgebraError {
     fn from(e: restriction::RestrictionError) -> Self {
-        let code =
-            if e.message.contains("is not an attribute") { Code::UndefinedColumn } else { Code::Syntax };
+        let code = if e.message.contains("is not an attribute") {
+            Code::UndefinedColumn
+        } else if e.message.contains("too long") {
+            Code::TooComplex
+        } else {
+            Code::Syntax
+        };
         AlgebraError { code, message: e.message, fragment: e.fragment, hint: e.hint }
     }
 }
@@ -465,6 +470,28 @@ const MAX_OPERATORS: usize = 256;
 
 /// Parses the textual form of a relation expression.
 pub fn parse(text: &str) -> Result<Rel, AlgebraError> {
+    // `{"$rel": "…"}` conditions parse their text with a parser of their own: bound the nesting
+    // of those too, so the limits below hold for the whole expression.
+    thread_local!(static NESTED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) });
+    struct Nesting;
+    impl Drop for Nesting {
+        fn drop(&mut self) {
+            NESTED.with(|n| n.set(n.get() - 1));
+        }
+    }
+    let level = NESTED.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    let _nesting = Nesting;
+    if level > 4 {
+        return Err(AlgebraError::new(
+            Code::TooComplex,
+            "relations nested in JSON conditions more than 4 levels deep",
+            text.chars().take(40).collect::<String>(),
+            "Write the relation directly instead of as {\"$rel\": \"…\"}.",
+        ));
+    }
     let mut p = Parser { lexer: Lexer { text, pos: 0 }, token: Token::End, at: 0, depth: 0, operators: 0 };
     p.advance()?;
     let operand = p.expression()?;
@@ -805,6 +832,18 @@ struct Column {
     sql: String,
 }
 
+impl Column {
+    /// Whether the SQL is a plain column of a FROM item (`t3."depth"`), not a computation.
+    fn is_reference(&self) -> bool {
+        let Some((alias, name)) = self.sql.split_once('.') else { return false };
+        alias.len() > 1
+            && alias.starts_with('t')
+            && alias[1..].chars().all(|c| c.is_ascii_digit())
+            && name.starts_with('"')
+            && name.ends_with('"')
+    }
+}
+
 /// A query under construction: SELECT columns FROM from WHERE wheres [GROUP BY …] [ORDER BY …
 /// LIMIT …].
 #[derive(Clone, Debug)]
@@ -817,6 +856,8 @@ struct Query {
     group_by: Option<Vec<String>>,
     distinct: bool,
     order_by: Vec<String>,
+    /// `order_by` over the output's attribute names.
+    output_order: Vec<String>,
     limit: Option<u64>,
     offset: u64,
     lineage_available: bool,
@@ -902,8 +943,9 @@ impl Query {
 pub struct Compiled {
     pub sql: String,
     pub heading: Vec<Attribute>,
-    /// Whether the SQL ends in ORDER BY (a `top`), whose order a fetch keeps.
-    pub ordered: bool,
+    /// The ORDER BY of a `top` over the result's columns (`"rate" DESC`), for a fetch to keep
+    /// that order; empty otherwise.
+    pub order: Vec<String>,
 }
 
 impl Compiled {
@@ -929,7 +971,7 @@ pub fn compile<C: Catalog>(rel: &mut Rel, catalog: &mut C) -> Result<Compiled, C
     Ok(Compiled {
         sql: query.sql(),
         heading: query.columns.iter().map(|c| c.attr.clone()).collect(),
-        ordered: !query.order_by.is_empty(),
+        order: query.output_order,
     })
 }
 
@@ -984,6 +1026,7 @@ impl<C: Catalog> Compiler<'_, C> {
             group_by: None,
             distinct: false,
             order_by: Vec::new(),
+            output_order: Vec::new(),
             limit: None,
             offset: 0,
             lineage_available: q.lineage_available,
@@ -1031,6 +1074,7 @@ impl<C: Catalog> Compiler<'_, C> {
                     group_by: None,
                     distinct: false,
                     order_by: Vec::new(),
+                    output_order: Vec::new(),
                     limit: None,
                     offset: 0,
                     lineage_available: info.lineage_available,
@@ -1038,7 +1082,16 @@ impl<C: Catalog> Compiler<'_, C> {
                 })
             }
             Rel::U(attrs) => {
-                for a in attrs.iter() {
+                for (i, a) in attrs.iter().enumerate() {
+                    if attrs[..i].contains(a) {
+                        return Err(AlgebraError::new(
+                            Code::DuplicateColumn,
+                            format!("\"{a}\" appears twice in dj.u"),
+                            a.clone(),
+                            "Name each attribute once.",
+                        )
+                        .into());
+                    }
                     if !valid_name(a) {
                         return Err(AlgebraError::new(
                             Code::InvalidName,
@@ -1057,6 +1110,7 @@ impl<C: Catalog> Compiler<'_, C> {
                     group_by: None,
                     distinct: false,
                     order_by: Vec::new(),
+                    output_order: Vec::new(),
                     limit: None,
                     offset: 0,
                     lineage_available: true,
@@ -1126,8 +1180,12 @@ impl<C: Catalog> Compiler<'_, C> {
             Rel::Top { rel: r, limit, order_by, offset } => {
                 let q = self.rel(r)?;
                 self.not_universal(&q, "limited", &text)?;
-                let mut q = self.wrap(q);
+                // ORDER BY a computed constant would read as a column position: order plain columns.
+                let mut q =
+                    if q.columns.iter().all(Column::is_reference) { self.wrap(q) } else { self.subquery(q) };
                 q.order_by = self.order_by(&q, order_by)?;
+                let heading: Vec<Attribute> = q.columns.iter().map(|c| c.attr.clone()).collect();
+                q.output_order = order_by_attributes(&heading, order_by)?;
                 q.limit = *limit;
                 q.offset = *offset;
                 Ok(q)
@@ -1224,7 +1282,10 @@ impl<C: Catalog> Compiler<'_, C> {
     fn join(&mut self, a: Query, b: Query, left: bool, text: &str) -> Result<Query, AlgebraError> {
         let common = self.check_namesakes(&a, &b, text)?;
         let a = self.wrap(a);
-        let b = self.wrap(b);
+        // Outer joins: a computed column of the right side must be NULL where nothing matched,
+        // so it is computed inside a subquery, not over the outer join's rows.
+        let b =
+            if left && b.columns.iter().any(|c| !c.is_reference()) { self.subquery(b) } else { self.wrap(b) };
         let on: Vec<String> = common
             .iter()
             .map(|n| format!("{} = {}", a.column(n).expect("common").sql, b.column(n).expect("common").sql))
@@ -1278,7 +1339,7 @@ impl<C: Catalog> Compiler<'_, C> {
                 if terms.is_empty() {
                     "TRUE".into()
                 } else {
-                    parenthesized(terms.join(" AND "))
+                    format!("({})", terms.join(" AND "))
                 }
             }
             Cond::Or(items) => {
@@ -1293,7 +1354,7 @@ impl<C: Catalog> Compiler<'_, C> {
                     if terms.is_empty() {
                         "FALSE".into()
                     } else {
-                        parenthesized(terms.join(" OR "))
+                        format!("({})", terms.join(" OR "))
                     }
                 }
             }
@@ -1308,7 +1369,7 @@ impl<C: Catalog> Compiler<'_, C> {
                 } else if terms.is_empty() {
                     "TRUE".into()
                 } else {
-                    parenthesized(terms.join(" AND "))
+                    format!("({})", terms.join(" AND "))
                 }
             }
             Cond::Not(c) => match self.condition(q, c)?.as_str() {
@@ -1411,7 +1472,12 @@ impl<C: Catalog> Compiler<'_, C> {
         columns.extend(b.columns.iter().filter(|c| !c.attr.in_key).cloned());
         Ok(Query {
             columns,
-            from: format!("{} FULL JOIN {} ON {}", a.from, b.from, on.join(" AND ")),
+            from: format!(
+                "{} FULL JOIN {} ON {}",
+                a.from,
+                b.from,
+                if on.is_empty() { "TRUE".to_string() } else { on.join(" AND ") }
+            ),
             from_is_join: true,
             lineage_available,
             ..a
@@ -1505,9 +1571,24 @@ impl<C: Catalog> Compiler<'_, C> {
         text: &str,
     ) -> Result<Query, AlgebraError> {
         let spec = ProjSpec::parse(items)?;
-        let r = self.wrap(r);
+        // GROUP BY a computed constant would read as a column position: group plain columns only.
+        let by_reference = |q: &Query| q.columns.iter().all(Column::is_reference);
+        let r = if by_reference(&r) { self.wrap(r) } else { self.subquery(r) };
+        let g = if g.universal.is_some() || by_reference(&g) { g } else { self.subquery(g) };
         if let Some(attrs) = g.universal.clone() {
-            if spec.all || !spec.included.is_empty() || !spec.excluded.is_empty() || !spec.renamed.is_empty()
+            if spec.computed.is_empty() {
+                return Err(AlgebraError::new(
+                    Code::Syntax,
+                    "aggregation over dj.u(...) needs a computed attribute",
+                    text.to_string(),
+                    "Write dj.aggr(dj.u('a'), rel, 'n = count(*)'); dj.u('a') & rel lists the values of a.",
+                ));
+            }
+            if spec.all
+                || !spec.included.is_empty()
+                || !spec.excluded.is_empty()
+                || !spec.renamed.is_empty()
+                || !spec.copied.is_empty()
             {
                 return Err(AlgebraError::new(
                     Code::Syntax,
@@ -1525,7 +1606,7 @@ impl<C: Catalog> Compiler<'_, C> {
             }
             let group: Vec<String> = columns.iter().map(|c| c.sql.clone()).collect();
             let scope = r.scope(true);
-            for (new, expression) in spec.computed.iter().chain(spec.copied.iter()) {
+            for (new, expression) in &spec.computed {
                 let sql = restriction::expression(expression, &scope)?;
                 columns.push(Column {
                     attr: Attribute { name: new.clone(), in_key: false, lineage: None },
@@ -1556,6 +1637,16 @@ impl<C: Catalog> Compiler<'_, C> {
         }
         let group_columns: Vec<String> = g.names();
         let mut grouped: Vec<String> = columns.iter().map(|c| c.sql.clone()).collect();
+        for name in spec.excluded.iter().chain(spec.renamed.iter().map(|(_, old)| old)) {
+            if key.contains(name) {
+                return Err(AlgebraError::new(
+                    Code::InvalidReference,
+                    format!("an aggregation keeps the group's primary key: \"{name}\" cannot be renamed or excluded here"),
+                    name.clone(),
+                    "Rename it with dj.proj before or after aggregating.",
+                ));
+            }
+        }
         for name in spec.mentioned() {
             if !group_columns.iter().any(|g| g == name) {
                 return Err(AlgebraError::new(
@@ -1579,7 +1670,7 @@ impl<C: Catalog> Compiler<'_, C> {
                 columns
                     .push(Column { attr: Attribute { in_key: false, ..c.attr.clone() }, sql: c.sql.clone() });
             }
-            for (new, old) in &spec.renamed {
+            for (new, old) in spec.renamed.iter().chain(spec.copied.iter()) {
                 if old == name {
                     grouped.push(c.sql.clone());
                     columns.push(Column {
@@ -1589,7 +1680,7 @@ impl<C: Catalog> Compiler<'_, C> {
                 }
             }
         }
-        for (new, expression) in spec.computed.iter().chain(spec.copied.iter()) {
+        for (new, expression) in &spec.computed {
             let sql = restriction::expression(expression, &scope)?;
             columns.push(Column {
                 attr: Attribute { name: new.clone(), in_key: false, lineage: None },
@@ -2041,7 +2132,7 @@ mod tests {
     fn top_orders_and_limits() {
         let c = compiled("top(lab.Scan, 3, 'depth DESC')").unwrap();
         assert!(c.sql.ends_with("ORDER BY t1.\"depth\" DESC LIMIT 3"), "{}", c.sql);
-        assert!(c.ordered);
+        assert_eq!(c.order, ["\"depth\" DESC"]);
         let c = compiled("top(lab.Scan, 3, 'KEY') & 'depth > 1'").unwrap();
         assert!(c.sql.starts_with("SELECT t2.") && c.sql.contains("LIMIT 3) AS t2"), "{}", c.sql);
         assert_eq!(compiled("top(lab.Scan, 3, 'nope')").unwrap_err().code, Code::UndefinedColumn);
@@ -2079,6 +2170,69 @@ mod tests {
         assert_eq!(parse(&lists).unwrap_err().code, Code::TooComplex);
         let fine = vec!["lab.Subject"; 200].join(" * ");
         assert!(parse(&fine).is_ok());
+    }
+
+    #[test]
+    fn combined_conditions_keep_their_parentheses() {
+        let c = compiled("lab.Session & ['duration < 1', 'duration > 5'] & {\"subject_id\": 1}").unwrap();
+        assert!(
+            c.sql.ends_with(
+                "WHERE ((t1.\"duration\" < 1) OR (t1.\"duration\" > 5)) AND (t1.\"subject_id\" = '1')"
+            ),
+            "{}",
+            c.sql
+        );
+        let c = compiled("lab.Session - ['duration < 1', 'duration > 5']").unwrap();
+        assert!(c.sql.ends_with("WHERE (NOT ((t1.\"duration\" < 1) OR (t1.\"duration\" > 5)))"), "{}", c.sql);
+        let c = compiled("lab.Session - {\"session_idx\": 2, \"subject_id\": 1}").unwrap();
+        assert!(
+            c.sql.ends_with("WHERE (NOT (t1.\"session_idx\" = '2' AND t1.\"subject_id\" = '1'))"),
+            "{}",
+            c.sql
+        );
+    }
+
+    #[test]
+    fn outer_joins_compute_the_right_side_before_joining() {
+        // Where no rig matches, c must be NULL, not 1.
+        let c = compiled("extend(lab.Session, proj(lab.Rig, 'c = 1'))").unwrap();
+        assert!(
+            c.sql.contains("LEFT JOIN (SELECT t2.\"rig\", (1) AS \"c\" FROM \"lab\".\"rig\" AS t2) AS t3"),
+            "{}",
+            c.sql
+        );
+        let c = compiled("aggr(lab.Subject, proj(lab.Session, 'one = 1'), 'n = count(one)')").unwrap();
+        assert!(c.sql.contains("LEFT JOIN (SELECT"), "{}", c.sql);
+    }
+
+    #[test]
+    fn grouping_and_ordering_by_computed_columns_go_through_a_subquery() {
+        // GROUP BY (1) / ORDER BY (1) would mean "the first column".
+        let c = compiled("aggr(proj(lab.Subject, 'c = 1'), lab.Session, '...', 'n = count(session_idx)')")
+            .unwrap();
+        assert!(c.sql.ends_with("GROUP BY t3.\"subject_id\", t3.\"c\""), "{}", c.sql);
+        let c = compiled("top(proj(lab.Subject, 'c = 1'), 2, 'c')").unwrap();
+        assert!(!c.sql.contains("ORDER BY (1)"), "{}", c.sql);
+    }
+
+    #[test]
+    fn more_refusals() {
+        assert_eq!(compiled("aggr(u(), lab.Session)").unwrap_err().code, Code::Syntax);
+        assert_eq!(compiled("u('rig', 'rig') & lab.Session").unwrap_err().code, Code::DuplicateColumn);
+        assert_eq!(
+            compiled("aggr(lab.Subject, lab.Session, 'sid = subject_id', 'n = count(*)')").unwrap_err().code,
+            Code::InvalidReference
+        );
+        let c = compiled("aggr(lab.Subject, lab.Session, 's = (species)', 'n = count(*)')").unwrap();
+        assert!(c.sql.contains("GROUP BY t1.\"subject_id\", t1.\"species\""), "{}", c.sql);
+        let c =
+            compiled("aggr(u(), lab.Session, 'n = count(*)') + aggr(u(), lab.Scan, 'm = count(*)')").unwrap();
+        assert!(c.sql.contains("FULL JOIN") && c.sql.contains(" ON TRUE"), "{}", c.sql);
+        let mut nested = "lab.Subject".to_string();
+        for _ in 0..6 {
+            nested = format!("lab.Subject & {}", serde_json::json!({ "$rel": nested }));
+        }
+        assert_eq!(parse(&nested).unwrap_err().code, Code::TooComplex);
     }
 
     #[test]

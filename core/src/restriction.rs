@@ -75,6 +75,9 @@ fn refuse(message: impl Into<String>, fragment: impl Into<String>, hint: &str) -
 
 const HINT: &str = "Write a condition on the table's attributes, e.g. 'depth > 100 AND quality = ''good'''.";
 
+/// The most tokens a condition may have.
+const MAX_TOKENS: usize = 5000;
+
 /// Aggregate functions an aggregation's computed attribute may call (`count(*)`,
 /// `avg(rate)`, `count(DISTINCT x)`).
 const AGGREGATES: &[&str] = &[
@@ -127,6 +130,17 @@ pub fn expression(condition: &str, scope: &Scope) -> Result<String, RestrictionE
     let tokens = Tokenizer::new(&dialect, condition)
         .tokenize()
         .map_err(|e| refuse(format!("cannot read the condition: {e}"), condition, HINT))?;
+    // sqlparser builds `a AND b AND …` and `1 + 1 + …` iteratively into a left-deep tree that
+    // checking it (and dropping it) walks recursively: bound its size, so no condition can
+    // exhaust the backend's stack.
+    let significant = tokens.iter().filter(|t| !matches!(t, Token::Whitespace(_))).count();
+    if significant > MAX_TOKENS {
+        return Err(refuse(
+            format!("the condition is too long ({significant} tokens; at most {MAX_TOKENS})"),
+            condition.chars().take(40).collect::<String>(),
+            "Split it, or restrict by a relation (a semijoin) instead of listing values.",
+        ));
+    }
     for token in &tokens {
         match token {
             Token::Whitespace(Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_)) => {
@@ -444,6 +458,18 @@ mod tests {
 
     fn attrs() -> Vec<String> {
         ["depth", "quality", "animal_id", "Weird"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn long_conditions_are_refused_not_a_stack_overflow() {
+        let chain = vec!["depth > 1"; 50_000].join(" AND ");
+        assert!(condition(&chain, &attrs()).unwrap_err().message.contains("too long"));
+        let sum = format!("depth = {}", vec!["1"; 100_000].join(" + "));
+        assert!(condition(&sum, &attrs()).is_err());
+        // A long but reasonable IN list is fine.
+        let list =
+            format!("animal_id IN ({})", (0..1000).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+        assert!(condition(&list, &attrs()).is_ok());
     }
 
     #[test]

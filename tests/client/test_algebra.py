@@ -83,6 +83,8 @@ QUERIES = [
     ("restrict-or-mixed", lambda L: L["Subject"] & ["weight < 10", {"species": "rat"}], f"{t('Subject')} & ['weight < 10', {{\"species\": \"rat\"}}]"),
     ("restrict-not", lambda L: L["Subject"] & dj.Not("weight > 20"), f"{t('Subject')} & not('weight > 20')"),
     ("restrict-and", lambda L: L["Subject"] & dj.AndList(["weight > 10", "weight < 30"]), f"{t('Subject')} & and('weight > 10', 'weight < 30')"),
+    ("restrict-or-then-and", lambda L: (L["Subject"] & ["weight < 10", "weight > 35"]) & "species = 'mouse'", f"({t('Subject')} & ['weight < 10', 'weight > 35']) & 'species = ''mouse'''"),
+    ("antirestrict-list", lambda L: L["Subject"] - ["weight < 10", "weight > 35"], f"{t('Subject')} - ['weight < 10', 'weight > 35']"),
     ("antirestrict-sql", lambda L: L["Subject"] - "species = 'mouse'", f"{t('Subject')} - 'species = ''mouse'''"),
     ("semijoin", lambda L: L["Subject"] & L["Session"], f"{t('Subject')} & {t('Session')}"),
     ("antijoin", lambda L: L["Subject"] - L["Session"], f"{t('Subject')} - {t('Session')}"),

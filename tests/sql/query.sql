@@ -47,6 +47,11 @@ SELECT * FROM dj.fetch(dj.rel('alg.Subject') & dj.rel('alg.Scan') & 'weight < 10
 SELECT * FROM dj.fetch(dj.rel('alg.Subject') & '[{"subject_id": 1}, {"subject_id": 3}]', 'subject_id DESC');
 SELECT * FROM dj.fetch(dj.rel('alg.Subject') & ARRAY['weight > 250', 'species = ''mouse'' AND weight < 21']);
 SELECT * FROM dj.fetch(dj.rel('alg.Subject') & dj.not('species = ''mouse'''));
+-- Any of a list, then another condition; none of a list.
+SELECT * FROM dj.fetch(dj.rel('alg.Subject') & ARRAY['weight > 250', 'weight < 21'] & 'species = ''mouse''');
+SELECT * FROM dj.fetch(dj.rel('alg.Subject') - ARRAY['weight > 250', 'weight < 21']);
+-- Outer joins compute the right side first: no match, no value.
+SELECT * FROM dj.fetch(dj.extend(dj.rel('alg.Session'), dj.proj(dj.rel('alg.Rig') & 'room = 2', 'upstairs = true')), 'KEY');
 SELECT * FROM dj.fetch(dj.rel('alg.Subject') - '{"species": "mouse"}'::jsonb);
 SELECT * FROM dj.fetch(dj.proj(dj.rel('alg.Session'), 'minutes = duration', 'hours = round(CAST(duration / 60 AS numeric), 2)', '-rig'), 'KEY');
 SELECT * FROM dj.fetch(dj.proj(dj.rel('alg.Session'), 'idx = session_idx'), 'KEY', 2, 1);

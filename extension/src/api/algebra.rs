@@ -235,7 +235,11 @@ fn display_part(name: &str) -> String {
 /// Checks `expr` against the catalog; returns it with canonical names, and its compiled form.
 fn checked(mut expr: Expr) -> DjResult<(Relation, Compiled)> {
     let compiled = algebra::compile(&mut expr, &mut PgCatalog)?;
-    Ok((Relation { text: expr.to_string() }, compiled))
+    let text = expr.to_string();
+    // Combining two expressions within the limits can exceed them: never store a value that
+    // does not parse back.
+    algebra::parse(&text)?;
+    Ok((Relation { text }, compiled))
 }
 
 fn parsed(rel: &Relation) -> DjResult<Expr> {
@@ -479,13 +483,17 @@ fn fetch_query(
 ) -> String {
     let c = compiled(funcname, rel);
     let mut q = format!("SELECT pg_catalog.to_jsonb(q) FROM ({}) AS q", c.sql);
-    if let Some(order_by) = order_by {
-        let items: Vec<String> = order_by.split(',').map(|s| s.trim().to_string()).collect();
-        let order = algebra::order_by_attributes(&c.heading, &items).or_raise(funcname);
-        let order: Vec<String> = order.into_iter().map(|o| format!("q.{o}")).collect();
-        if !order.is_empty() {
-            q.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    // Asked for, or else the order of a top (which the subquery alone does not guarantee).
+    let order = match order_by {
+        Some(order_by) => {
+            let items: Vec<String> = order_by.split(',').map(|s| s.trim().to_string()).collect();
+            algebra::order_by_attributes(&c.heading, &items).or_raise(funcname)
         }
+        None => c.order.clone(),
+    };
+    if !order.is_empty() {
+        let order: Vec<String> = order.into_iter().map(|o| format!("q.{o}")).collect();
+        q.push_str(&format!(" ORDER BY {}", order.join(", ")));
     }
     if let Some(limit) = limit {
         q.push_str(&format!(" LIMIT {}", limit.max(0)));
