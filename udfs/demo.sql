@@ -3,7 +3,10 @@
 -- udfs/components, sources in udfs/rust and udfs/python), reads it back and draws it.
 \pset footer off
 \set ON_ERROR_STOP 1
-CREATE EXTENSION IF NOT EXISTS datajoint;
+-- The dev cluster follows the working tree: the extension is recreated from the installed build
+-- (its version does not change while it is developed), which also drops its catalog of modules.
+DROP EXTENSION IF EXISTS datajoint CASCADE;
+CREATE EXTENSION datajoint;
 SELECT dj.version();
 DROP SCHEMA IF EXISTS demo CASCADE;
 
@@ -102,6 +105,17 @@ SELECT subject_id, session, n_channels, total_spikes, max_rate FROM demo.__chann
 SELECT subject_id, session, rate, label FROM demo.__quality ORDER BY 1, 2;
 SELECT subject_id, session, left(_job_version, 12) AS module, round(_job_duration::numeric, 6) AS seconds
   FROM demo.__quality ORDER BY 1, 2;
+
+\echo '== The query algebra: the same questions from psql, Python or a BI tool'
+SELECT dj.rel('demo.Recording') * dj.rel('demo.SpikeRate') & 'mean_rate > 1' AS expression;
+SELECT * FROM dj.fetch(dj.rel('demo.Recording') * dj.rel('demo.SpikeRate') & 'mean_rate > 1', 'mean_rate DESC');
+SELECT * FROM dj.fetch(dj.aggr(dj.rel('demo.Subject'), dj.rel('demo.Recording'),
+                               'recordings = count(session)', 'spikes = sum(spike_count)'), 'KEY');
+SELECT * FROM dj.fetch(dj.aggr(dj.u('probe'), dj.rel('demo.Session') * dj.rel('demo.Quality'),
+                               'sessions = count(*)', 'best = max(rate)'));
+SELECT dj.sql(dj.rel('demo.Subject') - dj.rel('demo.Recording'));
+SELECT dj.create_view('demo.recording_rates', dj.rel('demo.Recording') * dj.rel('demo.SpikeRate'));
+SELECT * FROM demo.recording_rates ORDER BY 1, 2;
 
 \echo '== What a DataJoint client sees'
 SELECT * FROM dj.tables('demo');
