@@ -19,7 +19,7 @@ use std::fmt::{self, Write as _};
 
 use serde_json::{Map, Value};
 
-use crate::restriction::{self, Scope};
+use crate::restriction::{self, RestrictionKind, Scope};
 use crate::sql;
 
 // ---------------------------------------------------------------------------------------------
@@ -188,12 +188,10 @@ impl fmt::Display for AlgebraError {
 
 impl From<restriction::RestrictionError> for AlgebraError {
     fn from(e: restriction::RestrictionError) -> Self {
-        let code = if e.message.contains("is not an attribute") {
-            Code::UndefinedColumn
-        } else if e.message.contains("too long") {
-            Code::TooComplex
-        } else {
-            Code::Syntax
+        let code = match e.kind {
+            RestrictionKind::Syntax => Code::Syntax,
+            RestrictionKind::UnknownAttribute => Code::UndefinedColumn,
+            RestrictionKind::TooLong => Code::TooComplex,
         };
         AlgebraError { code, message: e.message, fragment: e.fragment, hint: e.hint }
     }
@@ -330,6 +328,33 @@ enum Token {
     End,
 }
 
+/// Up to 40 characters of `text` from `pos`, for an error's DETAIL.
+fn fragment_at(text: &str, pos: usize) -> String {
+    let rest: String = text[pos..].chars().take(40).collect();
+    if rest.trim().is_empty() {
+        "(end of the expression)".into()
+    } else {
+        rest
+    }
+}
+
+/// The value of the `quote`-delimited run that starts `text` (the quote doubled inside) and
+/// the run's length in bytes; `None` when it does not end.
+fn unquote(text: &str, quote: char) -> Option<(String, usize)> {
+    let mut value = String::new();
+    let mut chars = text.char_indices().skip(1).peekable();
+    while let Some((i, ch)) = chars.next() {
+        if ch == quote {
+            if chars.peek().map(|(_, c)| *c) != Some(quote) {
+                return Some((value, i + 1));
+            }
+            chars.next();
+        }
+        value.push(ch);
+    }
+    None
+}
+
 struct Lexer<'a> {
     text: &'a str,
     pos: usize,
@@ -351,12 +376,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn fragment(&self) -> String {
-        let rest: String = self.rest().chars().take(40).collect();
-        if rest.trim().is_empty() {
-            "(end of the expression)".into()
-        } else {
-            rest
-        }
+        fragment_at(self.text, self.pos)
     }
 
     fn next(&mut self) -> Result<(Token, usize), AlgebraError> {
@@ -382,39 +402,13 @@ impl<'a> Lexer<'a> {
                 one(Token::Equals, self)
             }
             '*' | '&' | '-' | '+' => one(Token::Op(c), self),
-            '\'' => {
-                let mut value = String::new();
-                let mut chars = trimmed.char_indices().skip(1).peekable();
-                while let Some((i, ch)) = chars.next() {
-                    if ch == '\'' {
-                        if chars.peek().map(|(_, c)| *c) == Some('\'') {
-                            chars.next();
-                            value.push('\'');
-                            continue;
-                        }
-                        self.pos += i + 1;
-                        return Ok((Token::Str(value), start));
-                    }
-                    value.push(ch);
-                }
-                Err(syntax("unterminated string", self.fragment()))
-            }
-            '"' => {
-                let mut value = String::new();
-                let mut chars = trimmed.char_indices().skip(1).peekable();
-                while let Some((i, ch)) = chars.next() {
-                    if ch == '"' {
-                        if chars.peek().map(|(_, c)| *c) == Some('"') {
-                            chars.next();
-                            value.push('"');
-                            continue;
-                        }
-                        self.pos += i + 1;
-                        return Ok((Token::Quoted(value), start));
-                    }
-                    value.push(ch);
-                }
-                Err(syntax("unterminated quoted name", self.fragment()))
+            '\'' | '"' => {
+                let Some((value, length)) = unquote(trimmed, c) else {
+                    let what = if c == '\'' { "unterminated string" } else { "unterminated quoted name" };
+                    return Err(syntax(what, self.fragment()));
+                };
+                self.pos += length;
+                Ok((if c == '\'' { Token::Str(value) } else { Token::Quoted(value) }, start))
             }
             '{' => {
                 let mut stream = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
@@ -509,12 +503,7 @@ impl<'a> Parser<'a> {
     }
 
     fn fragment(&self) -> String {
-        let rest: String = self.lexer.text[self.at..].chars().take(40).collect();
-        if rest.trim().is_empty() {
-            "(end of the expression)".into()
-        } else {
-            rest
-        }
+        fragment_at(self.lexer.text, self.at)
     }
 
     fn expect(&mut self, token: Token, what: &str) -> Result<(), AlgebraError> {
@@ -623,20 +612,7 @@ impl<'a> Parser<'a> {
             }
             Token::Str(s) => Ok(Operand::Cond(Cond::Sql(s))),
             Token::Json(map) => Ok(Operand::Cond(Cond::from_json(&Value::Object(map))?)),
-            Token::OpenList => {
-                let mut items = Vec::new();
-                if self.token != Token::CloseList {
-                    loop {
-                        items.push(Self::condition(self.expression()?));
-                        if self.token != Token::Comma {
-                            break;
-                        }
-                        self.advance()?;
-                    }
-                }
-                self.expect(Token::CloseList, "']'")?;
-                Ok(Operand::Cond(Cond::Or(items)))
-            }
+            Token::OpenList => Ok(Operand::Cond(Cond::Or(self.conditions(Token::CloseList, "']'")?))),
             Token::Word(w) if self.token == Token::Open => {
                 self.advance()?;
                 self.function(&w.to_lowercase(), &at)
@@ -684,6 +660,22 @@ impl<'a> Parser<'a> {
         Ok(items)
     }
 
+    /// Comma-separated conditions up to `close` (which it consumes); none is allowed.
+    fn conditions(&mut self, close: Token, what: &str) -> Result<Vec<Cond>, AlgebraError> {
+        let mut items = Vec::new();
+        if self.token != close {
+            loop {
+                items.push(Self::condition(self.expression()?));
+                if self.token != Token::Comma {
+                    break;
+                }
+                self.advance()?;
+            }
+        }
+        self.expect(close, what)?;
+        Ok(items)
+    }
+
     fn rel_argument(&mut self) -> Result<Rel, AlgebraError> {
         let operand = self.expression()?;
         self.relation(operand)
@@ -715,20 +707,7 @@ impl<'a> Parser<'a> {
                 self.expect(Token::Close, "')'")?;
                 return Ok(Operand::Cond(Cond::Not(Box::new(inner))));
             }
-            "and" => {
-                let mut items = Vec::new();
-                if self.token != Token::Close {
-                    loop {
-                        items.push(Self::condition(self.expression()?));
-                        if self.token != Token::Comma {
-                            break;
-                        }
-                        self.advance()?;
-                    }
-                }
-                self.expect(Token::Close, "')'")?;
-                return Ok(Operand::Cond(Cond::And(items)));
-            }
+            "and" => return Ok(Operand::Cond(Cond::And(self.conditions(Token::Close, "')'")?))),
             "proj" => {
                 let r = self.rel_argument()?;
                 Rel::Proj(Box::new(r), self.strings_until_close(&mut named)?)
@@ -910,7 +889,7 @@ impl Query {
                 out.push_str(", ");
             }
             let ident = sql::ident(&c.attr.name);
-            if c.sql.ends_with(&format!(".{ident}")) && !c.sql.starts_with('(') {
+            if c.is_reference() && c.sql.ends_with(&format!(".{ident}")) {
                 out.push_str(&c.sql);
             } else {
                 let _ = write!(out, "{} AS {ident}", c.sql);

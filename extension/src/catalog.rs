@@ -90,11 +90,30 @@ pub fn is_known_type(type_text: &str) -> DjResult<bool> {
 }
 
 /// The master table of class `class` in `schema`: whichever tier's table name exists.
-pub fn find_class(schema: &str, class: &str) -> DjResult<Option<TableName>> {
-    let candidates: Vec<String> = [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed]
+/// The tables a class name can stand for, most likely first (`Session` → `session`, `#session`,
+/// `_session`, `__session`).
+fn class_tables(class: &str) -> Vec<String> {
+    [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed]
         .into_iter()
         .map(|tier| naming::master_table_name(class, tier))
-        .collect();
+        .collect()
+}
+
+/// The schema and the table names that a table name's parts can mean, most likely first: a class
+/// name its table in any tier, a master's part the part of any of those, an SQL name itself.
+pub fn candidates(parts: &[String]) -> Option<(String, Vec<String>)> {
+    Some(match parts {
+        [schema, class] if naming::is_class_name(class) => (schema.clone(), class_tables(class)),
+        [schema, table] => (schema.clone(), vec![table.clone()]),
+        [schema, master, part] if naming::is_class_name(master) && naming::is_class_name(part) => {
+            (schema.clone(), class_tables(master).iter().map(|m| naming::part_table_name(m, part)).collect())
+        }
+        _ => return None,
+    })
+}
+
+pub fn find_class(schema: &str, class: &str) -> DjResult<Option<TableName>> {
+    let candidates = class_tables(class);
     let found = read_one::<String>(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relname = ANY ($2) AND c.relkind IN ('r', 'p') \
@@ -236,16 +255,37 @@ fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
     if !table_exists(&name.schema, "~lineage")? {
         return Ok(Vec::new());
     }
-    let query = format!(
-        "SELECT attribute_name::text, lineage::text FROM {} WHERE table_name = $1",
-        sql::qualified(&name.schema, "~lineage")
-    );
+    lineage_rows(name)
+}
+
+thread_local! {
+    static LINEAGE_PLANS: RefCell<std::collections::HashMap<String, pgrx::spi::OwnedPreparedStatement>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// The `~lineage` rows of a table whose schema has that table, through a plan kept per schema
+/// (the query algebra reads them for every table an expression names).
+pub fn lineage_rows(name: &TableName) -> DjResult<Vec<(String, String)>> {
     Spi::connect(|client| {
-        let mut rows = Vec::new();
-        for row in client.select(&query, None, &[name.table.as_str().into()])? {
-            rows.push((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default()));
-        }
-        Ok(rows)
+        LINEAGE_PLANS.with(|plans| -> DjResult<_> {
+            let mut plans = plans.borrow_mut();
+            if !plans.contains_key(&name.schema) {
+                let query = format!(
+                    "SELECT attribute_name::text, lineage::text FROM {} WHERE table_name = $1",
+                    sql::qualified(&name.schema, "~lineage")
+                );
+                let plan = client.prepare(query.as_str(), &[pgrx::PgOid::from(pg_sys::TEXTOID)])?.keep();
+                plans.insert(name.schema.clone(), plan);
+            }
+            let mut rows = Vec::new();
+            for row in client.select(&plans[&name.schema], None, &[name.table.as_str().into()])? {
+                rows.push((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<String>(2)?.unwrap_or_default(),
+                ));
+            }
+            Ok(rows)
+        })
     })
 }
 

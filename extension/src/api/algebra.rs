@@ -74,7 +74,7 @@ impl Catalog for PgCatalog {
     type Error = DjError;
 
     fn table(&mut self, name: &str) -> DjResult<TableInfo> {
-        match catalog::split_name(name).as_deref().and_then(candidates) {
+        match catalog::split_name(name).as_deref().and_then(catalog::candidates) {
             Some((schema, candidates)) => match table_info(&schema, candidates)? {
                 Some(info) => Ok(info),
                 // Not found: let the catalog's resolver say so, with its hint.
@@ -89,27 +89,6 @@ impl Catalog for PgCatalog {
             None => Err(catalog::resolve(name).err().expect("not a table name")),
         }
     }
-}
-
-/// The schema and the table names a name can mean, most likely first: a class name stands for
-/// its table in any tier (`Session` → `session`, `#session`, `_session`, `__session`), a
-/// master's part for the part of any of those.
-fn candidates(parts: &[String]) -> Option<(String, Vec<String>)> {
-    const TIERS: [Tier; 4] = [Tier::Manual, Tier::Lookup, Tier::Imported, Tier::Computed];
-    Some(match parts {
-        [schema, class] if naming::is_class_name(class) => {
-            (schema.clone(), TIERS.iter().map(|t| naming::master_table_name(class, *t)).collect())
-        }
-        [schema, table] => (schema.clone(), vec![table.clone()]),
-        [schema, master, part] if naming::is_class_name(master) && naming::is_class_name(part) => (
-            schema.clone(),
-            TIERS
-                .iter()
-                .map(|t| naming::part_table_name(&naming::master_table_name(master, *t), part))
-                .collect(),
-        ),
-        _ => return None,
-    })
 }
 
 /// One table's visible columns, key membership and whether its schema records lineage; one
@@ -127,8 +106,6 @@ const COLUMNS: &str = "WITH t AS ( \
 
 thread_local! {
     static PLANS: std::cell::RefCell<Option<OwnedPreparedStatement>> = const { std::cell::RefCell::new(None) };
-    static LINEAGE_PLANS: std::cell::RefCell<std::collections::HashMap<String, OwnedPreparedStatement>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 fn table_info(schema: &str, candidates: Vec<String>) -> DjResult<Option<TableInfo>> {
@@ -158,7 +135,7 @@ fn table_info(schema: &str, candidates: Vec<String>) -> DjResult<Option<TableInf
     })?;
     let Some((table, _, _, lineage_available)) = rows.first().cloned() else { return Ok(None) };
     let t = TableName { schema: schema.to_string(), table };
-    let lineage = if lineage_available { lineage_rows(&t)? } else { Vec::new() };
+    let lineage = if lineage_available { catalog::lineage_rows(&t)? } else { Vec::new() };
     let attributes = rows
         .into_iter()
         // Hidden attributes (job metadata) are not part of the heading, as in datajoint-python.
@@ -191,34 +168,6 @@ pub(crate) fn table_info_of(t: &TableName) -> DjResult<TableInfo> {
             "",
         )
     })
-}
-
-/// The schema's `~lineage` rows for one table, through a plan kept per schema.
-fn lineage_rows(t: &TableName) -> DjResult<Vec<(String, String)>> {
-    Ok(Spi::connect(|client| {
-        LINEAGE_PLANS.with(|plans| -> DjResult<_> {
-            let mut plans = plans.borrow_mut();
-            if !plans.contains_key(&t.schema) {
-                let query = format!(
-                    "SELECT attribute_name::text, lineage::text FROM {} WHERE table_name = $1",
-                    sql::qualified(&t.schema, "~lineage")
-                );
-                plans.insert(
-                    t.schema.clone(),
-                    client.prepare(query.as_str(), &[PgOid::from(pg_sys::TEXTOID)])?.keep(),
-                );
-            }
-            let table = client.select(&plans[&t.schema], None, &[t.table.as_str().into()])?;
-            let mut out = Vec::new();
-            for row in table {
-                out.push((
-                    row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<String>(2)?.unwrap_or_default(),
-                ));
-            }
-            Ok(out)
-        })
-    })?)
 }
 
 /// A schema name as the expression syntax reads it back: bare when it is a plain word.
@@ -345,6 +294,17 @@ COMMENT ON OPERATOR public.& (dj.relation, text[]) IS 'DataJoint restriction by 
 COMMENT ON OPERATOR public.- (dj.relation, text) IS 'DataJoint antirestriction by an SQL condition.';
 COMMENT ON OPERATOR public.- (dj.relation, jsonb) IS 'DataJoint antirestriction by a key, keys or conditions.';
 COMMENT ON OPERATOR public.- (dj.relation, text[]) IS 'DataJoint antirestriction by several SQL conditions (none may hold).';
+COMMENT ON FUNCTION dj.rel_join(dj.relation, dj.relation) IS 'The * operator on relations (join).';
+COMMENT ON FUNCTION dj.rel_union(dj.relation, dj.relation) IS 'The + operator on relations (union).';
+COMMENT ON FUNCTION dj.rel_restrict_text(dj.relation, text) IS 'The & operator with an SQL condition (or a key written as JSON).';
+COMMENT ON FUNCTION dj.rel_restrict_jsonb(dj.relation, jsonb) IS 'The & operator with a key, keys, a relation or JSON conditions.';
+COMMENT ON FUNCTION dj.rel_restrict_list(dj.relation, text[]) IS 'The & operator with several SQL conditions (any).';
+COMMENT ON FUNCTION dj.rel_exclude_text(dj.relation, text) IS 'The - operator with an SQL condition (or a key written as JSON).';
+COMMENT ON FUNCTION dj.rel_exclude_jsonb(dj.relation, jsonb) IS 'The - operator with a key, keys, a relation or JSON conditions.';
+COMMENT ON FUNCTION dj.rel_exclude_list(dj.relation, text[]) IS 'The - operator with several SQL conditions (none may hold).';
+COMMENT ON FUNCTION dj.relation_condition(dj.relation) IS 'A relation as a JSON condition (the implicit cast behind a & b and a - b).';
+COMMENT ON FUNCTION dj.relation_in(cstring) IS 'Input of dj.relation: checks the expression''s syntax only.';
+COMMENT ON FUNCTION dj.relation_out(dj.relation) IS 'Output of dj.relation: the expression''s text.';
 "#,
     name = "rel_operators",
     requires = [
@@ -566,17 +526,18 @@ fn primary_key(rel: Relation) -> Vec<String> {
 fn column_types(query: &str) -> DjResult<Vec<String>> {
     Spi::connect(|client| {
         let table = client.select(&format!("SELECT * FROM ({query}) AS q LIMIT 0"), None, &[])?;
-        let mut oids = Vec::new();
+        let mut oids: Vec<pg_sys::Oid> = Vec::new();
         for i in 1..=table.columns()? {
             oids.push(table.column_type_oid(i)?.value());
         }
+        let names = client.select(
+            "SELECT pg_catalog.format_type(t, NULL) FROM unnest($1::oid[]) WITH ORDINALITY AS u(t, i) ORDER BY i",
+            None,
+            &[oids.into()],
+        )?;
         let mut out = Vec::new();
-        for oid in oids {
-            let name = client
-                .select("SELECT format_type($1, NULL)", None, &[oid.into()])?
-                .first()
-                .get_one::<String>()?;
-            out.push(name.unwrap_or_default());
+        for row in names {
+            out.push(row.get::<String>(1)?.unwrap_or_default());
         }
         Ok(out)
     })
@@ -646,30 +607,10 @@ COMMENT ON FUNCTION dj.fetch1(dj.relation) IS 'The one row of a relation that mu
 COMMENT ON FUNCTION dj.count(dj.relation) IS 'The number of rows of a relation.';
 COMMENT ON FUNCTION dj.heading(dj.relation) IS 'The attributes of a relation: name, type, whether in the primary key, lineage.';
 COMMENT ON FUNCTION dj.primary_key(dj.relation) IS 'The primary key of a relation.';
-COMMENT ON FUNCTION dj.rel_join(dj.relation, dj.relation) IS 'The * operator on relations (join).';
-COMMENT ON FUNCTION dj.rel_union(dj.relation, dj.relation) IS 'The + operator on relations (union).';
-COMMENT ON FUNCTION dj.rel_restrict_text(dj.relation, text) IS 'The & operator with an SQL condition (or a key written as JSON).';
-COMMENT ON FUNCTION dj.rel_restrict_jsonb(dj.relation, jsonb) IS 'The & operator with a key, keys, a relation or JSON conditions.';
-COMMENT ON FUNCTION dj.rel_restrict_list(dj.relation, text[]) IS 'The & operator with several SQL conditions (any).';
-COMMENT ON FUNCTION dj.rel_exclude_text(dj.relation, text) IS 'The - operator with an SQL condition (or a key written as JSON).';
-COMMENT ON FUNCTION dj.rel_exclude_jsonb(dj.relation, jsonb) IS 'The - operator with a key, keys, a relation or JSON conditions.';
-COMMENT ON FUNCTION dj.rel_exclude_list(dj.relation, text[]) IS 'The - operator with several SQL conditions (none may hold).';
-COMMENT ON FUNCTION dj.relation_condition(dj.relation) IS 'A relation as a JSON condition (the implicit cast behind a & b and a - b).';
-COMMENT ON FUNCTION dj.relation_in(cstring) IS 'Input of dj.relation: checks the expression''s syntax only.';
-COMMENT ON FUNCTION dj.relation_out(dj.relation) IS 'Output of dj.relation: the expression''s text.';
 COMMENT ON FUNCTION dj.create_view(text, dj.relation, boolean) IS 'Creates schema.view for the relation (security_invoker: the querying role''s privileges and row-level security apply), with its primary key in the comment; replace drops an existing view first.';
 "#,
     name = "algebra_comments",
     requires = [
-        rel_join,
-        rel_union,
-        rel_restrict_text,
-        rel_restrict_jsonb,
-        rel_restrict_list,
-        rel_exclude_text,
-        rel_exclude_jsonb,
-        rel_exclude_list,
-        relation_condition,
         rel_from_text,
         proj,
         proj_key,
