@@ -35,7 +35,10 @@ pg_tests() {
 }
 
 install_and_start() {
+  # The released 0.1.0 install script too, for the upgrade test (CREATE EXTENSION ... VERSION
+  # '0.1.0', then ALTER EXTENSION ... UPDATE with data in place).
   (cd extension && cargo pgrx install --pg-config "$PG_CONFIG") >/dev/null &&
+    install -m 644 tests/upgrade/datajoint--0.1.0.sql "$("$PG_CONFIG" --sharedir)/extension/" &&
     scripts/cluster.sh --name test destroy && scripts/cluster.sh --name test start
 }
 

@@ -19,58 +19,78 @@ END $$;
 GRANT USAGE ON SCHEMA dj TO PUBLIC;
 COMMENT ON SCHEMA dj IS 'DataJoint pipelines inside PostgreSQL: functions and catalog of the datajoint extension';
 
--- WebAssembly components that implement make functions (dj.register_module), by name; the
--- sha256 (hex) is what computed rows record as their _job_version.
+-- Make functions are WebAssembly components. Their code is kept by content (sha256): a version
+-- never changes, and a table runs exactly the version its owner bound (dj.makes). Only the
+-- extension writes these tables (dj.register_module, dj.set_make, dj.unregister_module, as the
+-- extension's owner after checking the caller's rights); every role may read them.
+CREATE TABLE dj.module_versions (
+    sha256        text PRIMARY KEY CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    component     bytea NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    registered_by name NOT NULL,
+    CONSTRAINT module_versions_content CHECK (sha256 = pg_catalog.encode(pg_catalog.sha256(component), 'hex'))
+);
+COMMENT ON TABLE dj.module_versions IS 'Every version of a make function still named or bound, by content (sha256, what computed rows record as _job_version).';
+
+-- Module names (dj.register_module): what a name holds now. Registering the name again (only its
+-- registrant, or a member of that role, may) points it at new code; tables keep their version.
 CREATE TABLE dj.modules (
     name          text PRIMARY KEY CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,62}$'),
     sha256        text NOT NULL,
-    component     bytea NOT NULL,
     registered_at timestamptz NOT NULL DEFAULT now(),
     registered_by name NOT NULL DEFAULT current_user,
-    CHECK (sha256 = pg_catalog.encode(pg_catalog.sha256(component), 'hex'))
+    CONSTRAINT modules_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256)
 );
-COMMENT ON TABLE dj.modules IS 'WebAssembly components registered with dj.register_module: make functions, by name, with their sha256.';
+COMMENT ON TABLE dj.modules IS 'Make-function names registered with dj.register_module and the version (sha256) each holds now.';
 
--- Anyone may read and register modules; a name is replaced or removed only by (a member of) the
--- role that registered it.
 ALTER TABLE dj.modules ENABLE ROW LEVEL SECURITY;
 CREATE POLICY read_all ON dj.modules FOR SELECT USING (true);
-CREATE POLICY register ON dj.modules FOR INSERT WITH CHECK (registered_by = current_user);
-CREATE POLICY replace ON dj.modules FOR UPDATE USING (pg_has_role(registered_by, 'USAGE'))
-    WITH CHECK (registered_by = current_user);
-CREATE POLICY remove ON dj.modules FOR DELETE USING (pg_has_role(registered_by, 'USAGE'));
 
--- Which module computes which table (dj.set_make).
+-- Which code computes which table (dj.set_make, by the table's owner): the version's sha256, and
+-- the name it was bound under.
 CREATE TABLE dj.makes (
     schema_name name NOT NULL,
     table_name  name NOT NULL,
-    module      text NOT NULL REFERENCES dj.modules (name) ON UPDATE CASCADE,
+    module      text NOT NULL,
     set_at      timestamptz NOT NULL DEFAULT now(),
     set_by      name NOT NULL DEFAULT current_user,
-    PRIMARY KEY (schema_name, table_name)
+    sha256      text NOT NULL,
+    PRIMARY KEY (schema_name, table_name),
+    CONSTRAINT makes_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256)
 );
-COMMENT ON TABLE dj.makes IS 'The make function (module) of each Computed or Imported table, set with dj.set_make.';
+COMMENT ON TABLE dj.makes IS 'The make function of each Computed or Imported table: the module version (sha256) its owner bound with dj.set_make.';
 
--- Anyone may read; only a table's owner (or a member of the owning role) may choose its make.
 ALTER TABLE dj.makes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY read_all ON dj.makes FOR SELECT USING (true);
-CREATE POLICY owner_writes ON dj.makes FOR ALL
-    USING (pg_has_role((SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                         WHERE n.nspname = schema_name AND c.relname = table_name), 'USAGE'))
-    WITH CHECK (pg_has_role((SELECT c.relowner FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                              WHERE n.nspname = schema_name AND c.relname = table_name), 'USAGE'));
 
--- Compiled machine code of a module, per engine build and configuration, so that no backend
--- compiles the same module twice. Only the extension writes it (as its owner: wasmtime runs this
--- code as it is, so no other role may even read it); never dumped (rebuilt on demand).
+-- Compiled machine code of a module version, per engine build and configuration, so that no
+-- backend compiles the same module twice. Only the extension writes it (as its owner), and a
+-- backend loads a row only if its seal (a MAC under a key in the server's data directory) proves
+-- this server's extension wrote it for that module and engine: wasmtime runs this code as it is.
+-- No other role may read it; never dumped (rebuilt on demand).
 CREATE TABLE dj.module_artifacts (
-    sha256      text NOT NULL,
+    sha256      text NOT NULL REFERENCES dj.module_versions (sha256) ON DELETE CASCADE,
     engine      text NOT NULL,
     artifact    bytea NOT NULL,
     compiled_at timestamptz NOT NULL DEFAULT now(),
+    seal        bytea NOT NULL,
     PRIMARY KEY (sha256, engine)
 );
-COMMENT ON TABLE dj.module_artifacts IS 'Compiled code of registered modules, keyed by module hash and engine fingerprint.';
+COMMENT ON TABLE dj.module_artifacts IS 'Compiled code of module versions, keyed by module hash and engine fingerprint, sealed by the server.';
+
+-- Versions neither named nor bound go, with their machine code. Run by the extension after
+-- every change of names and bindings, and when tables are dropped.
+CREATE FUNCTION dj._collect_module_versions() RETURNS void
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $collect$
+    -- Versions another transaction is binding right now (it holds a key-share lock) are skipped.
+    DELETE FROM dj.module_versions v WHERE v.sha256 IN (
+        SELECT u.sha256 FROM dj.module_versions u
+         WHERE NOT EXISTS (SELECT FROM dj.modules m WHERE m.sha256 OPERATOR(pg_catalog.=) u.sha256)
+           AND NOT EXISTS (SELECT FROM dj.makes k WHERE k.sha256 OPERATOR(pg_catalog.=) u.sha256)
+           FOR UPDATE SKIP LOCKED);
+$collect$;
+REVOKE ALL ON FUNCTION dj._collect_module_versions() FROM PUBLIC;
+COMMENT ON FUNCTION dj._collect_module_versions() IS 'Internal: removes module versions no name and no table uses, with their compiled code.';
 
 -- Per-schema pipeline settings.
 CREATE TABLE dj.schema_settings (
@@ -95,7 +115,9 @@ CREATE FUNCTION dj._forget_dropped_tables() RETURNS event_trigger
 BEGIN
     DELETE FROM dj.makes m
      USING pg_event_trigger_dropped_objects() d
-     WHERE d.object_type = 'table' AND d.schema_name = m.schema_name AND d.object_name = m.table_name;
+     WHERE d.object_type OPERATOR(pg_catalog.=) 'table' AND d.schema_name OPERATOR(pg_catalog.=) m.schema_name
+       AND d.object_name OPERATOR(pg_catalog.=) m.table_name;
+    PERFORM dj._collect_module_versions();
 END
 $forget$;
 REVOKE ALL ON FUNCTION dj._forget_dropped_tables() FROM PUBLIC;
@@ -103,8 +125,10 @@ COMMENT ON FUNCTION dj._forget_dropped_tables() IS 'Event trigger: removes the d
 CREATE EVENT TRIGGER dj_forget_dropped_tables ON sql_drop EXECUTE FUNCTION dj._forget_dropped_tables();
 
 REVOKE ALL ON dj.module_artifacts FROM PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON dj.schema_settings, dj.modules, dj.makes TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON dj.schema_settings TO PUBLIC;
+GRANT SELECT ON dj.module_versions, dj.modules, dj.makes TO PUBLIC;
 
+SELECT pg_catalog.pg_extension_config_dump('dj.module_versions', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.modules', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.makes', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.schema_settings', '');

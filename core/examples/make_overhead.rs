@@ -20,7 +20,7 @@ impl Database for Memory {
 
     fn log(&mut self, _level: Level, _message: String) {}
 
-    fn fetch(&mut self, _query: Query, _one: bool) -> Result<Vec<Row>, String> {
+    fn fetch(&mut self, _query: Query, _one: bool, _budget: usize) -> Result<Vec<Row>, String> {
         Ok(vec![vec![
             Field { name: "mode".into(), value: Value::Text("ok".into()) },
             Field { name: "n".into(), value: Value::Int(21) },

@@ -3,12 +3,14 @@
 //! out-of-database worker.
 
 pub mod algebra;
+pub mod artifact;
 pub mod cascade;
 pub mod declare;
 pub mod definition;
 pub mod dependencies;
 pub mod describe;
 pub mod diagram;
+pub mod isolate;
 pub mod make;
 pub mod naming;
 pub mod populate;
@@ -17,6 +19,7 @@ pub mod sandbox;
 pub mod sql;
 pub mod threads;
 pub mod types;
+pub mod values;
 
 /// The wasmtime version this build links, read from Cargo.lock at build time.
 pub const WASMTIME_VERSION: &str = env!("DJ_WASMTIME_VERSION");

@@ -15,6 +15,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::isolate;
 use crate::sandbox::{self, ActiveCall, Guard, Guarded, Limits, SandboxError};
 use crate::threads;
 
@@ -46,8 +47,11 @@ pub const OUTPUT_CAPACITY: usize = 64 * 1024;
 pub trait Database: Send + 'static {
     type Error: Send + 'static;
     fn log(&mut self, level: Level, message: String);
-    /// Rows of `query` restricted by the current key; `one` asks for exactly one row.
-    fn fetch(&mut self, query: Query, one: bool) -> Result<Vec<Row>, Self::Error>;
+    /// Rows of `query` restricted by the current key; `one` asks for exactly one row. The rows may
+    /// take at most `budget` bytes of host memory (what the guest's memory limit has left: the
+    /// rows are copied into the guest next); a query whose rows need more must fail without
+    /// materializing them.
+    fn fetch(&mut self, query: Query, one: bool, budget: usize) -> Result<Vec<Row>, Self::Error>;
     /// Inserts into the target or one of its parts; returns the number of rows inserted.
     fn insert(&mut self, table: String, rows: Vec<Row>) -> Result<u64, Self::Error>;
 }
@@ -118,11 +122,13 @@ impl<D: Database> bindings::datajoint::make::host::Host for State<D> {
     }
 
     fn fetch(&mut self, q: Query) -> wasmtime::Result<Vec<Row>> {
-        self.db.fetch(q, false).map_err(|e| self.fail(e))
+        let budget = self.guard.memory_left();
+        self.db.fetch(q, false, budget).map_err(|e| self.fail(e))
     }
 
     fn fetch1(&mut self, q: Query) -> wasmtime::Result<Row> {
-        match self.db.fetch(q, true) {
+        let budget = self.guard.memory_left();
+        match self.db.fetch(q, true, budget) {
             Ok(mut rows) if rows.len() == 1 => Ok(rows.pop().expect("one row")),
             Ok(rows) => Err(wasmtime::format_err!("fetch1 got {} rows from the database", rows.len())),
             Err(e) => Err(self.fail(e)),
@@ -144,29 +150,41 @@ pub fn linker<D: Database>() -> Result<Linker<State<D>>, SandboxError> {
     Ok(linker)
 }
 
-/// Compiles component bytes. Core modules and other binaries get a clear refusal.
-pub fn compile(bytes: &[u8]) -> Result<Component, SandboxError> {
+/// Refuses core modules and other binaries with a clear reason before anything compiles them.
+fn check_header(bytes: &[u8]) -> Result<(), SandboxError> {
     match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-            return Err(SandboxError::InvalidModule {
-                message: "this is a core WebAssembly module, not a component".into(),
-                detail: Some(format!(
-                    "make functions are components of the world {WORLD}: build Rust for the wasm32-wasip2 target, Python with componentize-py"
-                )),
-            })
-        }
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(SandboxError::InvalidModule {
+            message: "this is a core WebAssembly module, not a component".into(),
+            detail: Some(format!(
+                "make functions are components of the world {WORLD}: build Rust for the wasm32-wasip2 target, Python with componentize-py"
+            )),
+        }),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
         // The text format, for tests and hand-written components.
-        _ if bytes.first() == Some(&b'(') && std::str::from_utf8(bytes).is_ok() => {}
-        _ => {
-            return Err(SandboxError::InvalidModule {
-                message: "the bytes have no \\0asm component header and are not component text"
-                    .into(),
-                detail: None,
-            })
-        }
+        _ if bytes.first() == Some(&b'(') && std::str::from_utf8(bytes).is_ok() => Ok(()),
+        _ => Err(SandboxError::InvalidModule {
+            message: "the bytes have no \\0asm component header and are not component text".into(),
+            detail: None,
+        }),
     }
+}
+
+/// Compiles component bytes in this process (tests, examples and trusted input).
+pub fn compile(bytes: &[u8]) -> Result<Component, SandboxError> {
+    check_header(bytes)?;
     Component::new(sandbox::engine(), bytes).map_err(sandbox::compile_error)
+}
+
+/// Compiles component bytes in a child process (see [`isolate`]) whose address space may grow by
+/// `memory_limit` bytes, polling `stop` while it waits; returns the machine code for
+/// [`deserialize`] (safe to load: this process's engine produced it).
+pub fn precompile(
+    bytes: &[u8],
+    memory_limit: usize,
+    stop: impl FnMut() -> bool,
+) -> Result<Vec<u8>, SandboxError> {
+    check_header(bytes)?;
+    isolate::precompile(bytes, isolate::Kind::Component, memory_limit, stop)
 }
 
 /// The engine fingerprint compiled artifacts are keyed by: wasmtime's own compatibility hash of
@@ -189,8 +207,9 @@ pub fn serialize(component: &Component) -> Result<Vec<u8>, SandboxError> {
 /// `artifact` must come from [`serialize`] under the same [`engine_fingerprint`] and from storage
 /// only the extension writes: wasmtime runs this code as it is.
 pub unsafe fn deserialize(artifact: &[u8]) -> Result<Component, SandboxError> {
-    unsafe { Component::deserialize(sandbox::engine(), artifact) }
-        .map_err(|e| SandboxError::Internal(format!("{e:#}")))
+    // Loading checks the instance pool's limits (memories, tables, sizes): refusals read as when
+    // compiling.
+    unsafe { Component::deserialize(sandbox::engine(), artifact) }.map_err(sandbox::compile_error)
 }
 
 /// A component checked against the world and ready to instantiate in microseconds.

@@ -3,8 +3,60 @@
 //! [`restriction::condition`]).
 
 use crate::dependencies::Table;
+use crate::make::{Field, Value};
 use crate::restriction::{self, RestrictionError};
 use crate::sql;
+
+/// Concurrent populates of one table divide its keys by bucket: a populate makes a key only
+/// while it holds the key's bucket (a transaction-level lock, skipped when another session holds
+/// it), so two never make the same key, never wait for each other's uncommitted rows and never
+/// deadlock. Few buckets keep the locks a populate holds bounded (its transaction keeps them).
+pub const KEY_BUCKETS: u32 = 64;
+
+/// The advisory lock (two int4 keys) of a table's key bucket: the table's oid and a tag.
+pub fn bucket_lock(table_oid: u32, bucket: u32) -> (i32, i32) {
+    (table_oid as i32, LOCK_TAG | bucket as i32)
+}
+
+/// The advisory lock under which a table's jobs table is created.
+pub fn jobs_table_lock(table_oid: u32) -> (i32, i32) {
+    (table_oid as i32, LOCK_TAG | 0xffff)
+}
+
+/// The second key of datajoint's advisory locks ("DJ" in the high half).
+const LOCK_TAG: i32 = 0x444a_0000;
+
+/// The bucket of a key: a hash of its attribute names and values that every process computes
+/// alike (FNV-1a over a fixed encoding).
+pub fn key_bucket(key: &[Field]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for f in key {
+        eat(f.name.as_bytes());
+        eat(&[0]);
+        match &f.value {
+            Value::Null => eat(b"n"),
+            Value::Boolean(b) => eat(&[b'b', u8::from(*b)]),
+            Value::Int(i) => eat(&i.to_le_bytes()),
+            Value::Float(x) => eat(&x.to_bits().to_le_bytes()),
+            Value::Decimal(t) | Value::Text(t) | Value::Json(t) => eat(t.as_bytes()),
+            Value::Bytes(b) => eat(b),
+            Value::Date(d) => eat(&d.to_le_bytes()),
+            Value::Time(t) | Value::Timestamp(t) => eat(&t.to_le_bytes()),
+            Value::Uuid((hi, lo)) => {
+                eat(&hi.to_le_bytes());
+                eat(&lo.to_le_bytes())
+            }
+        }
+        eat(&[0xff]);
+    }
+    (h % u64::from(KEY_BUCKETS)) as u32
+}
 
 /// One primary-key parent of the target: the parent and its (child attribute, parent attribute)
 /// pairs, in key order.
@@ -285,6 +337,16 @@ pub fn clear_job_sql(jobs: &Table, key: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_spread_over_every_bucket_and_a_key_always_lands_in_the_same() {
+        let key = |i: i64| vec![Field { name: "case_id".into(), value: Value::Int(i) }];
+        let buckets: std::collections::HashSet<u32> = (0..2000).map(|i| key_bucket(&key(i))).collect();
+        assert_eq!(buckets.len(), KEY_BUCKETS as usize);
+        assert_eq!(key_bucket(&key(7)), key_bucket(&key(7)));
+        // A stable encoding: the same bucket in every process and build.
+        assert_eq!(key_bucket(&key(1)), 33);
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -25,12 +25,67 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Guests share the backend's C stack (8 MB by default); keep well inside it.
 pub const MAX_WASM_STACK: usize = 512 * 1024;
 
-const MEMORY_RESERVATION: u64 = 4 << 30;
 const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// Core instances, memories and tables one component may create.
 const MAX_INSTANCES: usize = 32;
-const MAX_MEMORIES: usize = 32;
+const MAX_MEMORIES: usize = 8;
 const MAX_TABLES: usize = 64;
 const MAX_BACKTRACE_FRAMES: usize = 32;
+
+/// How the process's engine is sized; fixed when the engine is first used (see [`configure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// The largest linear memory a guest may grow (bytes, a multiple of 64 KiB). Every memory
+    /// slot of the instance pool reserves this much address space (`PROT_NONE`, nothing
+    /// committed): the reservation follows the configured memory limit instead of 4 GiB a slot.
+    /// Part of the engine's identity: compiled code is only valid for the same value.
+    pub max_memory: usize,
+    /// Guest instances alive at once in this process: a make whose insert fires a trigger that
+    /// populates another table nests one more.
+    pub max_instances: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings { max_memory: 1 << 30, max_instances: 8 }
+    }
+}
+
+impl EngineSettings {
+    /// Linear memories of the pool: two per instance (a Rust component has one, a Python one a few).
+    pub fn total_memories(&self) -> u32 {
+        2 * self.max_instances
+    }
+
+    /// Core instances of the pool: most components instantiate a handful; a Python one more.
+    pub fn total_core_instances(&self) -> u32 {
+        (self.max_instances * 8).max(MAX_INSTANCES as u32)
+    }
+
+    /// Address space the instance pool reserves for linear memories.
+    pub fn reserved_bytes(&self) -> u64 {
+        u64::from(self.total_memories()) * self.max_memory as u64
+    }
+}
+
+static SETTINGS: OnceLock<EngineSettings> = OnceLock::new();
+
+/// Sizes the engine before its first use; later calls change nothing. Returns the settings in
+/// force (a host compares them with what it asked for: a limit raised after the engine was made
+/// cannot take effect in this process).
+pub fn configure(settings: EngineSettings) -> EngineSettings {
+    let page = 1usize << 16;
+    let settings = EngineSettings {
+        max_memory: settings.max_memory.div_ceil(page).max(1) * page,
+        max_instances: settings.max_instances.max(1),
+    };
+    *SETTINGS.get_or_init(|| settings)
+}
+
+/// The settings the engine is (or will be) created with.
+pub fn settings() -> EngineSettings {
+    *SETTINGS.get_or_init(EngineSettings::default)
+}
 
 /// What one guest call may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,37 +127,40 @@ pub enum SandboxError {
     Resource(String),
     #[error("guest call interrupted by the host")]
     Interrupted,
+    #[error("compiling the module needed more than {limit} bytes of memory")]
+    CompileMemory { limit: usize },
     #[error("sandbox failure: {0}")]
     Internal(String),
 }
 
 /// The engine configuration. Part of the identity of compiled artifacts: code compiled under
 /// another configuration is rejected by wasmtime.
-pub fn config() -> Config {
+pub fn config(settings: &EngineSettings) -> Config {
     let mut c = Config::new();
     // No signal handlers: every bounds check is explicit code, so no guard pages are needed and an
     // out-of-bounds access is a trap, never a SIGSEGV in the backend.
     c.signals_based_traps(false);
     c.memory_guard_size(0);
-    // Reserve (PROT_NONE, no memory committed) the whole 32-bit range up front so memories grow
-    // in place. With no reservation every memory.grow reallocates and copies: growing to 256 MiB
-    // a page at a time took 302 s that way.
-    c.memory_reservation(MEMORY_RESERVATION);
+    // Each memory lives in a pool slot reserved up front (PROT_NONE, no memory committed), so
+    // memories grow in place. With no reservation every memory.grow reallocates and copies:
+    // growing to 256 MiB a page at a time took 302 s that way.
+    c.memory_reservation(settings.max_memory as u64);
     c.consume_fuel(true);
     c.epoch_interruption(true);
     c.max_wasm_stack(MAX_WASM_STACK);
     c.wasm_backtrace_max_frames(NonZeroUsize::new(MAX_BACKTRACE_FRAMES));
     // Instances come from a pool of slots reserved once per process: a make call reuses the
     // previous key's memory mapping (its pages released with madvise) instead of mapping and
-    // unmapping 4 GiB of address space, which was 40 % of a trivial make's time. (Keeping pages
+    // unmapping a slot of address space, which was 40 % of a trivial make's time. (Keeping pages
     // resident and zeroing them instead was slower: most of a guest's initial memory is never
     // touched.)
-    // One guest runs at a time per backend, so a few slots suffice; the address space is reserved
-    // (PROT_NONE), not committed.
+    // The pool holds what `max_instances` nested guests need; its address space is reserved
+    // (PROT_NONE), not committed, and sized by the memory limit (about 16 GiB at the default
+    // 1 GB limit; it was 269 GB with 4 GiB slots).
     let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(4)
-        .total_core_instances(2 * MAX_INSTANCES as u32)
-        .total_memories(2 * MAX_MEMORIES as u32)
+    pool.total_component_instances(settings.max_instances)
+        .total_core_instances(settings.total_core_instances())
+        .total_memories(settings.total_memories())
         .total_tables(MAX_TABLES as u32)
         .total_stacks(0)
         .max_core_instances_per_component(MAX_INSTANCES as u32)
@@ -111,7 +169,7 @@ pub fn config() -> Config {
         .max_memories_per_module(MAX_MEMORIES as u32)
         .max_tables_per_module(MAX_TABLES as u32)
         .table_elements(MAX_TABLE_ELEMENTS)
-        .max_memory_size(MEMORY_RESERVATION as usize)
+        .max_memory_size(settings.max_memory)
         .max_core_instance_size(16 << 20)
         .max_component_instance_size(16 << 20)
         // Reuse the least recently used slot rather than warm new ones: resident memory stays at
@@ -127,7 +185,8 @@ pub fn config() -> Config {
 /// would not survive the fork).
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::new(&config()).expect("the sandbox engine configuration is valid"))
+    ENGINE
+        .get_or_init(|| Engine::new(&config(&settings())).expect("the sandbox engine configuration is valid"))
 }
 
 /// Compiles (and validates) a core module: binary (starting with the `\0asm` header) or text.
@@ -140,6 +199,20 @@ pub fn compile(bytes: &[u8]) -> Result<Module, SandboxError> {
         });
     }
     Module::new(engine(), bytes).map_err(compile_error)
+}
+
+/// Compiles a core module like [`compile`], in a child process (see [`crate::isolate`]).
+pub fn compile_isolated(
+    bytes: &[u8],
+    memory_limit: usize,
+    stop: impl FnMut() -> bool,
+) -> Result<Module, SandboxError> {
+    if !bytes.starts_with(b"\0asm") && std::str::from_utf8(bytes).is_err() {
+        return compile(bytes);
+    }
+    let code = crate::isolate::precompile(bytes, crate::isolate::Kind::Module, memory_limit, stop)?;
+    // SAFETY: machine code this process's engine just produced in its own child.
+    unsafe { Module::deserialize(engine(), &code) }.map_err(compile_error)
 }
 
 /// Why wasmtime would not compile a module or component.
@@ -275,6 +348,11 @@ impl ResourceLimiter for Guard {
 }
 
 impl Guard {
+    /// Bytes of memory the guest may still grow by: what the host may copy for it.
+    pub fn memory_left(&self) -> usize {
+        self.limits.memory_bytes.saturating_sub(self.memory_total)
+    }
+
     /// The limits of one call, its deadline counted from now.
     pub fn new(limits: &Limits, interrupt: fn() -> bool) -> Guard {
         Guard {
@@ -351,7 +429,17 @@ pub(crate) fn classify(err: wasmtime::Error, guard: &Guard) -> SandboxError {
         }
         // Not a trap: the host refused something at instantiation (too many memories, tables or
         // instances) or could not provide it (address space).
-        None => SandboxError::Resource(format!("{err:#}")),
+        None => {
+            let text = format!("{err:#}");
+            if text.contains("maximum concurrent") {
+                SandboxError::Resource(format!(
+                    "more make calls are nested in this process than its instance pool holds ({}): {text}",
+                    settings().max_instances
+                ))
+            } else {
+                SandboxError::Resource(text)
+            }
+        }
     }
 }
 
@@ -511,7 +599,7 @@ mod tests {
             format!("(module {} (func (export \"run\")))", "(memory 0) ".repeat(MAX_MEMORIES + 1));
         assert!(matches!(
             compile(many.as_bytes()),
-            Err(SandboxError::Resource(message)) if message.contains("exceeds the per-instance limit of 32")
+            Err(SandboxError::Resource(message)) if message.contains("exceeds the per-instance limit of 8")
         ));
     }
 

@@ -41,6 +41,18 @@ pub fn read_one<T: FromDatum + IntoDatum>(query: &str, args: &[DatumWithOid]) ->
     })
 }
 
+/// The first column of the first row a writing statement returns (`INSERT ... RETURNING`), or
+/// `None` when it returns no row.
+pub fn write_one<T: FromDatum + IntoDatum>(query: &str, args: &[DatumWithOid]) -> DjResult<Option<T>> {
+    Spi::connect_mut(|client| {
+        let rows = client.update(query, Some(1), args)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        Ok(rows.first().get_one::<T>()?)
+    })
+}
+
 fn exists(query: &str, args: &[&str]) -> DjResult<bool> {
     let args: Vec<_> = args.iter().map(|a| (*a).into()).collect();
     Ok(read_one::<bool>(&format!("SELECT EXISTS ({query})"), &args)?.unwrap_or(false))

@@ -29,12 +29,14 @@ impl DjError {
 
     /// Raises the ERROR. Never returns.
     pub fn raise(self, funcname: &'static str) -> ! {
-        let mut report = ErrorReport::new(self.code, self.message, funcname);
+        // Text from a guest or a caller may hold NUL, which a C string cannot: show it as \0.
+        let clean = |s: String| if s.contains('\0') { s.replace('\0', "\\0") } else { s };
+        let mut report = ErrorReport::new(self.code, clean(self.message), funcname);
         if !self.hint.is_empty() {
-            report = report.set_hint(self.hint);
+            report = report.set_hint(clean(self.hint));
         }
         if let Some(detail) = self.detail {
-            report = report.set_detail(detail);
+            report = report.set_detail(clean(detail));
         }
         report.report(PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
@@ -110,9 +112,21 @@ impl From<SandboxError> for DjError {
                     .into(),
                 None,
             ),
+            SandboxError::Resource(message) if message.contains("nested") => (
+                ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                "A make function's insert fired a trigger that populates again (and so on): end the chain \
+                 sooner, or populate the downstream table on its own."
+                    .into(),
+                None,
+            ),
             SandboxError::Resource(_) => (
                 ERRCODE_PROGRAM_LIMIT_EXCEEDED,
                 "The module needs more instances, memories or tables than the sandbox allows.".into(),
+                None,
+            ),
+            SandboxError::CompileMemory { .. } => (
+                ERRCODE_OUT_OF_MEMORY,
+                "A superuser can raise dj.module_compile_memory; otherwise build a smaller module.".into(),
                 None,
             ),
             SandboxError::Trap { backtrace, .. } => (

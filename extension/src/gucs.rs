@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
-use datajoint_core::sandbox::Limits;
+use datajoint_core::sandbox::{self, EngineSettings, Limits};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 
 pub static MAKE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 pub static MAKE_MEMORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 pub static MAKE_FUEL: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAX_MODULE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+pub static MODULE_COMPILE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -44,17 +46,66 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"dj.max_module_size",
+        c"Largest component dj.register_module accepts.",
+        c"Bigger components are refused with SQLSTATE 54000 before anything compiles them. Only superusers may change it.",
+        &MAX_MODULE_SIZE,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"dj.module_compile_memory",
+        c"Memory the compiler of a module may use.",
+        c"Modules compile in a child process whose address space may grow by this much; a module that needs \
+          more is refused with SQLSTATE 53200. Only superusers may change it.",
+        &MODULE_COMPILE_MEMORY,
+        64 * 1024,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dj".as_ptr()) };
+}
+
+/// The engine of this process, sized on first use: each memory slot of its instance pool is as
+/// large as the greater of the configured `dj.make_memory_limit` (postgresql.conf, ALTER SYSTEM,
+/// ALTER ROLE) and the session's value at that moment. A session that later raises its limit above
+/// that size gets the slot size (see [`make_limits`]).
+pub fn engine_settings() -> EngineSettings {
+    let configured = unsafe {
+        // SAFETY: a registered setting's reset value, a C string owned by the GUC machinery.
+        let reset = pg_sys::GetConfigOptionResetString(c"dj.make_memory_limit".as_ptr());
+        (!reset.is_null())
+            .then(|| std::ffi::CStr::from_ptr(reset).to_str().ok()?.parse::<usize>().ok())
+            .flatten()
+            .unwrap_or(0)
+    };
+    let kb = configured.max(MAKE_MEMORY_LIMIT.get() as usize);
+    sandbox::configure(EngineSettings { max_memory: kb * 1024, ..EngineSettings::default() })
 }
 
 /// The sandbox limits in force for the current call, read from the settings.
 pub fn make_limits() -> Limits {
     let timeout_ms = MAKE_TIMEOUT.get();
     let fuel_millions = MAKE_FUEL.get();
+    let memory = MAKE_MEMORY_LIMIT.get() as usize * 1024;
     Limits {
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
         fuel: (fuel_millions > 0).then(|| fuel_millions as u64 * 1_000_000),
-        memory_bytes: MAKE_MEMORY_LIMIT.get() as usize * 1024,
+        memory_bytes: memory.min(engine_settings().max_memory),
     }
+}
+
+/// Bytes a component may have to be registered.
+pub fn max_module_size() -> usize {
+    MAX_MODULE_SIZE.get() as usize * 1024
+}
+
+/// Bytes the compiler of a module may use.
+pub fn module_compile_memory() -> usize {
+    MODULE_COMPILE_MEMORY.get() as usize * 1024
 }

@@ -15,16 +15,14 @@ use datajoint_core::naming;
 use datajoint_core::populate::{self, QueryError};
 use datajoint_core::restriction::RestrictionError;
 use datajoint_core::sandbox::SandboxError;
-use datajoint_core::sql;
+use datajoint_core::values::{self, OutOfRange};
+use datajoint_core::{artifact, sql};
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode};
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjError, DjResult};
-
-/// Days and microseconds between the Unix epoch (the contract's) and 2000-01-01 (PostgreSQL's).
-const PG_EPOCH_DAYS: i32 = 10_957;
-pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+use crate::{gucs, interrupts, security};
 
 // ---------------------------------------------------------------------------------------------
 // Modules
@@ -46,11 +44,16 @@ fn linker() -> DjResult<Rc<make::MakeLinker<SpiDb>>> {
     })
 }
 
-/// Compiles and checks component bytes against the world; returns the machine code to cache.
+/// Compiles component bytes (in a child process: cancellable, its memory capped by
+/// `dj.module_compile_memory`) and checks them against the world; returns the machine code.
 pub fn validate(bytes: &[u8]) -> DjResult<Vec<u8>> {
-    let component = make::compile(bytes).map_err(module_error)?;
+    gucs::engine_settings();
+    let artifact = make::precompile(bytes, gucs::module_compile_memory(), interrupts::stop_requested)
+        .map_err(module_error)?;
+    // SAFETY: machine code this backend's engine produced a moment ago, in its own child.
+    let component = unsafe { make::deserialize(&artifact) }.map_err(DjError::from)?;
     Prepared::new(&*linker()?, &component).map_err(module_error)?;
-    make::serialize(&component).map_err(DjError::from)
+    Ok(artifact)
 }
 
 /// Registration errors, worded for components (the sandbox's own words are for core modules).
@@ -79,82 +82,136 @@ fn module_error(e: SandboxError) -> DjError {
     err
 }
 
-/// Runs `f` as the extension's owner (a superuser): for the machine-code cache, which no other
-/// role may read or write (wasmtime runs that code as it is). The caller's identity comes back
-/// on every exit, errors included.
-pub fn as_extension_owner<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-        }
-    }
-    let owner = catalog::read_one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'datajoint'",
-        &[],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));
-    let mut user = pg_sys::InvalidOid;
-    let mut context = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(owner, context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    let _restore = Restore(user, context);
-    f()
-}
-
 /// The prepared module with this hash: from this backend's cache, else from the machine-code
-/// cache, else compiled from its bytes (and the machine code stored for every other backend).
-pub fn prepared(module: &str, sha256: &str) -> DjResult<Rc<Prepared<SpiDb>>> {
+/// cache (only when its seal proves this server's extension wrote it), else compiled from its
+/// bytes (and the machine code stored, sealed, for every other backend).
+pub fn prepared(sha256: &str) -> DjResult<Rc<Prepared<SpiDb>>> {
     if let Some(p) = PREPARED.with(|p| p.borrow().get(sha256).cloned()) {
         return Ok(p);
     }
+    gucs::engine_settings();
     let engine = make::engine_fingerprint();
-    let artifact = as_extension_owner(|| {
-        catalog::read_one::<Vec<u8>>(
-            "SELECT artifact FROM dj.module_artifacts WHERE sha256 = $1 AND engine = $2",
-            &[sha256.into(), engine.as_str().into()],
-        )
+    let key = artifact_key()?;
+    let stored = security::as_extension_owner(|| {
+        Ok(Spi::connect(|client| -> Result<_, pgrx::spi::Error> {
+            let rows = client.select(
+                "SELECT a.artifact, a.seal FROM dj.module_artifacts a \
+                 WHERE a.sha256 OPERATOR(pg_catalog.=) $1 AND a.engine OPERATOR(pg_catalog.=) $2",
+                Some(1),
+                &[sha256.into(), engine.as_str().into()],
+            )?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let row = rows.first();
+            Ok(Some((row.get::<Vec<u8>>(1)?.unwrap_or_default(), row.get::<Vec<u8>>(2)?.unwrap_or_default())))
+        })?)
     })?;
-    let component = match artifact {
-        // SAFETY: only the extension writes dj.module_artifacts (as its owner, from code it compiled
-        // itself under this engine fingerprint); no other role may write it.
-        Some(bytes) => unsafe { make::deserialize(&bytes) }.map_err(DjError::from)?,
-        None => {
+    let artifact = match stored {
+        Some((artifact, seal)) if artifact::verify(&key, sha256, &engine, &artifact, &seal) => artifact,
+        // Missing, or not written by this server's extension: compile again, replace the row.
+        _ => {
+            let _pin = security::pin();
             let bytes = catalog::read_one::<Vec<u8>>(
-                "SELECT component FROM dj.modules WHERE name = $1 AND sha256 = $2",
-                &[module.into(), sha256.into()],
+                "SELECT v.component FROM dj.module_versions v WHERE v.sha256 OPERATOR(pg_catalog.=) $1",
+                &[sha256.into()],
             )?
             .ok_or_else(|| {
                 DjError::new(
                     PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-                    format!("module {module} ({sha256}) is not registered"),
-                    "Register it with dj.register_module(name, bytes).",
+                    format!("module version {sha256} is not registered"),
+                    "Register it with dj.register_module(name, bytes), then bind it with dj.set_make.",
                 )
             })?;
-            let component = make::compile(&bytes).map_err(module_error)?;
-            store_artifact(sha256, &make::serialize(&component)?)?;
-            component
+            let artifact = validate(&bytes)?;
+            store_artifact(sha256, &artifact)?;
+            artifact
         }
     };
+    // SAFETY: sealed by this server's extension for this module and engine, or compiled just now.
+    let component = unsafe { make::deserialize(&artifact) }.map_err(DjError::from)?;
     let prepared = Rc::new(Prepared::new(&*linker()?, &component).map_err(module_error)?);
     PREPARED.with(|p| p.borrow_mut().insert(sha256.to_string(), prepared.clone()));
     Ok(prepared)
 }
 
+/// Stores the machine code of module `sha256` for this engine, sealed; replaces a row that is
+/// there (one that failed its seal).
 pub fn store_artifact(sha256: &str, artifact: &[u8]) -> DjResult<()> {
     let engine = make::engine_fingerprint();
-    as_extension_owner(|| {
+    let seal = artifact::seal(&artifact_key()?, sha256, &engine, artifact);
+    security::as_extension_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO dj.module_artifacts (sha256, engine, artifact) VALUES ($1, $2, $3) \
-             ON CONFLICT (sha256, engine) DO NOTHING",
-            &[sha256.into(), engine.as_str().into(), artifact.into()],
+            "INSERT INTO dj.module_artifacts (sha256, engine, artifact, seal) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (sha256, engine) DO UPDATE SET artifact = EXCLUDED.artifact, seal = EXCLUDED.seal, \
+               compiled_at = pg_catalog.now()",
+            &[sha256.into(), engine.as_str().into(), artifact.into(), seal.as_slice().into()],
+        )?;
+        Ok(())
+    })
+}
+
+thread_local! {
+    static ARTIFACT_KEY: RefCell<Option<Rc<[u8]>>> = const { RefCell::new(None) };
+}
+
+/// The server's key for sealing machine code: 32 random bytes in a file of the data directory
+/// (readable only by the server's OS user), made by the first backend that needs it.
+fn artifact_key() -> DjResult<Rc<[u8]>> {
+    if let Some(key) = ARTIFACT_KEY.with(|k| k.borrow().clone()) {
+        return Ok(key);
+    }
+    let failed = |what: &str, e: std::io::Error| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            format!("cannot {what} the key that seals compiled modules: {e}"),
+            "The server's data directory must be writable by the server.",
         )
-    })?;
-    Ok(())
+    };
+    // SAFETY: DataDir is set before any backend runs queries.
+    let dir = unsafe { CStr::from_ptr(pg_sys::DataDir) }.to_string_lossy().into_owned();
+    let path = std::path::Path::new(&dir).join("datajoint_artifact.key");
+    let key = match std::fs::read(&path) {
+        Ok(key) if key.len() == 32 => key,
+        _ => {
+            let mut key = vec![0u8; 32];
+            // SAFETY: fills the 32-byte buffer.
+            if !unsafe { pg_sys::pg_strong_random(key.as_mut_ptr().cast(), key.len()) } {
+                return Err(failed("generate", std::io::Error::other("no strong random numbers")));
+            }
+            // Written aside, then moved into place: a concurrent backend reads a whole key or none.
+            let tmp = path.with_extension(format!("key.{}", std::process::id()));
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| failed("write", e))?;
+                f.write_all(&key).and_then(|_| f.sync_all()).map_err(|e| failed("write", e))?;
+            }
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => key,
+                // Another backend made it first (or a broken one is there: replace it).
+                Err(_) => match std::fs::read(&path) {
+                    Ok(theirs) if theirs.len() == 32 => theirs,
+                    _ => {
+                        std::fs::write(&tmp, &key).map_err(|e| failed("write", e))?;
+                        std::fs::rename(&tmp, &path).map_err(|e| failed("write", e))?;
+                        key
+                    }
+                },
+            }
+        }
+    };
+    let key: Rc<[u8]> = key.into();
+    ARTIFACT_KEY.with(|k| *k.borrow_mut() = Some(key.clone()));
+    Ok(key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,10 +293,10 @@ pub unsafe fn to_value(datum: pg_sys::Datum, is_null: bool, type_oid: pg_sys::Oi
                 Value::Text(String::from_datum(datum, false).unwrap_or_default())
             }
             pg_sys::BYTEAOID => Value::Bytes(Vec::<u8>::from_datum(datum, false).unwrap_or_default()),
-            pg_sys::DATEOID => Value::Date((datum.value() as i32).saturating_add(PG_EPOCH_DAYS)),
+            pg_sys::DATEOID => Value::Date(values::date_from_pg(datum.value() as i32)),
             pg_sys::TIMEOID => Value::Time(datum.value() as i64),
             pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => {
-                Value::Timestamp((datum.value() as i64).saturating_add(PG_EPOCH_MICROS))
+                Value::Timestamp(values::timestamp_from_pg(datum.value() as i64))
             }
             pg_sys::UUIDOID => {
                 let uuid = pgrx::Uuid::from_datum(datum, false);
@@ -268,8 +325,10 @@ unsafe fn output_text(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> String {
     }
 }
 
+/// A value through its type's input function (enums, numerics, JSON, dates as text, ...).
+/// `text` has no NUL (checked by the caller).
 unsafe fn input_text(text: &str, type_oid: pg_sys::Oid) -> pg_sys::Datum {
-    let text = CString::new(text.replace('\0', "")).expect("no NUL left");
+    let text = CString::new(text).expect("checked for NUL");
     unsafe {
         let mut input = pg_sys::InvalidOid;
         let mut ioparam = pg_sys::InvalidOid;
@@ -279,6 +338,8 @@ unsafe fn input_text(text: &str, type_oid: pg_sys::Oid) -> pg_sys::Datum {
 }
 
 /// The value as a datum of the column's type (None for NULL), in the current memory context.
+/// Values PostgreSQL could not read back are refused: dates, times and timestamps out of its
+/// ranges (22008), text with NUL (22021), floats too large for a float4 (22003).
 pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_sys::Datum>> {
     let out_of_range = || {
         DjError::new(
@@ -292,6 +353,28 @@ pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_s
             "Check the value the make function computes, or widen the attribute's type.",
         )
     };
+    let bad_datetime = |kind: OutOfRange| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+            format!(
+                "value {} is out of range for attribute {} ({}) of {table}",
+                make::display_value(v),
+                column.name,
+                column.type_name
+            ),
+            format!("PostgreSQL stores {}.", kind.range()),
+        )
+    };
+    let text_ok = |s: &str| -> DjResult<()> {
+        if s.contains('\0') {
+            return Err(DjError::new(
+                PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+                format!("the value for attribute {} of {table} contains a NUL character", column.name),
+                "PostgreSQL text cannot hold NUL (\\0); store binary data in a bytea attribute.",
+            ));
+        }
+        Ok(())
+    };
     let t = column.type_oid;
     let datum = unsafe {
         match (v, t) {
@@ -302,20 +385,43 @@ pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_s
             (Value::Int(i), pg_sys::INT8OID) => i.into_datum(),
             (Value::Int(i), pg_sys::FLOAT4OID) => (*i as f32).into_datum(),
             (Value::Int(i), pg_sys::FLOAT8OID) => (*i as f64).into_datum(),
-            (Value::Float(f), pg_sys::FLOAT4OID) => (*f as f32).into_datum(),
+            (Value::Float(f), pg_sys::FLOAT4OID) => {
+                let narrow = *f as f32;
+                if narrow.is_infinite() && f.is_finite() {
+                    return Err(out_of_range());
+                }
+                narrow.into_datum()
+            }
             (Value::Float(f), pg_sys::FLOAT8OID) => f.into_datum(),
             (Value::Int(i), pg_sys::NUMERICOID) => Some(input_text(&i.to_string(), t)),
-            (Value::Float(f), pg_sys::NUMERICOID) => Some(input_text(&f.to_string(), t)),
-            (Value::Decimal(s), pg_sys::NUMERICOID) => Some(input_text(s, t)),
+            (Value::Float(f), pg_sys::NUMERICOID) => Some(input_text(&numeric_text(*f), t)),
+            (Value::Decimal(s), pg_sys::NUMERICOID) => {
+                text_ok(s)?;
+                Some(input_text(s, t))
+            }
             (Value::Text(s), pg_sys::TEXTOID | pg_sys::VARCHAROID | pg_sys::BPCHAROID) => {
-                s.as_str().into_datum()
+                text_ok(s)?;
+                if pg_sys::GetDatabaseEncoding() == pg_sys::pg_enc::PG_UTF8 as i32 {
+                    s.as_str().into_datum()
+                } else {
+                    // Through the input function: the server converts (and refuses what its
+                    // encoding cannot hold).
+                    Some(input_text(s, t))
+                }
             }
             (Value::Bytes(b), pg_sys::BYTEAOID) => b.as_slice().into_datum(),
-            (Value::Json(s), pg_sys::JSONOID | pg_sys::JSONBOID) => Some(input_text(s, t)),
-            (Value::Date(d), pg_sys::DATEOID) => Some(pg_sys::Datum::from(d.saturating_sub(PG_EPOCH_DAYS))),
-            (Value::Time(us), pg_sys::TIMEOID) => Some(pg_sys::Datum::from(*us)),
+            (Value::Json(s), pg_sys::JSONOID | pg_sys::JSONBOID) => {
+                text_ok(s)?;
+                Some(input_text(s, t))
+            }
+            (Value::Date(d), pg_sys::DATEOID) => {
+                Some(pg_sys::Datum::from(values::date_to_pg(*d).map_err(bad_datetime)?))
+            }
+            (Value::Time(us), pg_sys::TIMEOID) => {
+                Some(pg_sys::Datum::from(values::time_to_pg(*us).map_err(bad_datetime)?))
+            }
             (Value::Timestamp(us), pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID) => {
-                Some(pg_sys::Datum::from(us.saturating_sub(PG_EPOCH_MICROS)))
+                Some(pg_sys::Datum::from(values::timestamp_to_pg(*us).map_err(bad_datetime)?))
             }
             (Value::Uuid((hi, lo)), pg_sys::UUIDOID) => {
                 let mut bytes = [0u8; 16];
@@ -324,7 +430,10 @@ pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_s
                 pgrx::Uuid::from_bytes(bytes).into_datum()
             }
             // Text goes through the type's input function: enums, dates as '2024-01-31', ...
-            (Value::Text(s), _) => Some(input_text(s, t)),
+            (Value::Text(s), _) => {
+                text_ok(s)?;
+                Some(input_text(s, t))
+            }
             _ => {
                 return Err(DjError::new(
                     PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
@@ -342,6 +451,17 @@ pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_s
     Ok(datum)
 }
 
+/// A float as numeric input: NaN and the infinities in the words numeric_in reads.
+fn numeric_text(f: f64) -> String {
+    if f.is_nan() {
+        "NaN".into()
+    } else if f.is_infinite() {
+        if f > 0.0 { "Infinity" } else { "-Infinity" }.into()
+    } else {
+        f.to_string()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw SPI with kept plans (one plan per distinct statement of a populate call)
 
@@ -353,35 +473,52 @@ impl Drop for Plan {
     }
 }
 
+/// Rows read from a cursor at a time when a guest fetches many.
+const FETCH_BATCH: i64 = 1000;
+
 #[derive(Default)]
 pub struct Plans(RefCell<HashMap<String, Rc<Plan>>>);
 
+fn spi_failed(what: &str, status: i32, sql: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("{what} failed with SPI status {status}"),
+        "This is a bug in datajoint; please report it.",
+    )
+    .detail(sql.to_string())
+}
+
 impl Plans {
-    fn get(&self, sql: &str, types: &[pg_sys::Oid]) -> Rc<Plan> {
+    fn get(&self, sql: &str, types: &[pg_sys::Oid]) -> DjResult<Rc<Plan>> {
         if let Some(p) = self.0.borrow().get(sql) {
-            return p.clone();
+            return Ok(p.clone());
         }
-        let text = CString::new(sql).expect("generated SQL has no NUL");
+        // Guest text that reaches a statement was checked for NUL; this is the last line.
+        let text = CString::new(sql).map_err(|_| nul_error("a generated statement"))?;
         let plan = unsafe {
             let plan = pg_sys::SPI_prepare(text.as_ptr(), types.len() as i32, types.as_ptr() as *mut _);
             if plan.is_null() {
-                panic!("SPI_prepare failed for {sql}");
+                return Err(spi_failed("SPI_prepare", pg_sys::SPI_result, sql));
             }
             pg_sys::SPI_keepplan(plan);
             Rc::new(Plan(plan))
         };
         self.0.borrow_mut().insert(sql.to_string(), plan.clone());
-        plan
+        Ok(plan)
     }
 
     /// Opens a cursor over `sql` (no parameters) in the current transaction; it outlives the
     /// subtransactions run while reading it.
-    pub fn open_cursor(&self, sql: &str) -> pg_sys::Portal {
-        let plan = self.get(sql, &[]);
+    pub fn open_cursor(&self, sql: &str) -> DjResult<pg_sys::Portal> {
+        let plan = self.get(sql, &[])?;
         let _cx = KeepContext::new();
-        unsafe {
+        let portal = unsafe {
             pg_sys::SPI_cursor_open(std::ptr::null(), plan.0, std::ptr::null_mut(), std::ptr::null(), false)
+        };
+        if portal.is_null() {
+            return Err(spi_failed("SPI_cursor_open", unsafe { pg_sys::SPI_result }, sql));
         }
+        Ok(portal)
     }
 
     /// The next `n` rows of a cursor (none at the end).
@@ -389,35 +526,107 @@ impl Plans {
         let _cx = KeepContext::new();
         unsafe {
             pg_sys::SPI_cursor_fetch(portal, true, n);
-            rows_of_tuptable()
+            rows_of_tuptable(&mut Budget::unlimited()).expect("no budget to exceed")
         }
     }
 
-    /// Runs `sql` with `args` (typed as `types`) and returns its rows as the contract's values.
+    /// Runs `sql` with `args` (typed as `types`) for its effect.
+    pub fn execute(&self, sql: &str, types: &[pg_sys::Oid], args: &[Option<pg_sys::Datum>]) -> DjResult<()> {
+        let plan = self.get(sql, types)?;
+        let (mut values, nulls) = parameters(args);
+        let _cx = KeepContext::new();
+        unsafe {
+            let status = pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), false, 0);
+            if status < 0 {
+                return Err(spi_failed("SPI_execute_plan", status, sql));
+            }
+            if !pg_sys::SPI_tuptable.is_null() {
+                pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows of the read-only query `sql`, as the contract's values, at most `budget.left`
+    /// bytes of them: the first batch comes from one execution (most guest fetches are a row or
+    /// a few), a larger result through a cursor a batch at a time, each batch freed as it is
+    /// converted, so a query over a huge table fails with 53200 without materializing it.
     pub fn query(
         &self,
         sql: &str,
         types: &[pg_sys::Oid],
         args: &[Option<pg_sys::Datum>],
-        read_only: bool,
-        limit: i64,
-    ) -> Vec<Row> {
-        let plan = self.get(sql, types);
-        let mut values: Vec<pg_sys::Datum> =
-            args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
-        let nulls: Vec<std::os::raw::c_char> =
-            args.iter().map(|a| if a.is_some() { b' ' as _ } else { b'n' as _ }).collect();
+        budget: &mut Budget,
+    ) -> DjResult<Vec<Row>> {
+        let plan = self.get(sql, types)?;
+        let (mut values, nulls) = parameters(args);
         let _cx = KeepContext::new();
-        let rows;
         unsafe {
             let status =
-                pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), read_only, limit);
+                pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), true, FETCH_BATCH);
             if status < 0 {
-                panic!("SPI_execute_plan failed with {status} for {sql}");
+                return Err(spi_failed("SPI_execute_plan", status, sql));
             }
-            rows = rows_of_tuptable();
+            let complete = (pg_sys::SPI_processed as i64) < FETCH_BATCH;
+            let mut rows = rows_of_tuptable(budget)?;
+            if complete {
+                return Ok(rows);
+            }
+            // More rows than one batch: read on, past the first batch, through a cursor (the same
+            // snapshot: read-only SPI takes no new one).
+            let portal =
+                pg_sys::SPI_cursor_open(std::ptr::null(), plan.0, values.as_mut_ptr(), nulls.as_ptr(), true);
+            if portal.is_null() {
+                return Err(spi_failed("SPI_cursor_open", pg_sys::SPI_result, sql));
+            }
+            pg_sys::SPI_cursor_move(portal, true, FETCH_BATCH);
+            let result = loop {
+                pg_sys::SPI_cursor_fetch(portal, true, FETCH_BATCH);
+                let last = (pg_sys::SPI_processed as i64) < FETCH_BATCH;
+                match rows_of_tuptable(budget) {
+                    Ok(more) => rows.extend(more),
+                    Err(e) => break Err(e),
+                }
+                if last {
+                    break Ok(rows);
+                }
+            };
+            pg_sys::SPI_cursor_close(portal);
+            result
         }
-        rows
+    }
+}
+
+fn parameters(args: &[Option<pg_sys::Datum>]) -> (Vec<pg_sys::Datum>, Vec<std::os::raw::c_char>) {
+    let values = args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
+    let nulls = args.iter().map(|a| if a.is_some() { b' ' as _ } else { b'n' as _ }).collect();
+    (values, nulls)
+}
+
+/// Host memory a guest's fetch may still take: what its memory limit has left, since the rows
+/// are copied into the guest next.
+pub struct Budget {
+    pub left: usize,
+    pub used: usize,
+}
+
+impl Budget {
+    pub fn new(left: usize) -> Budget {
+        Budget { left, used: 0 }
+    }
+
+    fn unlimited() -> Budget {
+        Budget::new(usize::MAX)
+    }
+
+    /// Charges `bytes`; false when they do not fit.
+    fn charge(&mut self, bytes: usize) -> bool {
+        if bytes > self.left {
+            return false;
+        }
+        self.left -= bytes;
+        self.used += bytes;
+        true
     }
 }
 
@@ -438,39 +647,74 @@ impl Drop for KeepContext {
     }
 }
 
-/// The rows of `SPI_tuptable` as the contract's values; frees the table.
-unsafe fn rows_of_tuptable() -> Vec<Row> {
+/// A fetch that does not fit the guest's memory limit.
+fn over_budget(budget: &Budget) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+        format!(
+            "the make function fetched more than its memory limit allows ({} bytes of rows so far)",
+            budget.used
+        ),
+        "Fetch fewer rows or attributes (restrict the query, or aggregate in the database with a relation \
+         expression), or have a superuser raise dj.make_memory_limit.",
+    )
+}
+
+/// The rows of `SPI_tuptable` as the contract's values, charged to `budget` (each value's size is
+/// checked before it is copied, so one huge value cannot slip past); frees the table.
+unsafe fn rows_of_tuptable(budget: &mut Budget) -> DjResult<Vec<Row>> {
     let mut rows = Vec::new();
     unsafe {
         let table = pg_sys::SPI_tuptable;
         if table.is_null() {
-            return rows;
+            return Ok(rows);
         }
         let desc = (*table).tupdesc;
         let natts = (*desc).natts as usize;
         let n = pg_sys::SPI_processed as usize;
-        rows.reserve(n);
-        let columns: Vec<(String, pg_sys::Oid)> = (*desc)
+        let columns: Vec<(String, pg_sys::Oid, bool)> = (*desc)
             .attrs
             .as_slice(natts)
             .iter()
             .map(|attr| {
-                (CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned(), attr.atttypid)
+                (
+                    CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned(),
+                    attr.atttypid,
+                    attr.attlen == -1,
+                )
             })
             .collect();
-        for i in 0..n {
+        let mut result = Ok(());
+        'rows: for i in 0..n {
             let tuple = *(*table).vals.add(i);
             let mut row = Vec::with_capacity(natts);
-            for (a, (name, type_oid)) in columns.iter().enumerate() {
+            for (a, (name, type_oid, varlena)) in columns.iter().enumerate() {
                 let mut is_null = false;
                 let datum = pg_sys::SPI_getbinval(tuple, desc, (a + 1) as i32, &mut is_null);
+                let payload = if *varlena && !is_null { pg_sys::toast_raw_datum_size(datum) } else { 16 };
+                if !budget.charge(std::mem::size_of::<Field>() + name.len() + payload) {
+                    result = Err(over_budget(budget));
+                    break 'rows;
+                }
                 row.push(Field { name: name.clone(), value: to_value(datum, is_null, *type_oid) });
+            }
+            if rows.is_empty() {
+                rows.reserve(n);
             }
             rows.push(row);
         }
         pg_sys::SPI_freetuptable(table);
+        result.map(|()| rows)
     }
-    rows
+}
+
+/// A guest's text that would reach SQL with a NUL in it.
+fn nul_error(what: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+        format!("{what} contains a NUL character"),
+        "Remove the \\0 from the make function's query: SQL text cannot hold it.",
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,6 +803,11 @@ impl Context {
     /// The statement of a guest's query: checked (readable table, known attributes, a condition
     /// re-emitted from its syntax tree) once per populate call, not once per key.
     fn fetch_statement(&self, q: Query, one: bool, key: &Row) -> DjResult<Rc<FetchStatement>> {
+        let texts =
+            std::iter::once(&q.relation).chain(&q.restrictions).chain(&q.attributes).chain(&q.order_by);
+        if texts.into_iter().any(|t| t.contains('\0')) {
+            return Err(nul_error("the make function's query"));
+        }
         let cache_key: FetchKey = (q.relation, q.restrictions, q.attributes, q.order_by, q.limit, one);
         if let Some(f) = self.fetches.borrow().get(&cache_key) {
             return Ok(f.clone());
@@ -730,6 +979,8 @@ impl Database for SpiDb {
     type Error = DjError;
 
     fn log(&mut self, level: Level, message: String) {
+        // A message is text for the log and the client: a NUL would end it early.
+        let message = message.replace('\0', "\\0");
         match level {
             Level::Debug => pgrx::debug1!("{message}"),
             Level::Info => pgrx::info!("{message}"),
@@ -738,13 +989,13 @@ impl Database for SpiDb {
         }
     }
 
-    fn fetch(&mut self, q: Query, one: bool) -> Result<Vec<Row>, DjError> {
+    fn fetch(&mut self, q: Query, one: bool, budget: usize) -> Result<Vec<Row>, DjError> {
         let fetch = self.ctx.fetch_statement(q, one, &self.key)?;
         let mut args = Vec::with_capacity(fetch.key_columns.len());
         for c in &fetch.key_columns {
             args.push(to_datum(self.key_value(&c.name).expect("shared with the key"), c, &fetch.label)?);
         }
-        let rows = self.ctx.plans.query(&fetch.sql, &fetch.types, &args, true, 0);
+        let rows = self.ctx.plans.query(&fetch.sql, &fetch.types, &args, &mut Budget::new(budget))?;
         if one && rows.len() != 1 {
             // PL/pgSQL's SELECT INTO STRICT codes: P0002 no row, P0003 several.
             let code = if rows.is_empty() {
@@ -843,7 +1094,7 @@ impl Database for SpiDb {
             let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
             let types: Vec<pg_sys::Oid> = columns.iter().map(|c| c.type_oid).collect();
             let sql = populate::insert_sql(&info.table(), &names);
-            self.ctx.plans.query(&sql, &types, &args, false, 0);
+            self.ctx.plans.execute(&sql, &types, &args)?;
             count += 1;
         }
         Ok(count)

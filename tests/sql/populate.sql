@@ -30,7 +30,8 @@ SELECT length(dj.register_module('spike_rate', decode(:'spike_rate', 'base64')))
 SELECT length(dj.register_module('unit_rates', decode(:'unit_rates', 'base64'))) AS sha256_hex_digits;
 SELECT length(dj.register_module('channel_stats', decode(:'channel_stats', 'base64'))) AS sha256_hex_digits;
 SELECT length(dj.register_module('misbehave', decode(:'misbehave', 'base64'))) AS sha256_hex_digits;
-SELECT name, sha256 = encode(sha256(component), 'hex') AS hash_ok, registered_by FROM dj.modules ORDER BY name;
+SELECT m.name, v.sha256 = encode(sha256(v.component), 'hex') AS hash_ok, m.registered_by
+  FROM dj.modules m JOIN dj.module_versions v USING (sha256) ORDER BY m.name;
 -- Compiled once: the machine code is cached for every backend (readable only by the extension).
 SELECT count(*) AS artifacts FROM dj.module_artifacts;
 
@@ -205,19 +206,39 @@ SELECT * FROM dj.populate('pop.Outcome', 'case_id = 101');
 SELECT dj.enforce_tiers('pop', false);
 
 -- Stale rows: a new version of the module under the same name (here: the same code with an extra
--- custom section, so a different hash) makes the old rows stale; recompute_stale redoes them.
+-- custom section, so a different hash) changes nothing until the table's owner binds it; then the
+-- old rows are stale, and recompute_stale redoes them.
 SELECT count(*) AS stale_before FROM dj.stale('pop.SpikeRate');
 SELECT length(dj.register_module('spike_rate', decode(:'spike_rate', 'base64') || '\x00050474657374'::bytea)) AS sha256_hex_digits;
+SELECT count(*) AS stale_while_bound_to_the_old_version FROM dj.stale('pop.SpikeRate');
+SELECT count(*) AS versions_kept FROM dj.module_versions;
+SELECT dj.set_make('pop.SpikeRate', 'spike_rate');
 SELECT * FROM dj.stale('pop.SpikeRate');
 SELECT * FROM dj.populate('pop.SpikeRate', recompute_stale => true);
 SELECT count(*) AS stale_after FROM dj.stale('pop.SpikeRate');
+-- The old version is used by no name and no table any more: gone, with its machine code.
+SELECT count(*) AS versions_left FROM dj.module_versions;
+SELECT count(*) = count(DISTINCT sha256) AS one_artifact_per_version FROM dj.module_artifacts;
 
--- Any role may register modules; replacing another role's module is refused.
+-- Registering is not for every role: a superuser grants it. Replacing another role's module is
+-- refused; nobody writes the module catalog directly.
+SET ROLE pop_analyst;
+SELECT length(dj.register_module('analyst_copy', decode(:'spike_rate', 'base64'))) AS sha256_hex_digits;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION dj.register_module(text, bytea), dj.unregister_module(text) TO pop_analyst;
 SET ROLE pop_analyst;
 SELECT length(dj.register_module('analyst_copy', decode(:'spike_rate', 'base64'))) AS sha256_hex_digits;
 SELECT name, registered_by FROM dj.modules WHERE name = 'analyst_copy';
 SELECT dj.register_module('spike_rate', decode(:'spike_rate', 'base64'));
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT dj.unregister_module('spike_rate');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+UPDATE dj.modules SET name = 'mine' WHERE name = 'spike_rate';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+DELETE FROM dj.makes;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT dj.unregister_module('analyst_copy');
 SELECT dj.set_make('pop.Outcome', 'spike_rate');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 RESET ROLE;
@@ -227,4 +248,7 @@ DROP SCHEMA pop CASCADE;
 -- Dropped tables take their makes with them.
 SELECT count(*) AS makes_after_drop FROM dj.makes;
 DELETE FROM dj.modules;
+SELECT dj._collect_module_versions();
+SELECT count(*) AS versions_after_cleanup FROM dj.module_versions;
+REVOKE EXECUTE ON FUNCTION dj.register_module(text, bytea), dj.unregister_module(text) FROM pop_analyst;
 DROP ROLE pop_analyst;

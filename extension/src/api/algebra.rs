@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::security;
 
 /// A relation expression. Its text form is the expression itself.
 #[derive(Clone, Debug, PostgresType, Serialize, Deserialize)]
@@ -196,10 +197,12 @@ fn parsed(rel: &Relation) -> DjResult<Expr> {
 }
 
 fn build(funcname: &'static str, f: impl FnOnce() -> DjResult<Expr>) -> Relation {
+    let _pin = security::pin();
     f().and_then(checked).or_raise(funcname).0
 }
 
 fn compiled(funcname: &'static str, rel: &Relation) -> Compiled {
+    let _pin = security::pin();
     parsed(rel).and_then(checked).or_raise(funcname).1
 }
 
@@ -335,6 +338,7 @@ fn not_jsonb(condition: JsonB) -> JsonB {
 
 #[pg_extern(immutable, parallel_safe, name = "not")]
 fn not_rel(rel: Relation) -> JsonB {
+    let _pin = security::pin();
     JsonB(Cond::Not(Box::new(Cond::Rel(Box::new(parsed(&rel).or_raise("dj.not"))))).to_json())
 }
 
@@ -430,6 +434,7 @@ fn u_empty() -> Relation {
 /// `dj.sql(rel)`: the SQL the expression runs as.
 #[pg_extern(stable, parallel_safe)]
 fn sql(rel: Relation) -> String {
+    let _pin = security::pin();
     compiled("dj.sql", &rel).sql
 }
 
@@ -481,6 +486,7 @@ fn fetch(
     limit: default!(Option<i64>, "NULL"),
     offset: default!(i64, 0),
 ) -> SetOfIterator<'static, JsonB> {
+    let _pin = security::pin();
     let query = fetch_query("dj.fetch", &rel, order_by, limit, offset);
     SetOfIterator::new(json_rows(&query).or_raise("dj.fetch"))
 }
@@ -488,6 +494,7 @@ fn fetch(
 /// `dj.fetch1(rel)`: the one row of a relation that must have exactly one.
 #[pg_extern(stable, parallel_safe)]
 fn fetch1(rel: Relation) -> JsonB {
+    let _pin = security::pin();
     let query = fetch_query("dj.fetch1", &rel, None, Some(2), 0);
     let mut found = json_rows(&query).or_raise("dj.fetch1");
     match found.len() {
@@ -510,6 +517,7 @@ fn fetch1(rel: Relation) -> JsonB {
 /// `dj.count(rel)`: the number of rows.
 #[pg_extern(stable, parallel_safe)]
 fn count(rel: Relation) -> i64 {
+    let _pin = security::pin();
     let c = compiled("dj.count", &rel);
     catalog::read_one::<i64>(&format!("SELECT count(*) FROM ({}) AS q", c.sql), &[])
         .or_raise("dj.count")
@@ -551,6 +559,7 @@ fn rel_heading(
     'static,
     (name!(attribute, String), name!(sql_type, String), name!(in_key, bool), name!(lineage, Option<String>)),
 > {
+    let _pin = security::pin();
     let c = compiled("dj.heading", &rel);
     let types = column_types(&c.sql).or_raise("dj.heading");
     TableIterator::new(
@@ -563,6 +572,7 @@ fn rel_heading(
 /// comment naming its primary key. Returns the view's qualified name.
 #[pg_extern(volatile, parallel_unsafe)]
 fn create_view(name: &str, rel: Relation, replace: default!(bool, false)) -> String {
+    let _pin = security::pin();
     let c = compiled("dj.create_view", &rel);
     let parts = catalog::split_name(name).filter(|p| p.len() == 2).unwrap_or_else(|| {
         DjError::new(

@@ -4,14 +4,15 @@
 use datajoint_core::declare::{self, Options, Target};
 use datajoint_core::definition::{self, Item};
 use datajoint_core::naming::{self, Tier};
-use datajoint_core::sql;
 use datajoint_core::types::AttributeType;
+use datajoint_core::{populate, sql};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjError, DjResult, OrRaise};
 use crate::regclass::RegClass;
+use crate::security;
 
 const FN: &str = "dj.declare";
 
@@ -24,6 +25,7 @@ fn declare(
     definition: &str,
     contents: default!(Option<JsonB>, "NULL"),
 ) -> RegClass {
+    let _pin = security::pin();
     let name = declare_table(class_name, tier, definition, contents).or_raise(FN);
     let oid = catalog::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.qualified().into()])
         .or_raise(FN)
@@ -92,6 +94,10 @@ fn declare_table(
 
     // In a tier-enforcing schema the dj_guard_new_tables event trigger has guarded it already.
     let name = TableName { schema: target.schema.clone(), table: target.table.clone() };
+    // Its jobs table comes with it: populates never race to create it.
+    if matches!(tier, Tier::Computed | Tier::Imported) {
+        ensure_jobs_table(&name)?;
+    }
     if let Some(rows) = contents {
         if tier != Tier::Lookup {
             return Err(DjError::new(
@@ -183,8 +189,37 @@ fn resolve_parent(path: &[String], schema: &str, master: Option<&TableName>) -> 
     }
 }
 
+/// Creates the jobs table of a Computed or Imported table (`~~name`, laid out as
+/// datajoint-python 2.3.5 lays it out) unless it exists. Creators of one table's jobs table take
+/// the same transaction-level lock first, so concurrent populates (or a populate nested in a
+/// trigger) never both create it.
+pub(crate) fn ensure_jobs_table(target: &TableName) -> DjResult<()> {
+    let table = datajoint_core::dependencies::Table::new(target.schema.clone(), target.table.clone());
+    let jobs = populate::jobs_table(&table);
+    if catalog::table_exists(&jobs.schema, &jobs.name)? {
+        return Ok(());
+    }
+    let oid = catalog::read_one::<pg_sys::Oid>(
+        "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+        &[target.qualified().into()],
+    )?
+    .unwrap_or(pg_sys::InvalidOid);
+    let (class, object) = populate::jobs_table_lock(oid.to_u32());
+    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", &[class.into(), object.into()])?;
+    if catalog::table_exists(&jobs.schema, &jobs.name)? {
+        return Ok(());
+    }
+    let key: Vec<(String, String)> =
+        catalog::columns(target)?.into_iter().filter(|c| c.in_key).map(|c| (c.name, c.sql_type)).collect();
+    if key.is_empty() {
+        return Ok(());
+    }
+    let definition = populate::jobs_definition(&table, &key);
+    declare_hidden(&TableName { schema: jobs.schema, table: jobs.name }, &definition)
+}
+
 /// Declares a hidden table (a `~~name` jobs table) from a definition without foreign keys.
-pub(crate) fn declare_hidden(name: &TableName, definition: &str) -> DjResult<()> {
+fn declare_hidden(name: &TableName, definition: &str) -> DjResult<()> {
     let parsed = definition::parse(definition)?;
     let target = Target { schema: name.schema.clone(), table: name.table.clone(), tier: Tier::Manual };
     let ddl = declare::compile(&parsed, &target, &[], Options::default())?;

@@ -10,6 +10,7 @@ use pgrx::{JsonB, PgSqlErrorCode};
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::security;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PartIntegrity {
@@ -168,6 +169,7 @@ fn delete(
     'static,
     (name!(schema_name, String), name!(class_name, String), name!(table_name, String), name!(rows, i64)),
 > {
+    let _pin = security::pin();
     const FN: &str = "dj.delete";
     let (deps, steps, integrity) = plan(table, restriction, key, part_integrity).or_raise(FN);
     let removed = execute(&steps).or_raise(FN);
@@ -185,10 +187,10 @@ fn execute(steps: &[Step]) -> DjResult<Vec<i64>> {
         .iter()
         .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
         .collect();
-    let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables)?;
     // Nothing a user put on the search path (a function or operator of the same name) may run
     // while the deletes hold that permission.
-    let _path = PinnedSearchPath::new()?;
+    let _pin = security::pin();
+    let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables)?;
     let mut removed = vec![0i64; steps.len()];
     for i in (0..steps.len()).rev() {
         removed[i] = Spi::get_one::<i64>(&cascade::delete_sql(steps, i))?.unwrap_or(0);
@@ -204,30 +206,6 @@ pub(crate) fn delete_where(name: &TableName, condition: &str) -> DjResult<()> {
     execute(&steps).map(|_| ())
 }
 
-/// `search_path` set to `pg_catalog` for the transaction while alive, restored after.
-pub(crate) struct PinnedSearchPath(String);
-
-impl PinnedSearchPath {
-    pub(crate) fn new() -> DjResult<PinnedSearchPath> {
-        let old =
-            catalog::read_one::<String>("SELECT current_setting('search_path')", &[])?.unwrap_or_default();
-        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog', true)")?;
-        Ok(PinnedSearchPath(old))
-    }
-}
-
-impl Drop for PinnedSearchPath {
-    fn drop(&mut self) {
-        // On an error the transaction's abort undoes the setting anyway; only restore on success.
-        if !std::thread::panicking() {
-            let _ = Spi::run_with_args(
-                "SELECT pg_catalog.set_config('search_path', $1, true)",
-                &[self.0.as_str().into()],
-            );
-        }
-    }
-}
-
 /// `dj.delete_preview(...)`: what `dj.delete` with the same arguments would remove, per table.
 #[pg_extern(stable, parallel_safe)]
 fn delete_preview(
@@ -239,6 +217,7 @@ fn delete_preview(
     'static,
     (name!(schema_name, String), name!(class_name, String), name!(table_name, String), name!(rows, i64)),
 > {
+    let _pin = security::pin();
     const FN: &str = "dj.delete_preview";
     let (deps, steps, integrity) = plan(table, restriction, key, part_integrity).or_raise(FN);
     let n = counts(&steps).or_raise(FN);
@@ -257,6 +236,7 @@ fn drop(
     part_integrity: default!(&str, "'enforce'"),
 ) -> TableIterator<'static, (name!(schema_name, String), name!(class_name, String), name!(table_name, String))>
 {
+    let _pin = security::pin();
     drop_tables(table, part_integrity).or_raise("dj.drop")
 }
 
@@ -301,18 +281,12 @@ fn drop_tables(
         }
     }
     for t in tables.iter().rev() {
-        let enums = catalog::enum_types_of(&TableName { schema: t.schema.clone(), table: t.name.clone() })?;
-        Spi::run(&format!("DROP TABLE {}", sql::qualified(&t.schema, &t.name)))?;
-        if catalog::table_exists(&t.schema, "~lineage")? {
-            Spi::run_with_args(
-                &format!("DELETE FROM {} WHERE table_name = $1", sql::qualified(&t.schema, "~lineage")),
-                &[t.name.as_str().into()],
-            )?;
-        }
-        for (schema, type_name) in enums {
-            if !catalog::type_in_use(&schema, &type_name)? {
-                Spi::run(&format!("DROP TYPE {}", sql::qualified(&schema, &type_name)))?;
-            }
+        // A Computed or Imported table's jobs table (`~~name`) goes with it.
+        let jobs = datajoint_core::populate::jobs_table(t);
+        let with_jobs = matches!(t.tier(), Some(naming::Tier::Computed | naming::Tier::Imported))
+            && catalog::table_exists(&jobs.schema, &jobs.name)?;
+        for t in std::iter::once(t).chain(with_jobs.then_some(&jobs)) {
+            drop_one(t)?;
         }
     }
     Ok(TableIterator::new(
@@ -323,6 +297,24 @@ fn drop_tables(
     ))
 }
 
+/// Drops one table with its `~lineage` rows and the DataJoint enum types no other column uses.
+fn drop_one(t: &Table) -> DjResult<()> {
+    let enums = catalog::enum_types_of(&TableName { schema: t.schema.clone(), table: t.name.clone() })?;
+    Spi::run(&format!("DROP TABLE {}", sql::qualified(&t.schema, &t.name)))?;
+    if catalog::table_exists(&t.schema, "~lineage")? {
+        Spi::run_with_args(
+            &format!("DELETE FROM {} WHERE table_name = $1", sql::qualified(&t.schema, "~lineage")),
+            &[t.name.as_str().into()],
+        )?;
+    }
+    for (schema, type_name) in enums {
+        if !catalog::type_in_use(&schema, &type_name)? {
+            Spi::run(&format!("DROP TYPE {}", sql::qualified(&schema, &type_name)))?;
+        }
+    }
+    Ok(())
+}
+
 extension_sql!(
     r#"
 COMMENT ON FUNCTION dj.delete(text, text, jsonb, text) IS
@@ -330,7 +322,7 @@ COMMENT ON FUNCTION dj.delete(text, text, jsonb, text) IS
 COMMENT ON FUNCTION dj.delete_preview(text, text, jsonb, text) IS
   'The rows per table that dj.delete with the same arguments would remove.';
 COMMENT ON FUNCTION dj.drop(text, text) IS
-  'Drop a table and every table downstream of it, parts with their master, with their ~lineage rows and unused enum types. Returns the dropped tables.';
+  'Drop a table and every table downstream of it, parts with their master, with their ~lineage rows, jobs tables and unused enum types. Returns the dropped tables.';
 "#,
     name = "delete_comments",
     requires = [delete, delete_preview, drop]

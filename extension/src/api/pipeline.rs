@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjResult, OrRaise};
+use crate::security;
 
 /// How a definition in `schema` names `table`: `Session`, `Pair.Channel`, `zoo.Animal`, or the
 /// quoted SQL name for tables outside DataJoint's naming.
@@ -74,6 +75,7 @@ fn parents(
         name!(renamed, bool),
     ),
 > {
+    let _pin = security::pin();
     let t = table_of(table).or_raise("dj.parents");
     let deps = catalog::dependencies().or_raise("dj.parents");
     TableIterator::new(reference_rows(deps.parents(&t)))
@@ -96,6 +98,7 @@ fn children(
         name!(renamed, bool),
     ),
 > {
+    let _pin = security::pin();
     let t = table_of(table).or_raise("dj.children");
     let deps = catalog::dependencies().or_raise("dj.children");
     TableIterator::new(reference_rows(deps.children(&t)))
@@ -109,6 +112,7 @@ fn ancestors(
     'static,
     (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
 > {
+    let _pin = security::pin();
     let t = table_of(table).or_raise("dj.ancestors");
     let deps = catalog::dependencies().or_raise("dj.ancestors");
     TableIterator::new(deps.ancestors(&t).into_iter().map(row).collect::<Vec<_>>())
@@ -122,6 +126,7 @@ fn descendants(
     'static,
     (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
 > {
+    let _pin = security::pin();
     let t = table_of(table).or_raise("dj.descendants");
     let deps = catalog::dependencies().or_raise("dj.descendants");
     TableIterator::new(deps.descendants(&t).into_iter().map(row).collect::<Vec<_>>())
@@ -136,6 +141,7 @@ fn tables(
     'static,
     (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
 > {
+    let _pin = security::pin();
     let rows = catalog::tables(schema).or_raise("dj.tables");
     TableIterator::new(rows.into_iter().map(|t| row(&Table::new(t.schema, t.table))).collect::<Vec<_>>())
 }
@@ -149,6 +155,7 @@ fn topological_order(
     'static,
     (name!(schema_name, String), name!(class_name, String), name!(tier, String), name!(table_name, String)),
 > {
+    let _pin = security::pin();
     let deps = catalog::dependencies().or_raise("dj.topological_order");
     let rows: Vec<TableRow> = deps
         .topological_order()
@@ -163,6 +170,7 @@ fn topological_order(
 /// gives the same table.
 #[pg_extern(stable, parallel_safe)]
 fn describe(table: &str) -> String {
+    let _pin = security::pin();
     describe_table(table).or_raise("dj.describe")
 }
 
@@ -218,6 +226,7 @@ fn heading(
         name!(hidden, bool),
     ),
 > {
+    let _pin = security::pin();
     let name: TableName = catalog::resolve(table).or_raise("dj.heading");
     let columns = catalog::columns(&name).or_raise("dj.heading");
     TableIterator::new(
@@ -253,6 +262,7 @@ COMMENT ON FUNCTION dj.heading(text) IS 'The attributes of a table: declared typ
 /// Graphviz DOT or a laid-out SVG.
 #[pg_extern(stable, parallel_safe)]
 fn diagram(items: Vec<String>, format: default!(&str, "'mermaid'")) -> String {
+    let _pin = security::pin();
     draw(&items, format).or_raise("dj.diagram")
 }
 

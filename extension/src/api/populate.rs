@@ -12,24 +12,24 @@ use datajoint_core::sandbox::SandboxError;
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, JsonB, PgMemoryContexts, PgSqlErrorCode};
 
-use crate::api::delete::PinnedSearchPath;
 use crate::api::tiers::PipelineWrite;
 use crate::catalog::{self, TableName};
 use crate::error::{DjError, DjResult, OrRaise};
-use crate::gucs;
-use crate::interrupts;
 use crate::make::{self as host, Context, SpiDb, TableInfo};
+use crate::{gucs, interrupts, security};
 
 /// How often populate reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// `dj.register_module(name, component)`: checks that `component` is a make function of the
-/// world `datajoint:make/make`, compiles it once (the machine code is cached for every backend)
-/// and stores it under `name`. Returns its sha256. Registering a name again replaces the module;
-/// rows computed by the old one become stale (`dj.stale`).
+/// world `datajoint:make/make`, compiles it (in a child process: cancellable, its memory capped)
+/// and stores it under `name`. Returns its sha256. Registering a name again points the name at the
+/// new code; tables keep running the version their owner bound (`dj.set_make` binds the new one).
+/// Not executable by PUBLIC: a superuser grants EXECUTE to the roles that may add code.
 #[pg_extern(volatile, parallel_unsafe)]
 fn register_module(name: &str, component: &[u8]) -> String {
     const FN: &str = "dj.register_module";
+    let _pin = security::pin();
     let valid_name = name.len() <= 63
         && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
@@ -41,12 +41,17 @@ fn register_module(name: &str, component: &[u8]) -> String {
         )
         .raise(FN);
     }
-    let replaceable = catalog::read_one::<bool>(
-        "SELECT pg_catalog.pg_has_role(registered_by, 'USAGE') FROM dj.modules WHERE name = $1",
-        &[name.into()],
-    )
-    .or_raise(FN);
-    if replaceable == Some(false) {
+    let limit = gucs::max_module_size();
+    if component.len() > limit {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("the component is {} bytes; dj.max_module_size allows {limit}", component.len()),
+            "Build a smaller component (release build, stripped), or have a superuser raise dj.max_module_size.",
+        )
+        .raise(FN);
+    }
+    let role = security::current_role();
+    if !may_replace(name, &role).or_raise(FN) {
         DjError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("module {name} was registered by another role"),
@@ -55,41 +60,93 @@ fn register_module(name: &str, component: &[u8]) -> String {
         .raise(FN);
     }
     let artifact = host::validate(component).or_raise(FN);
-    let sha256 = Spi::get_one_with_args::<String>(
-        "INSERT INTO dj.modules AS m (name, sha256, component) \
-         VALUES ($1, pg_catalog.encode(pg_catalog.sha256($2), 'hex'), $2) \
-         ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, component = EXCLUDED.component, \
-           registered_at = pg_catalog.now(), registered_by = CURRENT_USER \
-         RETURNING sha256",
-        &[name.into(), component.into()],
-    )
-    .map_err(DjError::from)
-    .or_raise(FN)
-    .expect("RETURNING gives a row");
+    let sha256 = security::as_extension_owner(|| {
+        let sha256 = catalog::write_one::<String>(
+            "INSERT INTO dj.module_versions AS v (sha256, component, registered_by) \
+             VALUES (pg_catalog.encode(pg_catalog.sha256($1), 'hex'), $1, $2::pg_catalog.name) \
+             ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256 RETURNING v.sha256",
+            &[component.into(), role.as_str().into()],
+        )?
+        .expect("RETURNING gives a row");
+        // The name moves to the new code only if the caller may still replace it (checked again
+        // in the statement: another role may have registered the name meanwhile).
+        let named = catalog::write_one::<bool>(
+            "INSERT INTO dj.modules AS m (name, sha256, registered_by) VALUES ($1, $2, $3::pg_catalog.name) \
+             ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, registered_at = pg_catalog.now(), \
+               registered_by = EXCLUDED.registered_by \
+             WHERE pg_catalog.pg_has_role($3::pg_catalog.name, m.registered_by, 'USAGE') RETURNING true",
+            &[name.into(), sha256.as_str().into(), role.as_str().into()],
+        )?;
+        if named.is_none() {
+            return Err(DjError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("module {name} was registered by another role"),
+                "Only (a member of) the role that registered a module may replace it; choose another name.",
+            ));
+        }
+        collect_module_versions()?;
+        Ok(sha256)
+    })
+    .or_raise(FN);
     host::store_artifact(&sha256, &artifact).or_raise(FN);
     sha256
 }
 
-/// `dj.set_make(table, module)`: `dj.populate(table)` runs `module`'s make from now on.
+/// Whether `role` may point module `name` at new code (nobody registered it yet, or a role `role`
+/// is a member of did).
+fn may_replace(name: &str, role: &str) -> DjResult<bool> {
+    Ok(catalog::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role($2::pg_catalog.name, m.registered_by, 'USAGE') FROM dj.modules m \
+         WHERE m.name OPERATOR(pg_catalog.=) $1",
+        &[name.into(), role.into()],
+    )?
+    .unwrap_or(true))
+}
+
+/// Removes the module versions no name and no table uses any more, with their machine code.
+/// Runs as the extension's owner.
+fn collect_module_versions() -> DjResult<()> {
+    Spi::run("SELECT dj._collect_module_versions()")?;
+    Ok(())
+}
+
+/// `dj.unregister_module(name)`: removes the name. Tables bound to one of its versions keep it.
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_make(table: &str, module: &str) {
-    const FN: &str = "dj.set_make";
-    let name = catalog::resolve(table).or_raise(FN);
-    auto_populated(&name).or_raise(FN);
-    let exists =
-        catalog::read_one::<bool>("SELECT EXISTS (SELECT FROM dj.modules WHERE name = $1)", &[module.into()])
-            .or_raise(FN)
-            .unwrap_or(false);
-    if !exists {
+fn unregister_module(name: &str) -> bool {
+    const FN: &str = "dj.unregister_module";
+    let _pin = security::pin();
+    let role = security::current_role();
+    if !may_replace(name, &role).or_raise(FN) {
         DjError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("module {module} is not registered"),
-            "Register it first: SELECT dj.register_module(name, bytes); SELECT name FROM dj.modules lists them.",
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("module {name} was registered by another role"),
+            "Only (a member of) the role that registered a module may remove it.",
         )
         .raise(FN);
     }
+    security::as_extension_owner(|| {
+        let removed = catalog::write_one::<bool>(
+            "DELETE FROM dj.modules m WHERE m.name OPERATOR(pg_catalog.=) $1 \
+               AND pg_catalog.pg_has_role($2::pg_catalog.name, m.registered_by, 'USAGE') RETURNING true",
+            &[name.into(), role.as_str().into()],
+        )?;
+        collect_module_versions()?;
+        Ok(removed.unwrap_or(false))
+    })
+    .or_raise(FN)
+}
+
+/// `dj.set_make(table, module)`: `dj.populate(table)` runs the code registered under `module`
+/// now, and keeps running exactly that code (by its sha256) until the table's owner binds again.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_make(table: &str, module: &str) {
+    const FN: &str = "dj.set_make";
+    let _pin = security::pin();
+    let name = catalog::resolve(table).or_raise(FN);
+    auto_populated(&name).or_raise(FN);
     let owner = catalog::read_one::<bool>(
-        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c WHERE c.oid = $1::regclass",
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c \
+         WHERE c.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
         &[name.qualified().into()],
     )
     .or_raise(FN)
@@ -102,13 +159,29 @@ fn set_make(table: &str, module: &str) {
         )
         .raise(FN);
     }
-    Spi::run_with_args(
-        "INSERT INTO dj.makes (schema_name, table_name, module) VALUES ($1, $2, $3) \
-         ON CONFLICT (schema_name, table_name) DO UPDATE SET module = EXCLUDED.module, set_at = pg_catalog.now(), set_by = CURRENT_USER",
-        &[name.schema.as_str().into(), name.table.as_str().into(), module.into()],
-    )
-    .map_err(DjError::from)
+    let role = security::current_role();
+    let bound = security::as_extension_owner(|| {
+        let bound = catalog::write_one::<bool>(
+            "INSERT INTO dj.makes (schema_name, table_name, module, sha256, set_by) \
+             SELECT $1, $2, m.name, m.sha256, $4::pg_catalog.name FROM dj.modules m \
+             WHERE m.name OPERATOR(pg_catalog.=) $3 \
+             ON CONFLICT (schema_name, table_name) DO UPDATE SET module = EXCLUDED.module, \
+               sha256 = EXCLUDED.sha256, set_at = pg_catalog.now(), set_by = EXCLUDED.set_by \
+             RETURNING true",
+            &[name.schema.as_str().into(), name.table.as_str().into(), module.into(), role.as_str().into()],
+        )?;
+        collect_module_versions()?;
+        Ok(bound.is_some())
+    })
     .or_raise(FN);
+    if !bound {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("module {module} is not registered"),
+            "Register it first: SELECT dj.register_module(name, bytes); SELECT name FROM dj.modules lists them.",
+        )
+        .raise(FN);
+    }
 }
 
 fn auto_populated(name: &TableName) -> DjResult<()> {
@@ -206,6 +279,7 @@ fn json_rows(sql: &str) -> DjResult<Vec<JsonB>> {
 #[pg_extern(stable, parallel_safe)]
 fn key_source(table: &str, restriction: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, JsonB> {
     const FN: &str = "dj.key_source";
+    let _pin = security::pin();
     let source = source_of(table, restriction).or_raise(FN);
     SetOfIterator::new(json_rows(&source.keys(false, Order::Original, None)).or_raise(FN))
 }
@@ -217,18 +291,19 @@ fn progress(
     restriction: default!(Option<&str>, "NULL"),
 ) -> TableIterator<'static, (name!(remaining, i64), name!(total, i64))> {
     const FN: &str = "dj.progress";
+    let _pin = security::pin();
     let source = source_of(table, restriction).or_raise(FN);
     let remaining = source.count(true).or_raise(FN);
     let total = source.count(false).or_raise(FN);
     TableIterator::once((remaining, total))
 }
 
-/// The module a table's make runs: (name, sha256).
+/// The code a table's make runs: (the module name it was bound under, its sha256).
 fn make_of(name: &TableName) -> DjResult<(String, String)> {
     let found = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT m.name, m.sha256 FROM dj.makes k JOIN dj.modules m ON m.name = k.module \
-             WHERE k.schema_name = $1 AND k.table_name = $2",
+            "SELECT k.module, k.sha256 FROM dj.makes k \
+             WHERE k.schema_name OPERATOR(pg_catalog.=) $1 AND k.table_name OPERATOR(pg_catalog.=) $2",
             Some(1),
             &[name.schema.as_str().into(), name.table.as_str().into()],
         )?;
@@ -254,6 +329,7 @@ fn make_of(name: &TableName) -> DjResult<(String, String)> {
 #[pg_extern(stable, parallel_safe)]
 fn stale(table: &str) -> SetOfIterator<'static, JsonB> {
     const FN: &str = "dj.stale";
+    let _pin = security::pin();
     let name = catalog::resolve(table).or_raise(FN);
     auto_populated(&name).or_raise(FN);
     let (_, sha256) = make_of(&name).or_raise(FN);
@@ -287,6 +363,7 @@ fn populate(
     recompute_stale: default!(bool, false),
 ) -> TableIterator<'static, (name!(done, i64), name!(errors, i64), name!(remaining, i64))> {
     const FN: &str = "dj.populate";
+    let _pin = security::pin();
     let order = Order::parse(order)
         .ok_or_else(|| {
             DjError::new(
@@ -319,8 +396,8 @@ fn run(
 ) -> DjResult<(i64, i64, i64)> {
     let source = source_of(table, restriction)?;
     let name = source.name.clone();
-    let (module, sha256) = make_of(&name)?;
-    let prepared = host::prepared(&module, &sha256)?;
+    let (_, sha256) = make_of(&name)?;
+    let prepared = host::prepared(&sha256)?;
 
     let deps = catalog::dependencies()?;
     let target = &source.table;
@@ -344,7 +421,6 @@ fn run(
             }
         }
     }
-    let _path = PinnedSearchPath::new()?;
     let _permit = PipelineWrite::begin("INSERT", &writable)?;
 
     let info = TableInfo::read(&name)?;
@@ -365,18 +441,18 @@ fn run(
     // snapshot is taken here (not read-only: it sees this transaction's own changes, such as
     // recompute_stale's deletes).
     unsafe { pg_sys::SPI_connect() };
-    let cursor = ctx.plans.open_cursor(&keys_sql);
-    let result = populate_keys(
-        &ctx,
-        &prepared,
-        || ctx.plans.fetch_cursor(cursor, KEY_BATCH),
-        total as usize,
-        suppress_errors,
-    );
-    unsafe {
-        pg_sys::SPI_cursor_close(cursor);
-        pg_sys::SPI_finish();
-    }
+    let result = ctx.plans.open_cursor(&keys_sql).and_then(|cursor| {
+        let result = populate_keys(
+            &ctx,
+            &prepared,
+            || ctx.plans.fetch_cursor(cursor, KEY_BATCH),
+            total as usize,
+            suppress_errors,
+        );
+        unsafe { pg_sys::SPI_cursor_close(cursor) };
+        result
+    });
+    unsafe { pg_sys::SPI_finish() };
     let (done, errors) = result?;
     let remaining = source.count(true)?;
     Ok((done, errors, remaining))
@@ -401,6 +477,11 @@ fn populate_keys(
     let mut key_cx = PgMemoryContexts::new("dj.populate key");
     let jobs = populate::jobs_table(&ctx.target.table());
     let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
+    let target_oid = catalog::read_one::<pg_sys::Oid>(
+        "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
+        &[target.as_str().into()],
+    )?
+    .unwrap_or(pg_sys::InvalidOid);
     // The jobs table's statements and parameter types, the same for every key.
     let key_columns = ctx.target.key();
     let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
@@ -420,6 +501,10 @@ fn populate_keys(
         for key in &keys {
             seen += 1;
             pgrx::check_for_interrupts!();
+            // Another session populating this table holds the key's bucket: it makes the key.
+            if !claim(target_oid, key) {
+                continue;
+            }
             let t0 = Instant::now();
             let outcome = unsafe {
                 key_cx.reset();
@@ -438,7 +523,7 @@ fn populate_keys(
                         }
                         result.map_err(|e| make_error(e, &output, &target))?;
                         if jobs_exist {
-                            ctx.plans.query(&clear_job, &key_types, &key_args(ctx, key)?, false, 0);
+                            ctx.plans.execute(&clear_job, &key_types, &key_args(ctx, key)?)?;
                         }
                         Ok(())
                     })
@@ -474,7 +559,7 @@ fn populate_keys(
                     }
                     errors += 1;
                     if !jobs_exist {
-                        create_jobs_table(ctx, &jobs)?;
+                        crate::api::declare::ensure_jobs_table(&ctx.target.name)?;
                         jobs_exist = true;
                     }
                     let text = match &detail {
@@ -488,7 +573,7 @@ fn populate_keys(
                             args.push(text.as_str().into_datum());
                             args.push(t0.elapsed().as_secs_f64().into_datum());
                             args.push(ctx.version.as_str().into_datum());
-                            ctx.plans.query(&record_error, &record_types, &args, false, 0);
+                            ctx.plans.execute(&record_error, &record_types, &args)?;
                             Ok(())
                         })?;
                     }
@@ -526,7 +611,7 @@ fn local_now_micros() -> i64 {
     unsafe {
         let now = pg_sys::GetCurrentTimestamp();
         pgrx::direct_function_call::<i64>(pg_sys::timestamptz_timestamp, &[now.into_datum()])
-            .map_or(0, |local| local + host::PG_EPOCH_MICROS)
+            .map_or(0, |local| local + datajoint_core::values::PG_EPOCH_MICROS)
     }
 }
 
@@ -577,26 +662,35 @@ fn make_error(e: MakeError<DjError>, output: &make::Output, target: &str) -> DjE
     }
 }
 
-/// Creates the target's jobs table as datajoint-python 2.3.5 does (`~~name`).
-fn create_jobs_table(ctx: &Context, jobs: &Table) -> DjResult<()> {
-    let key: Vec<(String, String)> =
-        ctx.target.key().iter().map(|c| (c.name.clone(), c.type_name.clone())).collect();
-    let definition = populate::jobs_definition(&ctx.target.table(), &key);
-    let jobs = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
-    crate::api::declare::declare_hidden(&jobs, &definition)
+/// Whether this session may make `key` of the table `target`: it holds the key's bucket, or takes
+/// it now (a transaction-level advisory lock, never waited for; see `populate::KEY_BUCKETS`). Taken
+/// outside the key's subtransaction, so a failed key stays this session's too.
+fn claim(target: pg_sys::Oid, key: &[Field]) -> bool {
+    let (class, object) = populate::bucket_lock(target.to_u32(), populate::key_bucket(key));
+    // SAFETY: a builtin with two int4 arguments, called as SQL would.
+    unsafe {
+        pgrx::direct_function_call::<bool>(
+            pg_sys::pg_try_advisory_xact_lock_int4,
+            &[class.into_datum(), object.into_datum()],
+        )
+    }
+    .unwrap_or(false)
 }
 
 extension_sql!(
     r#"
-COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make function: a WebAssembly component of world datajoint:make/make; compiles it once and returns its sha256.';
-COMMENT ON FUNCTION dj.set_make(text, text) IS 'Sets the make function (a registered module) of a Computed or Imported table; table owner only.';
+REVOKE ALL ON FUNCTION dj.register_module(text, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION dj.unregister_module(text) FROM PUBLIC;
+COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make function: a WebAssembly component of world datajoint:make/make; compiles it once and returns its sha256. Not executable by PUBLIC: grant EXECUTE to the roles that may add code.';
+COMMENT ON FUNCTION dj.unregister_module(text) IS 'Removes a module name (registrant only); tables bound to one of its versions keep running it.';
+COMMENT ON FUNCTION dj.set_make(text, text) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); table owner only.';
 COMMENT ON FUNCTION dj.key_source(text, text) IS 'The keys a populate would compute: the primary-key parents'' keys not yet in the table, optionally restricted.';
 COMMENT ON FUNCTION dj.progress(text, text) IS 'How many keys of a table are done and how many remain.';
 COMMENT ON FUNCTION dj.stale(text) IS 'Rows made by another version of the table''s make function (or by another client).';
 COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean) IS 'Runs the table''s make function once per missing key, one subtransaction per key, as the calling role; returns done, errors, remaining.';
 "#,
     name = "populate_comments",
-    requires = [register_module, set_make, key_source, progress, stale, populate]
+    requires = [register_module, unregister_module, set_make, key_source, progress, stale, populate]
 );
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -6,13 +6,14 @@ use datajoint_core::sandbox;
 use pgrx::prelude::*;
 
 use crate::error::{DjError, OrRaise};
-use crate::{gucs, interrupts};
+use crate::{gucs, interrupts, security};
 
-/// Compilation is not interruptible: keep what this entry point compiles small.
+/// A smoke test of the sandbox: what it compiles stays small.
 const MAX_MODULE_BYTES: usize = 1 << 20;
 
 #[pg_extern(volatile, parallel_unsafe, name = "_sandbox_call")]
 fn sandbox_call(module: &[u8], export: default!(&str, "'run'")) -> i64 {
+    let _pin = security::pin();
     const FN: &str = "dj._sandbox_call";
     if module.len() > MAX_MODULE_BYTES {
         DjError::new(
@@ -22,8 +23,11 @@ fn sandbox_call(module: &[u8], export: default!(&str, "'run'")) -> i64 {
         )
         .raise(FN);
     }
-    let compiled = sandbox::compile(module).or_raise(FN);
-    sandbox::call_export(&compiled, export, &gucs::make_limits(), interrupts::stop_requested).or_raise(FN)
+    let limits = gucs::make_limits();
+    let compiled =
+        sandbox::compile_isolated(module, gucs::module_compile_memory(), interrupts::stop_requested)
+            .or_raise(FN);
+    sandbox::call_export(&compiled, export, &limits, interrupts::stop_requested).or_raise(FN)
 }
 
 extension_sql!(

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 use crate::catalog::{self, TableName};
 use crate::error::{DjResult, OrRaise};
+use crate::security;
 
 thread_local! {
     /// What DataJoint operations running in this backend may do to guarded tables: an operation
@@ -68,10 +69,20 @@ fn guarded_tier(table: &str) -> bool {
     }
 }
 
-/// Adds the guard trigger to `table` (Computed, Imported and Part tables only).
+/// Adds the guard trigger to `table` (Computed, Imported and Part tables only) unless it has it.
+/// Returns whether the table is one the guard is for.
 pub fn guard(name: &TableName) -> DjResult<bool> {
     if !guarded_tier(&name.table) {
         return Ok(false);
+    }
+    let present = catalog::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t \
+                        WHERE t.tgrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass \
+                          AND t.tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
+        &[name.qualified().into(), GUARD.into()],
+    )?;
+    if present == Some(true) {
+        return Ok(true);
     }
     Spi::run(&format!(
         "CREATE OR REPLACE TRIGGER {GUARD} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
@@ -81,14 +92,42 @@ pub fn guard(name: &TableName) -> DjResult<bool> {
     Ok(true)
 }
 
-/// Called by the `dj_guard_new_tables` event trigger for each table created in a schema that
-/// enforces tiers, whoever creates it (dj.declare, datajoint-python, plain SQL).
+/// Called by the `dj_guard_new_tables` event trigger for each table created (or renamed, or moved)
+/// in a schema that enforces tiers, whoever does it (dj.declare, datajoint-python, plain SQL).
+/// Returns whether the table is one the guard is for.
 #[pg_extern(volatile, parallel_unsafe, name = "_guard_table")]
 fn guard_table(table: pg_sys::Oid) -> bool {
+    let _pin = security::pin();
     const FN: &str = "dj._guard_table";
     match catalog::table_name_of(table).or_raise(FN) {
         Some(name) => guard(&name).or_raise(FN),
         None => false,
+    }
+}
+
+/// Whether a DDL command reported to the `dj_guard_new_tables` event trigger can give a table its
+/// name or schema: CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE ... RENAME TO / SET
+/// SCHEMA. ALTER TABLE's other subcommands (ADD CONSTRAINT, ADD COLUMN, ...) cannot, and a dump's
+/// restore runs them on tables whose guard it creates itself.
+#[pg_extern(
+    immutable,
+    parallel_safe,
+    sql = r#"CREATE FUNCTION dj."_names_table"("command" pg_ddl_command) RETURNS bool IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '@FUNCTION_NAME@';"#
+)]
+fn names_table(command: pgrx::Internal) -> bool {
+    // SAFETY: event triggers pass a CollectedCommand as pg_ddl_command; its parse tree is a node.
+    unsafe {
+        let Some(cmd) = command.get::<pg_sys::CollectedCommand>() else { return false };
+        if cmd.type_ != pg_sys::CollectedCommandType::SCT_Simple || cmd.parsetree.is_null() {
+            return false;
+        }
+        matches!(
+            (*cmd.parsetree).type_,
+            pg_sys::NodeTag::T_CreateStmt
+                | pg_sys::NodeTag::T_CreateTableAsStmt
+                | pg_sys::NodeTag::T_RenameStmt
+                | pg_sys::NodeTag::T_AlterObjectSchemaStmt
+        )
     }
 }
 
@@ -105,6 +144,7 @@ pub fn enforced(schema: &str) -> DjResult<bool> {
 /// returns the number of tables guarded (on) or released (off).
 #[pg_extern(volatile, parallel_unsafe)]
 fn enforce_tiers(schema: &str, enforce: default!(bool, true)) -> i64 {
+    let _pin = security::pin();
     set_enforcement(schema, enforce).or_raise("dj.enforce_tiers")
 }
 
@@ -149,6 +189,9 @@ fn set_enforcement(schema: &str, enforce: bool) -> DjResult<i64> {
 
 extension_sql!(
     r#"
+-- Runs for every write statement on a guarded table, so it takes no SET clause (which would cost
+-- every statement a settings round trip): the one call it makes is schema-qualified with exact
+-- argument types, and NOT is syntax, so no search_path can substitute anything.
 CREATE FUNCTION dj._tier_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
 BEGIN
     IF NOT dj._pipeline_write_allowed(TG_RELID, TG_OP) THEN
@@ -162,26 +205,42 @@ $guard$;
 COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables.';
 COMMENT ON FUNCTION dj._pipeline_write_allowed(oid, text) IS 'Internal: whether a DataJoint operation running in this backend (populate, dj.delete) may do this operation on this table.';
 COMMENT ON FUNCTION dj._guard_table(oid) IS 'Internal: add the tier guard to a new table of a tier-enforcing schema.';
-CREATE FUNCTION dj._guard_new_tables() RETURNS event_trigger LANGUAGE plpgsql AS $guard$
+COMMENT ON FUNCTION dj._names_table(pg_ddl_command) IS 'Internal: whether a DDL command creates a table, renames it or moves it to another schema.';
+CREATE FUNCTION dj._guard_new_tables() RETURNS event_trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $guard$
 DECLARE
     created record;
+    has_rows boolean;
 BEGIN
+    -- Every way a table comes to have a tier name in an enforcing schema: CREATE TABLE, CREATE
+    -- TABLE AS / SELECT INTO, and ALTER TABLE (RENAME TO, SET SCHEMA).
     FOR created IN
-        SELECT c.objid, c.schema_name FROM pg_event_trigger_ddl_commands() c
-        WHERE c.command_tag = 'CREATE TABLE' AND c.object_type = 'table'
+        SELECT c.objid, c.schema_name, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        WHERE c.object_type OPERATOR(pg_catalog.=) 'table' AND c.schema_name IS NOT NULL AND dj._names_table(c.command)
     LOOP
-        IF EXISTS (SELECT 1 FROM dj.schema_settings s WHERE s.schema_name = created.schema_name AND s.enforce_tiers) THEN
-            PERFORM dj._guard_table(created.objid);
+        -- (Nested IFs: SQL does not promise to evaluate the operands of AND in order.)
+        IF EXISTS (SELECT FROM dj.schema_settings s
+                   WHERE s.schema_name OPERATOR(pg_catalog.=) created.schema_name AND s.enforce_tiers) THEN
+            IF dj._guard_table(created.objid) AND created.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+                -- Its rows were written directly, as the guard now refuses.
+                EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', created.objid::pg_catalog.regclass) INTO has_rows;
+                IF has_rows THEN
+                    RAISE EXCEPTION '% cannot fill %: the schema enforces DataJoint tiers', created.command_tag, created.objid::pg_catalog.regclass
+                        USING ERRCODE = 'insufficient_privilege',
+                              HINT = 'Computed, Imported and Part tables are filled by dj.populate; create it WITH NO DATA, or declare it with dj.declare.';
+                END IF;
+            END IF;
         END IF;
     END LOOP;
 END
 $guard$;
-COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables created in tier-enforcing schemas, whoever creates them.';
-CREATE EVENT TRIGGER dj_guard_new_tables ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables that come to have a tier name in a tier-enforcing schema (CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE RENAME / SET SCHEMA), whoever runs the command.';
+CREATE EVENT TRIGGER dj_guard_new_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION dj._guard_new_tables();
 COMMENT ON FUNCTION dj.enforce_tiers(text, boolean) IS
   'Turn server-enforced tiers on (default) or off for a schema: direct INSERT, UPDATE, DELETE and TRUNCATE on its Computed, Imported and Part tables are refused outside populate and dj.delete. Returns the number of tables affected.';
 "#,
     name = "tier_guard",
-    requires = [pipeline_write_allowed, enforce_tiers, guard_table]
+    requires = [pipeline_write_allowed, enforce_tiers, guard_table, names_table]
 );

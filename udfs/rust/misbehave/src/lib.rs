@@ -27,8 +27,15 @@
 //! | `expr` | fetches a relation expression over `Case`, inserts `value = 2 n` computed by it |
 //! | `foreign-expr` | fetches an expression that joins `Outcome`, the target, which is not readable |
 //! | `bad-expr` | fetches a malformed expression |
+//! | `fetch-all` | fetches every row of `Bulk` (an ancestor sharing no key attribute), inserts `value = rows` |
+//! | `bad-date` | inserts `value` = a date 10⁸ days before 1970 (out of PostgreSQL's range) |
+//! | `bad-time` | inserts `value` = a time of 100 hours |
+//! | `bad-timestamp` | inserts `value` = a timestamp of −9·10¹⁸ µs |
+//! | `nul-text` | inserts `value` = text with a NUL character |
+//! | `nul-restriction` | fetches `Case` with a restriction holding a NUL character |
+//! | `infinity` | inserts `value` = timestamp +infinity (`i64::MAX`), which PostgreSQL stores |
 
-use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query};
+use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query, Value};
 use std::hint::black_box;
 
 struct Misbehave;
@@ -99,6 +106,21 @@ impl Make for Misbehave {
                 }
                 insert1("Outcome", outcome(n));
             }
+            "fetch-all" => {
+                let rows = fetch("Bulk");
+                insert1("Outcome", outcome(rows.len() as i64));
+            }
+            "bad-date" => insert1("Outcome", key.clone().with("value", Value::Date(-100_000_000))),
+            "bad-time" => insert1("Outcome", key.clone().with("value", Value::Time(100 * 3_600_000_000))),
+            "bad-timestamp" => {
+                insert1("Outcome", key.clone().with("value", Value::Timestamp(-9_000_000_000_000_000_000)))
+            }
+            "nul-text" => insert1("Outcome", key.clone().with("value", "a\0b")),
+            "nul-restriction" => {
+                let rows = fetch(Query::new("Case").restrict("mode = 'a\0b'"));
+                return Err(format!("the host ran a restriction with NUL ({} rows)", rows.len()));
+            }
+            "infinity" => insert1("Outcome", key.clone().with("value", Value::Timestamp(i64::MAX))),
             other => return Err(format!("case {id}: unknown mode {other:?}")),
         }
         Ok(())

@@ -1,0 +1,124 @@
+-- datajoint 0.1.0 -> 0.2.0 (ALTER EXTENSION datajoint UPDATE), with data in place.
+--   * Make functions are kept by content: dj.module_versions holds every version still named or
+--     bound; dj.modules maps names to versions; dj.makes binds a table to a version (sha256), so a
+--     table runs exactly the code its owner chose. Only the extension writes these tables.
+--   * Compiled code is sealed by the server; rows of 0.1.0 (unsealed, another engine) go.
+--   * dj.register_module is no longer executable by PUBLIC; dj.unregister_module is new.
+--   * The tier guard covers CREATE TABLE AS, SELECT INTO and ALTER TABLE (RENAME, SET SCHEMA).
+\echo Use "ALTER EXTENSION datajoint UPDATE TO '0.2.0'" to load this file. \quit
+
+-- Module versions, by content (as in sql/catalog.sql).
+CREATE TABLE dj.module_versions (
+    sha256        text PRIMARY KEY CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    component     bytea NOT NULL,
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    registered_by name NOT NULL,
+    CONSTRAINT module_versions_content CHECK (sha256 = pg_catalog.encode(pg_catalog.sha256(component), 'hex'))
+);
+COMMENT ON TABLE dj.module_versions IS 'Every version of a make function still named or bound, by content (sha256, what computed rows record as _job_version).';
+INSERT INTO dj.module_versions (sha256, component, registered_at, registered_by)
+SELECT sha256, component, registered_at, registered_by FROM dj.modules;
+
+-- A table's make is bound to the version its module name held at the upgrade.
+ALTER TABLE dj.makes DROP CONSTRAINT makes_module_fkey;
+ALTER TABLE dj.makes ADD COLUMN sha256 text;
+UPDATE dj.makes k SET sha256 = m.sha256 FROM dj.modules m WHERE m.name OPERATOR(pg_catalog.=) k.module;
+ALTER TABLE dj.makes ALTER COLUMN sha256 SET NOT NULL;
+ALTER TABLE dj.makes ADD CONSTRAINT makes_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256);
+DROP POLICY owner_writes ON dj.makes;
+COMMENT ON TABLE dj.makes IS 'The make function of each Computed or Imported table: the module version (sha256) its owner bound with dj.set_make.';
+
+-- Names point at versions; their bytes live in the versions.
+ALTER TABLE dj.modules DROP COLUMN component;
+ALTER TABLE dj.modules ADD CONSTRAINT modules_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256);
+DROP POLICY register ON dj.modules;
+DROP POLICY replace ON dj.modules;
+DROP POLICY remove ON dj.modules;
+COMMENT ON TABLE dj.modules IS 'Make-function names registered with dj.register_module and the version (sha256) each holds now.';
+
+REVOKE INSERT, UPDATE, DELETE ON dj.modules, dj.makes FROM PUBLIC;
+GRANT SELECT ON dj.module_versions TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('dj.module_versions', '');
+
+-- Sealed machine code. 0.1.0's rows carry no seal and were compiled under another engine.
+DELETE FROM dj.module_artifacts;
+ALTER TABLE dj.module_artifacts ADD COLUMN seal bytea NOT NULL;
+ALTER TABLE dj.module_artifacts
+    ADD CONSTRAINT module_artifacts_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256) ON DELETE CASCADE;
+COMMENT ON TABLE dj.module_artifacts IS 'Compiled code of module versions, keyed by module hash and engine fingerprint, sealed by the server.';
+
+CREATE FUNCTION dj._collect_module_versions() RETURNS void
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $collect$
+    -- Versions another transaction is binding right now (it holds a key-share lock) are skipped.
+    DELETE FROM dj.module_versions v WHERE v.sha256 IN (
+        SELECT u.sha256 FROM dj.module_versions u
+         WHERE NOT EXISTS (SELECT FROM dj.modules m WHERE m.sha256 OPERATOR(pg_catalog.=) u.sha256)
+           AND NOT EXISTS (SELECT FROM dj.makes k WHERE k.sha256 OPERATOR(pg_catalog.=) u.sha256)
+           FOR UPDATE SKIP LOCKED);
+$collect$;
+REVOKE ALL ON FUNCTION dj._collect_module_versions() FROM PUBLIC;
+COMMENT ON FUNCTION dj._collect_module_versions() IS 'Internal: removes module versions no name and no table uses, with their compiled code.';
+
+CREATE OR REPLACE FUNCTION dj._forget_dropped_tables() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $forget$
+BEGIN
+    DELETE FROM dj.makes m
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.object_type OPERATOR(pg_catalog.=) 'table' AND d.schema_name OPERATOR(pg_catalog.=) m.schema_name
+       AND d.object_name OPERATOR(pg_catalog.=) m.table_name;
+    PERFORM dj._collect_module_versions();
+END
+$forget$;
+
+-- Who may add code: roles a superuser grants EXECUTE to.
+REVOKE ALL ON FUNCTION dj.register_module(text, bytea) FROM PUBLIC;
+COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make function: a WebAssembly component of world datajoint:make/make; compiles it once and returns its sha256. Not executable by PUBLIC: grant EXECUTE to the roles that may add code.';
+COMMENT ON FUNCTION dj.drop(text, text) IS
+  'Drop a table and every table downstream of it, parts with their master, with their ~lineage rows, jobs tables and unused enum types. Returns the dropped tables.';
+COMMENT ON FUNCTION dj.set_make(text, text) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); table owner only.';
+
+CREATE FUNCTION dj."unregister_module"(
+	"name" TEXT /* &str */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'unregister_module_wrapper';
+REVOKE ALL ON FUNCTION dj.unregister_module(text) FROM PUBLIC;
+COMMENT ON FUNCTION dj.unregister_module(text) IS 'Removes a module name (registrant only); tables bound to one of its versions keep running it.';
+
+-- The tier guard for every way a table comes to have a tier name in an enforcing schema.
+CREATE FUNCTION dj."_names_table"("command" pg_ddl_command) RETURNS bool IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'names_table_wrapper';
+COMMENT ON FUNCTION dj._names_table(pg_ddl_command) IS 'Internal: whether a DDL command creates a table, renames it or moves it to another schema.';
+DROP EVENT TRIGGER dj_guard_new_tables;
+CREATE OR REPLACE FUNCTION dj._guard_new_tables() RETURNS event_trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $guard$
+DECLARE
+    created record;
+    has_rows boolean;
+BEGIN
+    -- Every way a table comes to have a tier name in an enforcing schema: CREATE TABLE, CREATE
+    -- TABLE AS / SELECT INTO, and ALTER TABLE (RENAME TO, SET SCHEMA).
+    FOR created IN
+        SELECT c.objid, c.schema_name, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        WHERE c.object_type OPERATOR(pg_catalog.=) 'table' AND c.schema_name IS NOT NULL AND dj._names_table(c.command)
+    LOOP
+        -- (Nested IFs: SQL does not promise to evaluate the operands of AND in order.)
+        IF EXISTS (SELECT FROM dj.schema_settings s
+                   WHERE s.schema_name OPERATOR(pg_catalog.=) created.schema_name AND s.enforce_tiers) THEN
+            IF dj._guard_table(created.objid) AND created.command_tag IN ('CREATE TABLE AS', 'SELECT INTO') THEN
+                -- Its rows were written directly, as the guard now refuses.
+                EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', created.objid::pg_catalog.regclass) INTO has_rows;
+                IF has_rows THEN
+                    RAISE EXCEPTION '% cannot fill %: the schema enforces DataJoint tiers', created.command_tag, created.objid::pg_catalog.regclass
+                        USING ERRCODE = 'insufficient_privilege',
+                              HINT = 'Computed, Imported and Part tables are filled by dj.populate; create it WITH NO DATA, or declare it with dj.declare.';
+                END IF;
+            END IF;
+        END IF;
+    END LOOP;
+END
+$guard$;
+COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables that come to have a tier name in a tier-enforcing schema (CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE RENAME / SET SCHEMA), whoever runs the command.';
+CREATE EVENT TRIGGER dj_guard_new_tables ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
+    EXECUTE FUNCTION dj._guard_new_tables();
