@@ -327,6 +327,17 @@ pub fn record_error_sql(jobs: &Table, key: &[String]) -> String {
     )
 }
 
+/// `SELECT EXISTS (SELECT FROM table WHERE key = ($1, ...))`: whether a key's row is there.
+pub fn key_exists_sql(table: &Table, key: &[String]) -> String {
+    let matched: Vec<String> =
+        key.iter().enumerate().map(|(i, k)| format!("{} = ${}", sql::ident(k), i + 1)).collect();
+    format!(
+        "SELECT EXISTS (SELECT FROM {} WHERE {})",
+        sql::qualified(&table.schema, &table.name),
+        matched.join(" AND ")
+    )
+}
+
 /// Removes the key's record from the jobs table (after it succeeded).
 pub fn clear_job_sql(jobs: &Table, key: &[String]) -> String {
     let matched: Vec<String> =

@@ -547,6 +547,22 @@ impl Plans {
         Ok(())
     }
 
+    /// Whether `sql` (an EXISTS query) is true, read with a fresh snapshot (in READ COMMITTED: it
+    /// sees what other sessions committed since the statement began).
+    pub fn exists(&self, sql: &str, types: &[pg_sys::Oid], args: &[Option<pg_sys::Datum>]) -> DjResult<bool> {
+        let plan = self.get(sql, types)?;
+        let (mut values, nulls) = parameters(args);
+        let _cx = KeepContext::new();
+        unsafe {
+            let status = pg_sys::SPI_execute_plan(plan.0, values.as_mut_ptr(), nulls.as_ptr(), false, 1);
+            if status < 0 {
+                return Err(spi_failed("SPI_execute_plan", status, sql));
+            }
+            let rows = rows_of_tuptable(&mut Budget::unlimited())?;
+            Ok(matches!(rows.first().and_then(|r| r.first()).map(|f| &f.value), Some(Value::Boolean(true))))
+        }
+    }
+
     /// The rows of the read-only query `sql`, as the contract's values, at most `budget.left`
     /// bytes of them: the first batch comes from one execution (most guest fetches are a row or
     /// a few), a larger result through a cursor a batch at a time, each batch freed as it is
@@ -691,8 +707,11 @@ unsafe fn rows_of_tuptable(budget: &mut Budget) -> DjResult<Vec<Row>> {
             for (a, (name, type_oid, varlena)) in columns.iter().enumerate() {
                 let mut is_null = false;
                 let datum = pg_sys::SPI_getbinval(tuple, desc, (a + 1) as i32, &mut is_null);
-                let payload = if *varlena && !is_null { pg_sys::toast_raw_datum_size(datum) } else { 16 };
-                if !budget.charge(std::mem::size_of::<Field>() + name.len() + payload) {
+                // What the value takes on the heap, allocator overhead included: a copy of the
+                // name, and the payload of varlena values (detoasted size); fixed-size values
+                // live in the Field itself (or as short text).
+                let payload = if *varlena && !is_null { heap(pg_sys::toast_raw_datum_size(datum)) } else { 32 };
+                if !budget.charge(std::mem::size_of::<Field>() + heap(name.len()) + payload) {
                     result = Err(over_budget(budget));
                     break 'rows;
                 }
@@ -706,6 +725,11 @@ unsafe fn rows_of_tuptable(budget: &mut Budget) -> DjResult<Vec<Row>> {
         pg_sys::SPI_freetuptable(table);
         result.map(|()| rows)
     }
+}
+
+/// Bytes a heap allocation of `n` bytes takes (glibc: 16-byte chunks plus a header).
+fn heap(n: usize) -> usize {
+    n.next_multiple_of(16) + 16
 }
 
 /// A guest's text that would reach SQL with a NUL in it.

@@ -482,11 +482,13 @@ fn populate_keys(
         &[target.as_str().into()],
     )?
     .unwrap_or(pg_sys::InvalidOid);
+    let mut claims = Claims::new(target_oid);
     // The jobs table's statements and parameter types, the same for every key.
     let key_columns = ctx.target.key();
     let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
     let key_types: Vec<pg_sys::Oid> = key_columns.iter().map(|c| c.type_oid).collect();
     let clear_job = populate::clear_job_sql(&jobs, &key_names);
+    let key_exists = populate::key_exists_sql(&ctx.target.table(), &key_names);
     let record_error = populate::record_error_sql(&jobs, &key_names);
     let record_types: Vec<pg_sys::Oid> =
         key_types.iter().copied().chain([pg_sys::TEXTOID, pg_sys::FLOAT8OID, pg_sys::TEXTOID]).collect();
@@ -502,7 +504,7 @@ fn populate_keys(
             seen += 1;
             pgrx::check_for_interrupts!();
             // Another session populating this table holds the key's bucket: it makes the key.
-            if !claim(target_oid, key) {
+            if !claims.claim(key) {
                 continue;
             }
             let t0 = Instant::now();
@@ -543,6 +545,12 @@ fn populate_keys(
                         ) {
                             e.rethrow();
                         }
+                    }
+                    // Made meanwhile by a session that committed after this run read its keys.
+                    if code == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
+                        && ctx.plans.exists(&key_exists, &key_types, &key_args(ctx, key)?)?
+                    {
+                        continue;
                     }
                     if !suppress_errors {
                         let mut err = DjError::new(
@@ -662,19 +670,42 @@ fn make_error(e: MakeError<DjError>, output: &make::Output, target: &str) -> DjE
     }
 }
 
-/// Whether this session may make `key` of the table `target`: it holds the key's bucket, or takes
-/// it now (a transaction-level advisory lock, never waited for; see `populate::KEY_BUCKETS`). Taken
-/// outside the key's subtransaction, so a failed key stays this session's too.
-fn claim(target: pg_sys::Oid, key: &[Field]) -> bool {
-    let (class, object) = populate::bucket_lock(target.to_u32(), populate::key_bucket(key));
-    // SAFETY: a builtin with two int4 arguments, called as SQL would.
-    unsafe {
-        pgrx::direct_function_call::<bool>(
-            pg_sys::pg_try_advisory_xact_lock_int4,
-            &[class.into_datum(), object.into_datum()],
-        )
+/// The buckets of the target's keys (see `populate::KEY_BUCKETS`) this run holds, and those it lost
+/// to another session populating the same table.
+struct Claims {
+    target: pg_sys::Oid,
+    held: [bool; populate::KEY_BUCKETS as usize],
+    lost: [bool; populate::KEY_BUCKETS as usize],
+}
+
+impl Claims {
+    fn new(target: pg_sys::Oid) -> Claims {
+        Claims { target, held: [false; _], lost: [false; _] }
     }
-    .unwrap_or(false)
+
+    /// Whether this run makes `key`: it holds the key's bucket, or takes it now (a
+    /// transaction-level advisory lock, never waited for; taken outside the key's subtransaction,
+    /// so a failed key stays this run's too). A bucket another session held stays lost for the
+    /// whole run, even once that session commits: what it made is invisible to this run's keys.
+    fn claim(&mut self, key: &[Field]) -> bool {
+        let bucket = populate::key_bucket(key);
+        let b = bucket as usize;
+        if self.held[b] || self.lost[b] {
+            return self.held[b];
+        }
+        let (class, object) = populate::bucket_lock(self.target.to_u32(), bucket);
+        // SAFETY: a builtin with two int4 arguments, called as SQL would.
+        let took = unsafe {
+            pgrx::direct_function_call::<bool>(
+                pg_sys::pg_try_advisory_xact_lock_int4,
+                &[class.into_datum(), object.into_datum()],
+            )
+        }
+        .unwrap_or(false);
+        self.held[b] = took;
+        self.lost[b] = !took;
+        took
+    }
 }
 
 extension_sql!(
