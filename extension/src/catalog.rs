@@ -77,6 +77,18 @@ pub fn table_name_of(oid: pg_sys::Oid) -> DjResult<Option<TableName>> {
     })
 }
 
+/// The oid of a table (which must exist).
+pub fn oid_of(name: &TableName) -> DjResult<pg_sys::Oid> {
+    Ok(read_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::pg_catalog.oid", &[name.qualified().into()])?
+        .unwrap_or(pg_sys::InvalidOid))
+}
+
+/// Whether the current role may read the table.
+pub fn may_select(name: &TableName) -> DjResult<bool> {
+    Ok(read_one::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[name.qualified().into()])?
+        .unwrap_or(false))
+}
+
 pub fn schema_exists(schema: &str) -> DjResult<bool> {
     exists("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
 }

@@ -27,10 +27,7 @@ fn declare(
 ) -> RegClass {
     let _pin = security::pin();
     let name = declare_table(class_name, tier, definition, contents).or_raise(FN);
-    let oid = catalog::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.qualified().into()])
-        .or_raise(FN)
-        .expect("the table was just created");
-    RegClass(oid)
+    RegClass(catalog::oid_of(&name).or_raise(FN))
 }
 
 fn declare_table(
@@ -199,12 +196,7 @@ pub(crate) fn ensure_jobs_table(target: &TableName) -> DjResult<()> {
     if catalog::table_exists(&jobs.schema, &jobs.name)? {
         return Ok(());
     }
-    let oid = catalog::read_one::<pg_sys::Oid>(
-        "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
-        &[target.qualified().into()],
-    )?
-    .unwrap_or(pg_sys::InvalidOid);
-    let (class, object) = populate::jobs_table_lock(oid.to_u32());
+    let (class, object) = populate::jobs_table_lock(catalog::oid_of(target)?.to_u32());
     Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", &[class.into(), object.into()])?;
     if catalog::table_exists(&jobs.schema, &jobs.name)? {
         return Ok(());

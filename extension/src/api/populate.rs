@@ -51,13 +51,9 @@ fn register_module(name: &str, component: &[u8]) -> String {
         .raise(FN);
     }
     let role = security::current_role();
+    // Checked before compiling (which costs seconds), and again when the name is written.
     if !may_replace(name, &role).or_raise(FN) {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("module {name} was registered by another role"),
-            "Only (a member of) the role that registered a module may replace it; choose another name.",
-        )
-        .raise(FN);
+        registered_by_another(name, "replace it; choose another name").raise(FN);
     }
     let artifact = host::validate(component).or_raise(FN);
     let sha256 = security::as_extension_owner(|| {
@@ -78,11 +74,7 @@ fn register_module(name: &str, component: &[u8]) -> String {
             &[name.into(), sha256.as_str().into(), role.as_str().into()],
         )?;
         if named.is_none() {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!("module {name} was registered by another role"),
-                "Only (a member of) the role that registered a module may replace it; choose another name.",
-            ));
+            return Err(registered_by_another(name, "replace it; choose another name"));
         }
         collect_module_versions()?;
         Ok(sha256)
@@ -103,6 +95,15 @@ fn may_replace(name: &str, role: &str) -> DjResult<bool> {
     .unwrap_or(true))
 }
 
+/// `action`: what only the registrant may do, as the HINT ends ("replace it; choose another name").
+fn registered_by_another(name: &str, action: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("module {name} was registered by another role"),
+        format!("Only (a member of) the role that registered a module may {action}."),
+    )
+}
+
 /// Removes the module versions no name and no table uses any more, with their machine code.
 /// Runs as the extension's owner.
 fn collect_module_versions() -> DjResult<()> {
@@ -117,12 +118,7 @@ fn unregister_module(name: &str) -> bool {
     let _pin = security::pin();
     let role = security::current_role();
     if !may_replace(name, &role).or_raise(FN) {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("module {name} was registered by another role"),
-            "Only (a member of) the role that registered a module may remove it.",
-        )
-        .raise(FN);
+        registered_by_another(name, "remove it").raise(FN);
     }
     security::as_extension_owner(|| {
         let removed = catalog::write_one::<bool>(
@@ -477,12 +473,18 @@ fn populate_keys(
     let mut key_cx = PgMemoryContexts::new("dj.populate key");
     let jobs = populate::jobs_table(&ctx.target.table());
     let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
-    let target_oid = catalog::read_one::<pg_sys::Oid>(
-        "SELECT $1::pg_catalog.regclass::pg_catalog.oid",
-        &[target.as_str().into()],
-    )?
-    .unwrap_or(pg_sys::InvalidOid);
-    let mut claims = Claims::new(target_oid);
+    // Whether a key's success must clear its record: only if the jobs table has records (most
+    // have none, and a DELETE per key would cost a third of a trivial make). A key this run
+    // records fails in this run only once, so records made meanwhile need no clearing here.
+    let jobs_name = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
+    let jobs_recorded = jobs_exist
+        && (!catalog::may_select(&jobs_name)?
+            || catalog::read_one::<bool>(
+                &format!("SELECT EXISTS (SELECT FROM {})", jobs_name.qualified()),
+                &[],
+            )?
+            .unwrap_or(true));
+    let mut claims = Claims::new(catalog::oid_of(&ctx.target.name)?);
     // The jobs table's statements and parameter types, the same for every key.
     let key_columns = ctx.target.key();
     let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
@@ -524,7 +526,7 @@ fn populate_keys(
                             pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
                         }
                         result.map_err(|e| make_error(e, &output, &target))?;
-                        if jobs_exist {
+                        if jobs_recorded {
                             ctx.plans.execute(&clear_job, &key_types, &key_args(ctx, key)?)?;
                         }
                         Ok(())

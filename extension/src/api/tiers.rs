@@ -26,14 +26,7 @@ pub struct PipelineWrite(());
 
 impl PipelineWrite {
     pub fn begin(operation: &'static str, tables: &[TableName]) -> DjResult<PipelineWrite> {
-        let mut oids = Vec::with_capacity(tables.len());
-        for t in tables {
-            if let Some(oid) =
-                catalog::read_one::<pg_sys::Oid>("SELECT $1::regclass::oid", &[t.qualified().into()])?
-            {
-                oids.push(oid);
-            }
-        }
+        let oids = tables.iter().map(catalog::oid_of).collect::<DjResult<Vec<_>>>()?;
         PERMITS.with(|p| p.borrow_mut().push((operation, oids)));
         Ok(PipelineWrite(()))
     }

@@ -1,0 +1,319 @@
+//! Raw SPI with kept plans (one plan per distinct statement of a populate call), and guest fetches
+//! read a batch at a time within the guest's memory budget.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::rc::Rc;
+
+use datajoint_core::make::{Field, Row, Value};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use super::values::to_value;
+use crate::error::{DjError, DjResult};
+
+pub struct Plan(pg_sys::SPIPlanPtr);
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        unsafe { pg_sys::SPI_freeplan(self.0) };
+    }
+}
+
+/// Rows read from a cursor at a time when a guest fetches many.
+const FETCH_BATCH: i64 = 1000;
+
+#[derive(Default)]
+pub struct Plans(RefCell<HashMap<String, Rc<Plan>>>);
+
+fn spi_failed(what: &str, status: i32, sql: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        format!("{what} failed with SPI status {status}"),
+        "This is a bug in datajoint; please report it.",
+    )
+    .detail(sql.to_string())
+}
+
+impl Plans {
+    fn get(&self, sql: &str, types: &[pg_sys::Oid]) -> DjResult<Rc<Plan>> {
+        if let Some(p) = self.0.borrow().get(sql) {
+            return Ok(p.clone());
+        }
+        // Guest text that reaches a statement was checked for NUL; this is the last line.
+        let text = CString::new(sql).map_err(|_| nul_error("a generated statement"))?;
+        let plan = unsafe {
+            let plan = pg_sys::SPI_prepare(text.as_ptr(), types.len() as i32, types.as_ptr() as *mut _);
+            if plan.is_null() {
+                return Err(spi_failed("SPI_prepare", pg_sys::SPI_result, sql));
+            }
+            pg_sys::SPI_keepplan(plan);
+            Rc::new(Plan(plan))
+        };
+        self.0.borrow_mut().insert(sql.to_string(), plan.clone());
+        Ok(plan)
+    }
+
+    /// Opens a cursor over `sql` (no parameters) in the current transaction; it outlives the
+    /// subtransactions run while reading it.
+    pub fn open_cursor(&self, sql: &str) -> DjResult<pg_sys::Portal> {
+        let plan = self.get(sql, &[])?;
+        let _cx = KeepContext::new();
+        let portal = unsafe {
+            pg_sys::SPI_cursor_open(std::ptr::null(), plan.0, std::ptr::null_mut(), std::ptr::null(), false)
+        };
+        if portal.is_null() {
+            return Err(spi_failed("SPI_cursor_open", unsafe { pg_sys::SPI_result }, sql));
+        }
+        Ok(portal)
+    }
+
+    /// The next `n` rows of a cursor (none at the end).
+    pub fn fetch_cursor(&self, portal: pg_sys::Portal, n: i64) -> Vec<Row> {
+        let _cx = KeepContext::new();
+        unsafe {
+            pg_sys::SPI_cursor_fetch(portal, true, n);
+            rows_of_tuptable(&mut Budget::unlimited()).expect("no budget to exceed")
+        }
+    }
+
+    /// Runs `sql` with `args` (typed as `types`), returning at most `count` rows (0: all) in
+    /// `SPI_tuptable`. Read-only runs use the statement's snapshot; others take a fresh one (in
+    /// READ COMMITTED).
+    fn run(
+        &self,
+        sql: &str,
+        types: &[pg_sys::Oid],
+        args: &[Option<pg_sys::Datum>],
+        read_only: bool,
+        count: i64,
+    ) -> DjResult<Parameters> {
+        let plan = self.get(sql, types)?;
+        let mut params = Parameters::new(plan, args);
+        // SAFETY: a kept plan with as many parameters as it was prepared with.
+        let status = unsafe {
+            pg_sys::SPI_execute_plan(
+                params.plan.0,
+                params.values.as_mut_ptr(),
+                params.nulls.as_ptr(),
+                read_only,
+                count,
+            )
+        };
+        if status < 0 {
+            return Err(spi_failed("SPI_execute_plan", status, sql));
+        }
+        Ok(params)
+    }
+
+    /// Runs `sql` with `args` (typed as `types`) for its effect.
+    pub fn execute(&self, sql: &str, types: &[pg_sys::Oid], args: &[Option<pg_sys::Datum>]) -> DjResult<()> {
+        let _cx = KeepContext::new();
+        self.run(sql, types, args, false, 0)?;
+        // SAFETY: frees the table the run left, if any.
+        unsafe {
+            if !pg_sys::SPI_tuptable.is_null() {
+                pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `sql` (an EXISTS query) is true, read with a fresh snapshot (in READ COMMITTED: it
+    /// sees what other sessions committed since the statement began).
+    pub fn exists(&self, sql: &str, types: &[pg_sys::Oid], args: &[Option<pg_sys::Datum>]) -> DjResult<bool> {
+        let _cx = KeepContext::new();
+        self.run(sql, types, args, false, 1)?;
+        // SAFETY: reads and frees the table the run left.
+        let rows = unsafe { rows_of_tuptable(&mut Budget::unlimited())? };
+        Ok(matches!(rows.first().and_then(|r| r.first()).map(|f| &f.value), Some(Value::Boolean(true))))
+    }
+
+    /// The rows of the read-only query `sql`, as the contract's values, at most `budget.left`
+    /// bytes of them: the first batch comes from one execution (most guest fetches are a row or
+    /// a few), a larger result through a cursor a batch at a time, each batch freed as it is
+    /// converted, so a query over a huge table fails with 53200 without materializing it.
+    pub fn query(
+        &self,
+        sql: &str,
+        types: &[pg_sys::Oid],
+        args: &[Option<pg_sys::Datum>],
+        budget: &mut Budget,
+    ) -> DjResult<Vec<Row>> {
+        let _cx = KeepContext::new();
+        let mut params = self.run(sql, types, args, true, FETCH_BATCH)?;
+        // SAFETY: SPI calls on the table the run left and on a cursor over the same kept plan.
+        unsafe {
+            let complete = (pg_sys::SPI_processed as i64) < FETCH_BATCH;
+            let mut rows = rows_of_tuptable(budget)?;
+            if complete {
+                return Ok(rows);
+            }
+            // More rows than one batch: read on, past the first batch, through a cursor (the same
+            // snapshot: read-only SPI takes no new one).
+            let portal = pg_sys::SPI_cursor_open(
+                std::ptr::null(),
+                params.plan.0,
+                params.values.as_mut_ptr(),
+                params.nulls.as_ptr(),
+                true,
+            );
+            if portal.is_null() {
+                return Err(spi_failed("SPI_cursor_open", pg_sys::SPI_result, sql));
+            }
+            pg_sys::SPI_cursor_move(portal, true, FETCH_BATCH);
+            let result = loop {
+                pg_sys::SPI_cursor_fetch(portal, true, FETCH_BATCH);
+                let last = (pg_sys::SPI_processed as i64) < FETCH_BATCH;
+                match rows_of_tuptable(budget) {
+                    Ok(more) => rows.extend(more),
+                    Err(e) => break Err(e),
+                }
+                if last {
+                    break Ok(rows);
+                }
+            };
+            pg_sys::SPI_cursor_close(portal);
+            result
+        }
+    }
+}
+
+/// A plan with its arguments as SPI takes them.
+struct Parameters {
+    plan: Rc<Plan>,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<std::os::raw::c_char>,
+}
+
+impl Parameters {
+    fn new(plan: Rc<Plan>, args: &[Option<pg_sys::Datum>]) -> Parameters {
+        let values = args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
+        let nulls = args.iter().map(|a| if a.is_some() { b' ' as _ } else { b'n' as _ }).collect();
+        Parameters { plan, values, nulls }
+    }
+}
+
+/// Host memory a guest's fetch may still take: what its memory limit has left, since the rows
+/// are copied into the guest next.
+pub struct Budget {
+    pub left: usize,
+    pub used: usize,
+}
+
+impl Budget {
+    pub fn new(left: usize) -> Budget {
+        Budget { left, used: 0 }
+    }
+
+    fn unlimited() -> Budget {
+        Budget::new(usize::MAX)
+    }
+
+    /// Charges `bytes`; false when they do not fit.
+    fn charge(&mut self, bytes: usize) -> bool {
+        if bytes > self.left {
+            return false;
+        }
+        self.left -= bytes;
+        self.used += bytes;
+        true
+    }
+}
+
+/// SPI leaves its procedure context current after each call: everything allocated afterwards
+/// (a key's datums, say) would live until SPI_finish, a few hundred bytes per key. This keeps
+/// the caller's context current across an SPI call.
+struct KeepContext(pg_sys::MemoryContext);
+
+impl KeepContext {
+    fn new() -> KeepContext {
+        KeepContext(unsafe { pg_sys::CurrentMemoryContext })
+    }
+}
+
+impl Drop for KeepContext {
+    fn drop(&mut self) {
+        unsafe { pg_sys::MemoryContextSwitchTo(self.0) };
+    }
+}
+
+/// A fetch that does not fit the guest's memory limit.
+fn over_budget(budget: &Budget) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_OUT_OF_MEMORY,
+        format!(
+            "the make function fetched more than its memory limit allows ({} bytes of rows so far)",
+            budget.used
+        ),
+        "Fetch fewer rows or attributes (restrict the query, or aggregate in the database with a relation \
+         expression), or have a superuser raise dj.make_memory_limit.",
+    )
+}
+
+/// The rows of `SPI_tuptable` as the contract's values, charged to `budget` (each value's size is
+/// checked before it is copied, so one huge value cannot slip past); frees the table.
+unsafe fn rows_of_tuptable(budget: &mut Budget) -> DjResult<Vec<Row>> {
+    let mut rows = Vec::new();
+    unsafe {
+        let table = pg_sys::SPI_tuptable;
+        if table.is_null() {
+            return Ok(rows);
+        }
+        let desc = (*table).tupdesc;
+        let natts = (*desc).natts as usize;
+        let n = pg_sys::SPI_processed as usize;
+        let columns: Vec<(String, pg_sys::Oid, bool)> = (*desc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .map(|attr| {
+                (
+                    CStr::from_ptr(attr.attname.data.as_ptr()).to_string_lossy().into_owned(),
+                    attr.atttypid,
+                    attr.attlen == -1,
+                )
+            })
+            .collect();
+        let mut result = Ok(());
+        'rows: for i in 0..n {
+            let tuple = *(*table).vals.add(i);
+            let mut row = Vec::with_capacity(natts);
+            for (a, (name, type_oid, varlena)) in columns.iter().enumerate() {
+                let mut is_null = false;
+                let datum = pg_sys::SPI_getbinval(tuple, desc, (a + 1) as i32, &mut is_null);
+                // What the value takes on the heap, allocator overhead included: a copy of the
+                // name, and the payload of varlena values (detoasted size); fixed-size values
+                // live in the Field itself (or as short text).
+                let payload =
+                    if *varlena && !is_null { heap(pg_sys::toast_raw_datum_size(datum)) } else { 32 };
+                if !budget.charge(std::mem::size_of::<Field>() + heap(name.len()) + payload) {
+                    result = Err(over_budget(budget));
+                    break 'rows;
+                }
+                row.push(Field { name: name.clone(), value: to_value(datum, is_null, *type_oid) });
+            }
+            if rows.is_empty() {
+                rows.reserve(n);
+            }
+            rows.push(row);
+        }
+        pg_sys::SPI_freetuptable(table);
+        result.map(|()| rows)
+    }
+}
+
+/// Bytes a heap allocation of `n` bytes takes (glibc: 16-byte chunks plus a header).
+fn heap(n: usize) -> usize {
+    n.next_multiple_of(16) + 16
+}
+
+/// A guest's text that would reach SQL with a NUL in it.
+pub(super) fn nul_error(what: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+        format!("{what} contains a NUL character"),
+        "Remove the \\0 from the make function's query: SQL text cannot hold it.",
+    )
+}
