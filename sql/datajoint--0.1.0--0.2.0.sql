@@ -4,7 +4,10 @@
 --     table runs exactly the code its owner chose. Only the extension writes these tables.
 --   * Compiled code is sealed by the server; rows of 0.1.0 (unsealed, another engine) go.
 --   * dj.register_module is no longer executable by PUBLIC; dj.unregister_module is new.
---   * The tier guard covers CREATE TABLE AS, SELECT INTO and ALTER TABLE (RENAME, SET SCHEMA).
+--   * The tier guard covers CREATE TABLE AS, SELECT INTO and ALTER TABLE (RENAME, SET SCHEMA);
+--     no table may be put in schema dj.
+--   * For clients and BI tools: dj.fetch_json, dj.query, dj.temp_view, dj.join / union / restrict /
+--     exclude, the views dj.pipeline_tables and dj.pipeline_columns, dj.diagram(text).
 \echo Use "ALTER EXTENSION datajoint UPDATE TO '0.2.0'" to load this file. \quit
 
 -- Module versions, by content (as in sql/catalog.sql).
@@ -99,9 +102,17 @@ BEGIN
     -- Every way a table comes to have a tier name in an enforcing schema: CREATE TABLE, CREATE
     -- TABLE AS / SELECT INTO, and ALTER TABLE (RENAME TO, SET SCHEMA).
     FOR created IN
-        SELECT c.objid, c.schema_name, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        SELECT c.objid, c.schema_name, c.command_tag, c.in_extension FROM pg_event_trigger_ddl_commands() c
         WHERE c.object_type OPERATOR(pg_catalog.=) 'table' AND c.schema_name IS NOT NULL AND dj._names_table(c.command)
     LOOP
+        -- Schema dj is the extension's: a table put there (by a client that takes it for a
+        -- DataJoint schema, say) would outlive DROP EXTENSION.
+        IF created.schema_name OPERATOR(pg_catalog.=) 'dj' AND NOT created.in_extension THEN
+            RAISE EXCEPTION 'schema dj belongs to the datajoint extension: % may not put table % there',
+                    created.command_tag, created.objid::pg_catalog.regclass
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Declare pipeline tables in a schema of their own (dj.declare(''lab.Session'', ...) creates it).';
+        END IF;
         -- (Nested IFs: SQL does not promise to evaluate the operands of AND in order.)
         IF EXISTS (SELECT FROM dj.schema_settings s
                    WHERE s.schema_name OPERATOR(pg_catalog.=) created.schema_name AND s.enforce_tiers) THEN
@@ -118,7 +129,132 @@ BEGIN
     END LOOP;
 END
 $guard$;
-COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables that come to have a tier name in a tier-enforcing schema (CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE RENAME / SET SCHEMA), whoever runs the command.';
+COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables that come to have a tier name in a tier-enforcing schema (CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE RENAME / SET SCHEMA), whoever runs the command; refuses tables in schema dj.';
 CREATE EVENT TRIGGER dj_guard_new_tables ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION dj._guard_new_tables();
+
+-- Clients and BI tools: exact rows under a name no dialect reserves, typed reads, the operators as
+-- functions of schema dj, views of the pipeline's tables and columns, a diagram of one name.
+CREATE FUNCTION dj."fetch_json"(
+	"rel" dj.relation,
+	"order_by" TEXT DEFAULT NULL,
+	"limit" bigint DEFAULT NULL,
+	"offset" bigint DEFAULT 0
+) RETURNS SETOF jsonb
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'fetch_json_wrapper';
+CREATE FUNCTION dj."_query_sql"(
+	"rel" dj.relation,
+	"order_by" TEXT DEFAULT NULL,
+	"limit" bigint DEFAULT NULL,
+	"offset" bigint DEFAULT 0
+) RETURNS TEXT
+STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'query_sql_wrapper';
+CREATE FUNCTION dj."temp_view"(
+	"rel" dj.relation,
+	"name" TEXT DEFAULT 'dj_result'
+) RETURNS TEXT
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'temp_view_wrapper';
+CREATE FUNCTION dj."_pipeline_tables"() RETURNS TABLE (
+	"schema_name" TEXT,
+	"class_name" TEXT,
+	"tier" TEXT,
+	"table_name" TEXT,
+	"rows" bigint,
+	"make_module" TEXT,
+	"make_sha256" TEXT,
+	"remaining" bigint,
+	"errors" bigint,
+	"last_populated" timestamp
+)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pipeline_tables_wrapper';
+CREATE FUNCTION dj."diagram"(
+	"item" TEXT,
+	"format" TEXT DEFAULT 'mermaid'
+) RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'diagram_one_wrapper';
+CREATE FUNCTION dj."_pipeline_columns"() RETURNS TABLE (
+	"schema_name" TEXT,
+	"class_name" TEXT,
+	"table_name" TEXT,
+	"position" INT,
+	"attribute" TEXT,
+	"datajoint_type" TEXT,
+	"sql_type" TEXT,
+	"in_key" bool,
+	"nullable" bool,
+	"default_value" TEXT,
+	"comment" TEXT,
+	"lineage" TEXT,
+	"hidden" bool
+)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pipeline_columns_wrapper';
+
+COMMENT ON FUNCTION dj.fetch_json(dj.relation, text, bigint, bigint) IS 'dj.fetch under a name no SQL dialect reserves (for BI tools): the rows as JSON objects, exactly as to_jsonb makes them.';
+COMMENT ON FUNCTION dj._query_sql(dj.relation, text, bigint, bigint) IS 'Internal: the typed query dj.query runs.';
+CREATE FUNCTION dj.query(rel dj.relation, order_by text DEFAULT NULL, "limit" bigint DEFAULT NULL, "offset" bigint DEFAULT 0)
+    RETURNS SETOF record LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $query$
+BEGIN
+    RETURN QUERY EXECUTE dj._query_sql(rel, order_by, "limit", "offset");
+END
+$query$;
+COMMENT ON FUNCTION dj.query(dj.relation, text, bigint, bigint) IS 'The rows of a relation as typed columns: SELECT * FROM dj.query(rel) AS t(subject_id int4, ...), the column list matching dj.heading.';
+COMMENT ON FUNCTION dj.temp_view(dj.relation, text) IS 'A temporary view (this session) of a relation, typed columns and their comments: SELECT * FROM name afterwards. Returns the name.';
+
+-- The operators as functions of schema dj: they work under any search_path (a BI tool that sets
+-- it to one schema), and in SQL a parser of another dialect reads.
+CREATE FUNCTION dj."join"(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_join($1, $2)';
+CREATE FUNCTION dj."union"(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_union($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, text) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_text($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, jsonb) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_jsonb($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, text[]) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_list($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_jsonb($1, dj.relation_condition($2))';
+CREATE FUNCTION dj.exclude(dj.relation, text) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_text($1, $2)';
+CREATE FUNCTION dj.exclude(dj.relation, jsonb) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_jsonb($1, $2)';
+CREATE FUNCTION dj.exclude(dj.relation, text[]) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_list($1, $2)';
+CREATE FUNCTION dj.exclude(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_jsonb($1, dj.relation_condition($2))';
+COMMENT ON FUNCTION dj."join"(dj.relation, dj.relation) IS 'Join (the * operator), under any search_path.';
+COMMENT ON FUNCTION dj."union"(dj.relation, dj.relation) IS 'Union (the + operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, text) IS 'Restriction by an SQL condition or a key as JSON text (the & operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, jsonb) IS 'Restriction by a key, keys or JSON conditions (the & operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, text[]) IS 'Restriction by any of several SQL conditions (the & operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, dj.relation) IS 'Semijoin (the & operator with a relation), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, text) IS 'Antirestriction by an SQL condition or a key as JSON text (the - operator), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, jsonb) IS 'Antirestriction by a key, keys or JSON conditions (the - operator), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, text[]) IS 'Antirestriction by several SQL conditions, none of which may hold (the - operator), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, dj.relation) IS 'Antijoin (the - operator with a relation), under any search_path.';
+COMMENT ON FUNCTION dj.relation_out(dj.relation) IS 'Output of dj.relation: the expression''s text.';
+
+COMMENT ON FUNCTION dj.progress(text, text) IS 'How many keys of a Computed or Imported table remain, of how many (NULL for other tiers).';
+COMMENT ON FUNCTION dj._pipeline_tables() IS 'Internal: the rows of the view dj.pipeline_tables.';
+CREATE VIEW dj.pipeline_tables WITH (security_invoker = true) AS SELECT * FROM dj._pipeline_tables();
+COMMENT ON VIEW dj.pipeline_tables IS 'Every DataJoint table: schema, class, tier, SQL name, rows, make function (module name and sha256), keys remaining to populate, failed keys (in its jobs table), last populated (newest _job_start_time). NULL where the querying role may not read.';
+GRANT SELECT ON dj.pipeline_tables TO PUBLIC;
+
+COMMENT ON FUNCTION dj.diagram(text, text) IS 'A diagram of one schema or table (see dj.diagram(text[], text)).';
+COMMENT ON FUNCTION dj._pipeline_columns() IS 'Internal: the rows of the view dj.pipeline_columns.';
+CREATE VIEW dj.pipeline_columns WITH (security_invoker = true) AS SELECT * FROM dj._pipeline_columns();
+COMMENT ON VIEW dj.pipeline_columns IS 'Every attribute of every DataJoint table the querying role may see: DataJoint type, SQL type, key, nullability, default, comment (without the :type: prefix), lineage, hidden.';
+GRANT SELECT ON dj.pipeline_columns TO PUBLIC;

@@ -92,6 +92,10 @@ impl Order {
 /// Returns `None` when some key attribute comes from no parent (the table has nothing to
 /// populate from).
 pub fn key_source(key: &[String], parents: &[KeyParent]) -> Option<String> {
+    // A table without key attributes or without primary-key parents has no key source.
+    if key.is_empty() || parents.is_empty() {
+        return None;
+    }
     let mut source_of: Vec<Option<String>> = vec![None; key.len()];
     let mut from = String::new();
     for (i, parent) in parents.iter().enumerate() {
@@ -348,6 +352,12 @@ pub fn clear_job_sql(jobs: &Table, key: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_without_key_or_parents_has_no_key_source() {
+        assert_eq!(key_source(&[], &[]), None);
+        assert_eq!(key_source(&names(&["id"]), &[]), None);
+    }
 
     #[test]
     fn keys_spread_over_every_bucket_and_a_key_always_lands_in_the_same() {

@@ -25,6 +25,8 @@ pub enum OutOfRange {
     Date,
     Time,
     Timestamp,
+    /// A timestamp PostgreSQL stores that the contract cannot carry.
+    ContractTimestamp,
 }
 
 impl OutOfRange {
@@ -34,6 +36,9 @@ impl OutOfRange {
             OutOfRange::Date => "dates from 4713-11-24 BC to 5874897-12-31 (or ±infinity)",
             OutOfRange::Time => "times from 00:00:00 to 24:00:00",
             OutOfRange::Timestamp => "timestamps from 4713-11-24 BC to 294276-12-31 (or ±infinity)",
+            OutOfRange::ContractTimestamp => {
+                "make functions receive timestamps up to 292277-12-31 (microseconds since 1970 in 64 bits)"
+            }
         }
     }
 }
@@ -73,12 +78,13 @@ pub fn timestamp_to_pg(micros: i64) -> Result<i64, OutOfRange> {
     }
 }
 
-/// PostgreSQL's timestamp as the contract's.
-pub fn timestamp_from_pg(t: i64) -> i64 {
+/// PostgreSQL's timestamp as the contract's; `None` for the last two millennia of PostgreSQL's
+/// range (after 292277-12-31), which microseconds since 1970 in an i64 cannot reach.
+pub fn timestamp_from_pg(t: i64) -> Option<i64> {
     if t == i64::MIN || t == i64::MAX {
-        t
+        Some(t)
     } else {
-        t.saturating_add(PG_EPOCH_MICROS)
+        t.checked_add(PG_EPOCH_MICROS).filter(|&us| us != i64::MAX)
     }
 }
 
@@ -118,8 +124,10 @@ mod tests {
         for d in [i32::MIN, i32::MAX, 0, -1, 19_000] {
             assert_eq!(date_from_pg(date_to_pg(d).unwrap()), d);
         }
-        for t in [i64::MIN, i64::MAX, 0, -1, 1_700_000_000_000_000] {
-            assert_eq!(timestamp_from_pg(timestamp_to_pg(t).unwrap()), t);
+        for t in [i64::MIN, i64::MAX, 0, -1, 1_700_000_000_000_000, i64::MAX - 1] {
+            assert_eq!(timestamp_from_pg(timestamp_to_pg(t).unwrap()), Some(t));
         }
+        // 294276-12-31: PostgreSQL stores it, the contract cannot carry it.
+        assert_eq!(timestamp_from_pg(TIMESTAMP_END - 1), None);
     }
 }

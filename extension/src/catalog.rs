@@ -89,6 +89,15 @@ pub fn may_select(name: &TableName) -> DjResult<bool> {
         .unwrap_or(false))
 }
 
+/// Whether the current role may see the table's columns at all (as information_schema decides).
+pub fn may_see(name: &TableName) -> DjResult<bool> {
+    Ok(read_one::<bool>(
+        "SELECT pg_catalog.has_any_column_privilege($1, 'SELECT, INSERT, UPDATE, REFERENCES')",
+        &[name.qualified().into()],
+    )?
+    .unwrap_or(false))
+}
+
 pub fn schema_exists(schema: &str) -> DjResult<bool> {
     exists("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
 }
@@ -275,7 +284,7 @@ pub fn parent(name: &TableName) -> DjResult<Parent> {
 }
 
 /// The `~lineage` rows of a table, if its schema has that table.
-fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
+pub fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
     if !table_exists(&name.schema, "~lineage")? {
         return Ok(Vec::new());
     }

@@ -11,6 +11,7 @@ mod interrupts;
 mod make;
 mod preload;
 mod regclass;
+mod rows;
 mod security;
 
 ::pgrx::pg_module_magic!();

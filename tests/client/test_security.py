@@ -144,7 +144,7 @@ def every_public_function(c) -> dict:
         "ancestors": "SELECT * FROM dj.ancestors('sec_path.Outcome')",
         "descendants": "SELECT * FROM dj.descendants('sec_path.Case')",
         "topological_order": "SELECT * FROM dj.topological_order('sec_path')",
-        "diagram": "SELECT dj.diagram(ARRAY['sec_path'], 'svg')",
+        "diagram": "SELECT dj.diagram(ARRAY['sec_path'], 'svg'), dj.diagram('sec_path.Case')",
         "delete_preview": "SELECT * FROM dj.delete_preview('sec_path.Case', 'case_id = 3', '{\"case_id\": 3}')",
         "delete": "SELECT * FROM dj.delete('sec_path.Case', 'mode = ''a\\b''', '[{\"case_id\": 3}]')",
         "enforce_tiers": "SELECT dj.enforce_tiers('sec_path')",
@@ -176,6 +176,19 @@ def every_public_function(c) -> dict:
         "sql": "SELECT dj.sql(dj.rel('sec_path.Case') & 'mode = ''ok''')",
         "fetch": "SELECT * FROM dj.fetch(dj.rel('sec_path.Case') & 'mode = ''ok''', 'n DESC', 10)",
         "fetch1": "SELECT dj.fetch1(dj.rel('sec_path.Case') & '{\"case_id\": 1}')",
+        "fetch_json": "SELECT * FROM dj.fetch_json(dj.rel('sec_path.Case'), 'n DESC', 10)",
+        "query": "SELECT * FROM dj.query(dj.rel('sec_path.Case'), 'KEY') AS t(case_id pg_catalog.int4, "
+                 "mode pg_catalog.varchar, n pg_catalog.int8)",
+        "_query_sql": "SELECT dj._query_sql(dj.rel('sec_path.Case'))",
+        "temp_view": "SELECT dj.temp_view(dj.rel('sec_path.Case'), 'cases')",
+        "join": "SELECT dj.join(dj.rel('sec_path.Case'), dj.rel('sec_path.Outcome'))",
+        "union": "SELECT dj.union(dj.proj(dj.rel('sec_path.Case')), dj.proj(dj.rel('sec_path.Outcome')))",
+        "restrict": "SELECT dj.restrict(dj.rel('sec_path.Case'), 'n > 1'), "
+                    "dj.restrict(dj.rel('sec_path.Case'), dj.rel('sec_path.Outcome'))",
+        "exclude": "SELECT dj.exclude(dj.rel('sec_path.Case'), ARRAY['n > 1']), "
+                   "dj.exclude(dj.rel('sec_path.Case'), dj.rel('sec_path.Outcome'))",
+        "_pipeline_tables": "SELECT * FROM dj.pipeline_tables",
+        "_pipeline_columns": "SELECT * FROM dj.pipeline_columns",
         "count": "SELECT dj.count(dj.rel('sec_path.Case'))",
         "primary_key": "SELECT dj.primary_key(dj.rel('sec_path.Case'))",
         "create_view": "SELECT dj.create_view('sec_path.view', dj.rel('sec_path.Case'), true)",
@@ -218,6 +231,8 @@ def test_no_statement_of_the_extension_resolves_a_callers_shadows(modules, roles
             victim.execute(sql)
         except psycopg.errors.InsufficientPrivilege as e:
             assert name == "_tier_guard", (name, e)  # the guard refuses the direct insert, as it should
+        except psycopg.Error as e:
+            raise AssertionError(f"{name}: {e}") from e
         rows = mallory.execute("DELETE FROM dj_mallory_evil.calls RETURNING who, what").fetchall()
         if rows:
             resolved[name] = rows

@@ -19,6 +19,8 @@ use datajoint_core::sql;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{InOutFuncs, JsonB, PgOid, PgSqlErrorCode, StringInfo, VariadicArray};
+
+use crate::rows::{self, JsonRow};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, TableName};
@@ -307,6 +309,38 @@ COMMENT ON FUNCTION dj.rel_exclude_jsonb(dj.relation, jsonb) IS 'The - operator 
 COMMENT ON FUNCTION dj.rel_exclude_list(dj.relation, text[]) IS 'The - operator with several SQL conditions (none may hold).';
 COMMENT ON FUNCTION dj.relation_condition(dj.relation) IS 'A relation as a JSON condition (the implicit cast behind a & b and a - b).';
 COMMENT ON FUNCTION dj.relation_in(cstring) IS 'Input of dj.relation: checks the expression''s syntax only.';
+-- The operators as functions of schema dj: they work under any search_path (a BI tool that sets
+-- it to one schema), and in SQL a parser of another dialect reads.
+CREATE FUNCTION dj."join"(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_join($1, $2)';
+CREATE FUNCTION dj."union"(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_union($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, text) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_text($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, jsonb) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_jsonb($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, text[]) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_list($1, $2)';
+CREATE FUNCTION dj.restrict(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_restrict_jsonb($1, dj.relation_condition($2))';
+CREATE FUNCTION dj.exclude(dj.relation, text) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_text($1, $2)';
+CREATE FUNCTION dj.exclude(dj.relation, jsonb) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_jsonb($1, $2)';
+CREATE FUNCTION dj.exclude(dj.relation, text[]) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_list($1, $2)';
+CREATE FUNCTION dj.exclude(dj.relation, dj.relation) RETURNS dj.relation
+    LANGUAGE sql STABLE PARALLEL SAFE STRICT AS 'SELECT dj.rel_exclude_jsonb($1, dj.relation_condition($2))';
+COMMENT ON FUNCTION dj."join"(dj.relation, dj.relation) IS 'Join (the * operator), under any search_path.';
+COMMENT ON FUNCTION dj."union"(dj.relation, dj.relation) IS 'Union (the + operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, text) IS 'Restriction by an SQL condition or a key as JSON text (the & operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, jsonb) IS 'Restriction by a key, keys or JSON conditions (the & operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, text[]) IS 'Restriction by any of several SQL conditions (the & operator), under any search_path.';
+COMMENT ON FUNCTION dj.restrict(dj.relation, dj.relation) IS 'Semijoin (the & operator with a relation), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, text) IS 'Antirestriction by an SQL condition or a key as JSON text (the - operator), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, jsonb) IS 'Antirestriction by a key, keys or JSON conditions (the - operator), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, text[]) IS 'Antirestriction by several SQL conditions, none of which may hold (the - operator), under any search_path.';
+COMMENT ON FUNCTION dj.exclude(dj.relation, dj.relation) IS 'Antijoin (the - operator with a relation), under any search_path.';
 COMMENT ON FUNCTION dj.relation_out(dj.relation) IS 'Output of dj.relation: the expression''s text.';
 "#,
     name = "rel_operators",
@@ -438,16 +472,18 @@ fn sql(rel: Relation) -> String {
     compiled("dj.sql", &rel).sql
 }
 
-/// The query, with the ORDER BY / LIMIT / OFFSET a fetch asks for.
-fn fetch_query(
+/// The query over the expression's result `q`, selecting `select`, with the ORDER BY / LIMIT /
+/// OFFSET a fetch asks for.
+fn result_query(
     funcname: &'static str,
     rel: &Relation,
+    select: &str,
     order_by: Option<&str>,
     limit: Option<i64>,
     offset: i64,
 ) -> String {
     let c = compiled(funcname, rel);
-    let mut q = format!("SELECT pg_catalog.to_jsonb(q) FROM ({}) AS q", c.sql);
+    let mut q = format!("SELECT {select} FROM ({}) AS q", c.sql);
     // Asked for, or else the order of a top (which the subquery alone does not guarantee).
     let order = match order_by {
         Some(order_by) => {
@@ -469,13 +505,16 @@ fn fetch_query(
     q
 }
 
-fn json_rows(query: &str) -> DjResult<Vec<JsonB>> {
-    Ok(Spi::connect(|client| {
-        client.select(query, None, &[])?.map(|row| row.get::<JsonB>(1)).collect::<Result<Vec<_>, _>>()
-    })?
-    .into_iter()
-    .flatten()
-    .collect())
+/// Each row as jsonb, exactly as `to_jsonb` makes it in the server.
+fn fetch_rows(
+    funcname: &'static str,
+    rel: &Relation,
+    order_by: Option<&str>,
+    limit: Option<i64>,
+    offset: i64,
+) -> Vec<JsonRow> {
+    let query = result_query(funcname, rel, "pg_catalog.to_jsonb(q)", order_by, limit, offset);
+    rows::json_rows(&query).or_raise(funcname)
 }
 
 /// `dj.fetch(rel, order_by, limit, offset)`: the rows, each as a JSON object.
@@ -485,18 +524,29 @@ fn fetch(
     order_by: default!(Option<&str>, "NULL"),
     limit: default!(Option<i64>, "NULL"),
     offset: default!(i64, 0),
-) -> SetOfIterator<'static, JsonB> {
+) -> SetOfIterator<'static, JsonRow> {
     let _pin = security::pin();
-    let query = fetch_query("dj.fetch", &rel, order_by, limit, offset);
-    SetOfIterator::new(json_rows(&query).or_raise("dj.fetch"))
+    SetOfIterator::new(fetch_rows("dj.fetch", &rel, order_by, limit, offset))
+}
+
+/// `dj.fetch_json(...)`: `dj.fetch` under a name no SQL dialect reserves (BI tools' parsers read
+/// `FETCH` as the keyword).
+#[pg_extern(stable, parallel_safe)]
+fn fetch_json(
+    rel: Relation,
+    order_by: default!(Option<&str>, "NULL"),
+    limit: default!(Option<i64>, "NULL"),
+    offset: default!(i64, 0),
+) -> SetOfIterator<'static, JsonRow> {
+    let _pin = security::pin();
+    SetOfIterator::new(fetch_rows("dj.fetch_json", &rel, order_by, limit, offset))
 }
 
 /// `dj.fetch1(rel)`: the one row of a relation that must have exactly one.
 #[pg_extern(stable, parallel_safe)]
-fn fetch1(rel: Relation) -> JsonB {
+fn fetch1(rel: Relation) -> JsonRow {
     let _pin = security::pin();
-    let query = fetch_query("dj.fetch1", &rel, None, Some(2), 0);
-    let mut found = json_rows(&query).or_raise("dj.fetch1");
+    let mut found = fetch_rows("dj.fetch1", &rel, None, Some(2), 0);
     match found.len() {
         1 => found.pop().expect("one row"),
         0 => DjError::new(
@@ -512,6 +562,89 @@ fn fetch1(rel: Relation) -> JsonB {
         )
         .raise("dj.fetch1"),
     }
+}
+
+/// `dj._query_sql(rel, ...)`: the typed query `dj.query` runs (each attribute a column of its type).
+#[pg_extern(stable, parallel_safe, name = "_query_sql")]
+fn query_sql(
+    rel: Relation,
+    order_by: default!(Option<&str>, "NULL"),
+    limit: default!(Option<i64>, "NULL"),
+    offset: default!(i64, 0),
+) -> String {
+    let _pin = security::pin();
+    result_query("dj.query", &rel, "q.*", order_by, limit, offset)
+}
+
+/// `dj.temp_view(rel, name)`: a temporary view of the expression (this session only, typed
+/// columns, replaced if it exists), for clients that want typed rows without creating a view:
+/// `SELECT dj.temp_view(dj.rel('lab.Session'), 'sessions'); SELECT * FROM sessions;`. Returns
+/// its name.
+#[pg_extern(volatile, parallel_unsafe)]
+fn temp_view(rel: Relation, name: default!(&str, "'dj_result'")) -> String {
+    const FN: &str = "dj.temp_view";
+    let _pin = security::pin();
+    let c = compiled(FN, &rel);
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+    if !valid {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("\"{name}\" is not a temporary view name"),
+            "Use letters, digits and _ (no schema: the view is in this session's temporary schema).",
+        )
+        .raise(FN);
+    }
+    let view = sql::ident(name);
+    // (DROP ... IF EXISTS would say the temporary schema does not exist before its first use.)
+    let exists = catalog::read_one::<bool>(
+        "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+        &[format!("pg_temp.{view}").into()],
+    )
+    .or_raise(FN);
+    let drop = if exists == Some(true) { format!("DROP VIEW pg_temp.{view};\n") } else { String::new() };
+    Spi::run(&format!("{drop}CREATE TEMPORARY VIEW {view} AS {}", c.sql)).map_err(DjError::from).or_raise(FN);
+    comment_columns(&format!("pg_temp.{view}"), &rel).or_raise(FN);
+    name.to_string()
+}
+
+/// Tables as the catalog describes them, noting each one an expression names.
+struct Recorder(Vec<TableName>);
+
+impl Catalog for Recorder {
+    type Error = DjError;
+
+    fn table(&mut self, name: &str) -> DjResult<TableInfo> {
+        let info = PgCatalog.table(name)?;
+        self.0.push(TableName { schema: info.schema.clone(), table: info.table.clone() });
+        Ok(info)
+    }
+}
+
+/// Gives each column of the view `view` (qualified) of `rel` the comment of the column it comes
+/// from: the first table the expression names that has a column of that name (renamed and
+/// computed attributes get none), without DataJoint's `:type:` prefix.
+fn comment_columns(view: &str, rel: &Relation) -> DjResult<()> {
+    let mut tables = Recorder(Vec::new());
+    let compiled = algebra::compile(&mut parsed(rel)?, &mut tables)?;
+    let mut columns = Vec::new();
+    for t in &tables.0 {
+        columns.push(catalog::columns(t)?);
+    }
+    for attribute in &compiled.heading {
+        let origin = columns.iter().flatten().find(|c| c.name == attribute.name);
+        let Some((_, comment)) = origin.map(|c| c.declared()) else { continue };
+        if !comment.is_empty() {
+            Spi::run(&format!(
+                "COMMENT ON COLUMN {view}.{} IS {}",
+                sql::ident(&attribute.name),
+                sql::literal(&comment)
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 /// `dj.count(rel)`: the number of rows.
@@ -594,6 +727,7 @@ fn create_view(name: &str, rel: Relation, replace: default!(bool, false)) -> Str
     ))
     .map_err(DjError::from)
     .or_raise("dj.create_view");
+    comment_columns(&qualified, &rel).or_raise("dj.create_view");
     qualified
 }
 
@@ -613,6 +747,16 @@ COMMENT ON FUNCTION dj.not(jsonb) IS 'The negation of a key, list of keys or JSO
 COMMENT ON FUNCTION dj.not(dj.relation) IS 'The negation of a semijoin: rows matching no row of the relation.';
 COMMENT ON FUNCTION dj.sql(dj.relation) IS 'The SQL a relation runs as.';
 COMMENT ON FUNCTION dj.fetch(dj.relation, text, bigint, bigint) IS 'The rows of a relation as JSON objects, optionally ordered (''KEY'', ''attr DESC''), limited and offset.';
+COMMENT ON FUNCTION dj.fetch_json(dj.relation, text, bigint, bigint) IS 'dj.fetch under a name no SQL dialect reserves (for BI tools): the rows as JSON objects, exactly as to_jsonb makes them.';
+COMMENT ON FUNCTION dj._query_sql(dj.relation, text, bigint, bigint) IS 'Internal: the typed query dj.query runs.';
+CREATE FUNCTION dj.query(rel dj.relation, order_by text DEFAULT NULL, "limit" bigint DEFAULT NULL, "offset" bigint DEFAULT 0)
+    RETURNS SETOF record LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $query$
+BEGIN
+    RETURN QUERY EXECUTE dj._query_sql(rel, order_by, "limit", "offset");
+END
+$query$;
+COMMENT ON FUNCTION dj.query(dj.relation, text, bigint, bigint) IS 'The rows of a relation as typed columns: SELECT * FROM dj.query(rel) AS t(subject_id int4, ...), the column list matching dj.heading.';
+COMMENT ON FUNCTION dj.temp_view(dj.relation, text) IS 'A temporary view (this session) of a relation, typed columns and their comments: SELECT * FROM name afterwards. Returns the name.';
 COMMENT ON FUNCTION dj.fetch1(dj.relation) IS 'The one row of a relation that must have exactly one (P0002 none, P0003 several).';
 COMMENT ON FUNCTION dj.count(dj.relation) IS 'The number of rows of a relation.';
 COMMENT ON FUNCTION dj.heading(dj.relation) IS 'The attributes of a relation: name, type, whether in the primary key, lineage.';
@@ -635,6 +779,9 @@ COMMENT ON FUNCTION dj.create_view(text, dj.relation, boolean) IS 'Creates schem
         not_rel,
         sql,
         fetch,
+        fetch_json,
+        query_sql,
+        temp_view,
         fetch1,
         count,
         rel_heading,

@@ -266,6 +266,88 @@ fn diagram(items: Vec<String>, format: default!(&str, "'mermaid'")) -> String {
     draw(&items, format).or_raise("dj.diagram")
 }
 
+/// `dj.diagram('lab')`: one schema or table.
+#[pg_extern(stable, parallel_safe, name = "diagram")]
+fn diagram_one(item: &str, format: default!(&str, "'mermaid'")) -> String {
+    let _pin = security::pin();
+    draw(&[item.to_string()], format).or_raise("dj.diagram")
+}
+
+type ColumnRow = (
+    name!(schema_name, String),
+    name!(class_name, String),
+    name!(table_name, String),
+    name!(position, i32),
+    name!(attribute, String),
+    name!(datajoint_type, String),
+    name!(sql_type, String),
+    name!(in_key, bool),
+    name!(nullable, bool),
+    name!(default_value, Option<String>),
+    name!(comment, String),
+    name!(lineage, Option<String>),
+    name!(hidden, bool),
+);
+
+/// `dj._pipeline_columns()`, behind the view `dj.pipeline_columns`: every attribute of every
+/// DataJoint table the calling role may see, with its DataJoint type, comment (without the type
+/// prefix DataJoint stores in it), key membership and lineage.
+#[pg_extern(stable, parallel_safe, name = "_pipeline_columns")]
+fn pipeline_columns() -> TableIterator<
+    'static,
+    (
+        name!(schema_name, String),
+        name!(class_name, String),
+        name!(table_name, String),
+        name!(position, i32),
+        name!(attribute, String),
+        name!(datajoint_type, String),
+        name!(sql_type, String),
+        name!(in_key, bool),
+        name!(nullable, bool),
+        name!(default_value, Option<String>),
+        name!(comment, String),
+        name!(lineage, Option<String>),
+        name!(hidden, bool),
+    ),
+> {
+    let _pin = security::pin();
+    TableIterator::new(column_rows().or_raise("dj.pipeline_columns"))
+}
+
+fn column_rows() -> DjResult<Vec<ColumnRow>> {
+    let mut out = Vec::new();
+    for name in catalog::tables(None)? {
+        if !catalog::may_see(&name)? {
+            continue;
+        }
+        let lineage = catalog::lineage_of(&name)?;
+        let class = naming::class_name_of(&name.table);
+        for (i, c) in catalog::columns(&name)?.into_iter().enumerate() {
+            let (declared, comment) = c.declared();
+            let default = c.declared_default();
+            let hidden = c.is_hidden();
+            let origin = lineage.iter().find(|(a, _)| *a == c.name).map(|(_, l)| l.clone());
+            out.push((
+                name.schema.clone(),
+                class.clone(),
+                name.table.clone(),
+                i as i32 + 1,
+                c.name,
+                declared,
+                c.sql_type,
+                c.in_key,
+                c.nullable,
+                default,
+                comment,
+                origin,
+                hidden,
+            ));
+        }
+    }
+    Ok(out)
+}
+
 fn draw(items: &[String], format: &str) -> DjResult<String> {
     let format = datajoint_core::diagram::Format::parse(format).ok_or_else(|| {
         crate::error::DjError::new(
@@ -294,9 +376,14 @@ fn draw(items: &[String], format: &str) -> DjResult<String> {
 
 extension_sql!(
     r#"
+COMMENT ON FUNCTION dj.diagram(text, text) IS 'A diagram of one schema or table (see dj.diagram(text[], text)).';
+COMMENT ON FUNCTION dj._pipeline_columns() IS 'Internal: the rows of the view dj.pipeline_columns.';
+CREATE VIEW dj.pipeline_columns WITH (security_invoker = true) AS SELECT * FROM dj._pipeline_columns();
+COMMENT ON VIEW dj.pipeline_columns IS 'Every attribute of every DataJoint table the querying role may see: DataJoint type, SQL type, key, nullability, default, comment (without the :type: prefix), lineage, hidden.';
+GRANT SELECT ON dj.pipeline_columns TO PUBLIC;
 COMMENT ON FUNCTION dj.diagram(text[], text) IS
   'A diagram of schemas and tables (each item a schema name or a table): format mermaid (default), dot, or svg (laid out, viewable in a browser). Tiers are drawn as DataJoint draws them.';
 "#,
     name = "diagram_comment",
-    requires = [diagram]
+    requires = [diagram, diagram_one, pipeline_columns]
 );

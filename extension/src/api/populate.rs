@@ -10,12 +10,13 @@ use datajoint_core::naming::Tier;
 use datajoint_core::populate::{self, KeyParent, Order};
 use datajoint_core::sandbox::SandboxError;
 use pgrx::prelude::*;
-use pgrx::{IntoDatum, JsonB, PgMemoryContexts, PgSqlErrorCode};
+use pgrx::{IntoDatum, PgMemoryContexts, PgSqlErrorCode};
 
 use crate::api::tiers::PipelineWrite;
 use crate::catalog::{self, TableName};
 use crate::error::{DjError, DjResult, OrRaise};
 use crate::make::{self as host, Context, SpiDb, TableInfo};
+use crate::rows::{self, JsonRow};
 use crate::{gucs, interrupts, security};
 
 /// How often populate reports progress.
@@ -262,36 +263,133 @@ fn source_of(table: &str, restriction: Option<&str>) -> DjResult<Source> {
     Ok(Source { name, table: t, key, sql, condition })
 }
 
-/// The rows of a query as jsonb objects.
-fn json_rows(sql: &str) -> DjResult<Vec<JsonB>> {
-    Ok(Spi::connect(|client| {
-        let rows = client.select(&format!("SELECT pg_catalog.to_jsonb(q) FROM ({sql}) AS q"), None, &[])?;
-        rows.map(|r| r.get::<JsonB>(1).map(|v| v.unwrap_or(JsonB(serde_json::Value::Null))))
-            .collect::<Result<Vec<_>, _>>()
-    })?)
+/// The rows of a query as jsonb objects, exactly as PostgreSQL makes them.
+fn json_rows(sql: &str) -> DjResult<Vec<JsonRow>> {
+    rows::json_rows(&format!("SELECT pg_catalog.to_jsonb(q) FROM ({sql}) AS q"))
 }
 
 /// `dj.key_source(table, restriction)`: the keys a populate would compute, computed or not.
 #[pg_extern(stable, parallel_safe)]
-fn key_source(table: &str, restriction: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, JsonB> {
+fn key_source(table: &str, restriction: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, JsonRow> {
     const FN: &str = "dj.key_source";
     let _pin = security::pin();
     let source = source_of(table, restriction).or_raise(FN);
     SetOfIterator::new(json_rows(&source.keys(false, Order::Original, None)).or_raise(FN))
 }
 
-/// `dj.progress(table, restriction)`: how many keys remain, of how many.
+/// `dj.progress(table, restriction)`: how many keys remain, of how many (NULL for tables nobody
+/// populates: Manual, Lookup, Part, so that a dashboard may ask it of every table).
 #[pg_extern(stable, parallel_safe)]
 fn progress(
     table: &str,
     restriction: default!(Option<&str>, "NULL"),
-) -> TableIterator<'static, (name!(remaining, i64), name!(total, i64))> {
+) -> TableIterator<'static, (name!(remaining, Option<i64>), name!(total, Option<i64>))> {
     const FN: &str = "dj.progress";
     let _pin = security::pin();
+    let name = catalog::resolve(table).or_raise(FN);
+    if auto_populated(&name).is_err() {
+        return TableIterator::once((None, None));
+    }
     let source = source_of(table, restriction).or_raise(FN);
     let remaining = source.count(true).or_raise(FN);
     let total = source.count(false).or_raise(FN);
-    TableIterator::once((remaining, total))
+    TableIterator::once((Some(remaining), Some(total)))
+}
+
+type PipelineTableRow = (
+    name!(schema_name, String),
+    name!(class_name, String),
+    name!(tier, String),
+    name!(table_name, String),
+    name!(rows, Option<i64>),
+    name!(make_module, Option<String>),
+    name!(make_sha256, Option<String>),
+    name!(remaining, Option<i64>),
+    name!(errors, Option<i64>),
+    name!(last_populated, Option<pgrx::datum::Timestamp>),
+);
+
+/// `dj._pipeline_tables()`, behind the view `dj.pipeline_tables`: every DataJoint table with its
+/// tier, rows, make function and populate state, as a BI tool can show them. Figures the calling
+/// role may not read are NULL.
+#[pg_extern(stable, parallel_safe, name = "_pipeline_tables")]
+fn pipeline_tables() -> TableIterator<
+    'static,
+    (
+        name!(schema_name, String),
+        name!(class_name, String),
+        name!(tier, String),
+        name!(table_name, String),
+        name!(rows, Option<i64>),
+        name!(make_module, Option<String>),
+        name!(make_sha256, Option<String>),
+        name!(remaining, Option<i64>),
+        name!(errors, Option<i64>),
+        name!(last_populated, Option<pgrx::datum::Timestamp>),
+    ),
+> {
+    const FN: &str = "dj.pipeline_tables";
+    let _pin = security::pin();
+    TableIterator::new(pipeline_rows().or_raise(FN))
+}
+
+fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
+    let deps = catalog::dependencies()?;
+    let mut out = Vec::new();
+    for name in catalog::tables(None)? {
+        let table = Table::new(name.schema.clone(), name.table.clone());
+        let Some(tier) = table.tier() else { continue };
+        let readable = catalog::may_select(&name)?;
+        let count = |sql: String| -> DjResult<Option<i64>> { Ok(catalog::read_one::<i64>(&sql, &[])?) };
+        let rows = if readable {
+            count(format!("SELECT pg_catalog.count(*) FROM {}", name.qualified()))?
+        } else {
+            None
+        };
+        let (make_module, make_sha256) = match make_of(&name) {
+            Ok((module, sha256)) => (Some(module), Some(sha256)),
+            Err(_) => (None, None),
+        };
+        let (mut remaining, mut errors, mut last_populated) = (None, None, None);
+        if auto_populated(&name).is_ok() {
+            let parents_readable = deps
+                .parents(&table)
+                .into_iter()
+                .map(|(p, _)| TableName { schema: p.schema.clone(), table: p.name.clone() })
+                .try_fold(readable, |ok, p| Ok::<_, DjError>(ok && catalog::may_select(&p)?))?;
+            // (A Computed-named table without key parents has no key source: nothing remains.)
+            if let (true, Ok(source)) = (parents_readable, source_of(&name.qualified(), None)) {
+                remaining = Some(source.count(true)?);
+            }
+            let jobs = populate::jobs_table(&table);
+            let jobs = TableName { schema: jobs.schema, table: jobs.name };
+            if catalog::table_exists(&jobs.schema, &jobs.table)? && catalog::may_select(&jobs)? {
+                errors = count(format!(
+                    "SELECT pg_catalog.count(*) FROM {} WHERE status OPERATOR(pg_catalog.=) 'error'",
+                    jobs.qualified()
+                ))?;
+            }
+            if readable && TableInfo::read(&name)?.has_job_version() {
+                last_populated = catalog::read_one::<pgrx::datum::Timestamp>(
+                    &format!("SELECT pg_catalog.max(\"_job_start_time\") FROM {}", name.qualified()),
+                    &[],
+                )?;
+            }
+        }
+        out.push((
+            name.schema.clone(),
+            datajoint_core::naming::class_name_of(&name.table),
+            tier.name().to_string(),
+            name.table.clone(),
+            rows,
+            make_module,
+            make_sha256,
+            remaining,
+            errors,
+            last_populated,
+        ));
+    }
+    Ok(out)
 }
 
 /// The code a table's make runs: (the module name it was bound under, its sha256).
@@ -323,7 +421,7 @@ fn make_of(name: &TableName) -> DjResult<(String, String)> {
 
 /// `dj.stale(table)`: keys of rows computed by another module than the table's current one.
 #[pg_extern(stable, parallel_safe)]
-fn stale(table: &str) -> SetOfIterator<'static, JsonB> {
+fn stale(table: &str) -> SetOfIterator<'static, JsonRow> {
     const FN: &str = "dj.stale";
     let _pin = security::pin();
     let name = catalog::resolve(table).or_raise(FN);
@@ -460,7 +558,7 @@ const KEY_BATCH: i64 = 1000;
 fn populate_keys(
     ctx: &Rc<Context>,
     prepared: &make::Prepared<SpiDb>,
-    mut next_batch: impl FnMut() -> Vec<Vec<Field>>,
+    mut next_batch: impl FnMut() -> DjResult<Vec<Vec<Field>>>,
     total: usize,
     suppress_errors: bool,
 ) -> DjResult<(i64, i64)> {
@@ -498,7 +596,7 @@ fn populate_keys(
     let mut seen = 0usize;
     let mut first_failures: Vec<String> = Vec::new();
     loop {
-        let keys = next_batch();
+        let keys = next_batch()?;
         if keys.is_empty() {
             break;
         }
@@ -718,12 +816,25 @@ COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make functio
 COMMENT ON FUNCTION dj.unregister_module(text) IS 'Removes a module name (registrant only); tables bound to one of its versions keep running it.';
 COMMENT ON FUNCTION dj.set_make(text, text) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); table owner only.';
 COMMENT ON FUNCTION dj.key_source(text, text) IS 'The keys a populate would compute: the primary-key parents'' keys not yet in the table, optionally restricted.';
-COMMENT ON FUNCTION dj.progress(text, text) IS 'How many keys of a table are done and how many remain.';
+COMMENT ON FUNCTION dj.progress(text, text) IS 'How many keys of a Computed or Imported table remain, of how many (NULL for other tiers).';
+COMMENT ON FUNCTION dj._pipeline_tables() IS 'Internal: the rows of the view dj.pipeline_tables.';
+CREATE VIEW dj.pipeline_tables WITH (security_invoker = true) AS SELECT * FROM dj._pipeline_tables();
+COMMENT ON VIEW dj.pipeline_tables IS 'Every DataJoint table: schema, class, tier, SQL name, rows, make function (module name and sha256), keys remaining to populate, failed keys (in its jobs table), last populated (newest _job_start_time). NULL where the querying role may not read.';
+GRANT SELECT ON dj.pipeline_tables TO PUBLIC;
 COMMENT ON FUNCTION dj.stale(text) IS 'Rows made by another version of the table''s make function (or by another client).';
 COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean) IS 'Runs the table''s make function once per missing key, one subtransaction per key, as the calling role; returns done, errors, remaining.';
 "#,
     name = "populate_comments",
-    requires = [register_module, unregister_module, set_make, key_source, progress, stale, populate]
+    requires = [
+        register_module,
+        unregister_module,
+        set_make,
+        key_source,
+        progress,
+        stale,
+        populate,
+        pipeline_tables
+    ]
 );
 
 #[cfg(any(test, feature = "pg_test"))]

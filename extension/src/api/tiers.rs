@@ -208,9 +208,17 @@ BEGIN
     -- Every way a table comes to have a tier name in an enforcing schema: CREATE TABLE, CREATE
     -- TABLE AS / SELECT INTO, and ALTER TABLE (RENAME TO, SET SCHEMA).
     FOR created IN
-        SELECT c.objid, c.schema_name, c.command_tag FROM pg_event_trigger_ddl_commands() c
+        SELECT c.objid, c.schema_name, c.command_tag, c.in_extension FROM pg_event_trigger_ddl_commands() c
         WHERE c.object_type OPERATOR(pg_catalog.=) 'table' AND c.schema_name IS NOT NULL AND dj._names_table(c.command)
     LOOP
+        -- Schema dj is the extension's: a table put there (by a client that takes it for a
+        -- DataJoint schema, say) would outlive DROP EXTENSION.
+        IF created.schema_name OPERATOR(pg_catalog.=) 'dj' AND NOT created.in_extension THEN
+            RAISE EXCEPTION 'schema dj belongs to the datajoint extension: % may not put table % there',
+                    created.command_tag, created.objid::pg_catalog.regclass
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Declare pipeline tables in a schema of their own (dj.declare(''lab.Session'', ...) creates it).';
+        END IF;
         -- (Nested IFs: SQL does not promise to evaluate the operands of AND in order.)
         IF EXISTS (SELECT FROM dj.schema_settings s
                    WHERE s.schema_name OPERATOR(pg_catalog.=) created.schema_name AND s.enforce_tiers) THEN
@@ -227,7 +235,7 @@ BEGIN
     END LOOP;
 END
 $guard$;
-COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables that come to have a tier name in a tier-enforcing schema (CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE RENAME / SET SCHEMA), whoever runs the command.';
+COMMENT ON FUNCTION dj._guard_new_tables() IS 'Event trigger: guards tables that come to have a tier name in a tier-enforcing schema (CREATE TABLE, CREATE TABLE AS, SELECT INTO, ALTER TABLE RENAME / SET SCHEMA), whoever runs the command; refuses tables in schema dj.';
 CREATE EVENT TRIGGER dj_guard_new_tables ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE')
     EXECUTE FUNCTION dj._guard_new_tables();

@@ -70,11 +70,11 @@ impl Plans {
     }
 
     /// The next `n` rows of a cursor (none at the end).
-    pub fn fetch_cursor(&self, portal: pg_sys::Portal, n: i64) -> Vec<Row> {
+    pub fn fetch_cursor(&self, portal: pg_sys::Portal, n: i64) -> DjResult<Vec<Row>> {
         let _cx = KeepContext::new();
         unsafe {
             pg_sys::SPI_cursor_fetch(portal, true, n);
-            rows_of_tuptable(&mut Budget::unlimited()).expect("no budget to exceed")
+            rows_of_tuptable(&mut Budget::unlimited())
         }
     }
 
@@ -292,7 +292,14 @@ unsafe fn rows_of_tuptable(budget: &mut Budget) -> DjResult<Vec<Row>> {
                     result = Err(over_budget(budget));
                     break 'rows;
                 }
-                row.push(Field { name: name.clone(), value: to_value(datum, is_null, *type_oid) });
+                let value = match to_value(datum, is_null, *type_oid) {
+                    Ok(value) => value,
+                    Err(e) => {
+                        result = Err(e);
+                        break 'rows;
+                    }
+                };
+                row.push(Field { name: name.clone(), value });
             }
             if rows.is_empty() {
                 rows.reserve(n);

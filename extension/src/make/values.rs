@@ -14,12 +14,12 @@ use crate::error::{DjError, DjResult};
 ///
 /// # Safety
 /// `datum` must be a valid datum of `type_oid` (or ignored when `is_null`).
-pub unsafe fn to_value(datum: pg_sys::Datum, is_null: bool, type_oid: pg_sys::Oid) -> Value {
+pub unsafe fn to_value(datum: pg_sys::Datum, is_null: bool, type_oid: pg_sys::Oid) -> DjResult<Value> {
     use pgrx::FromDatum;
     if is_null {
-        return Value::Null;
+        return Ok(Value::Null);
     }
-    unsafe {
+    Ok(unsafe {
         match type_oid {
             pg_sys::BOOLOID => Value::Boolean(datum.value() != 0),
             pg_sys::INT2OID => Value::Int(i64::from(i16::from_datum(datum, false).unwrap_or_default())),
@@ -34,7 +34,18 @@ pub unsafe fn to_value(datum: pg_sys::Datum, is_null: bool, type_oid: pg_sys::Oi
             pg_sys::DATEOID => Value::Date(values::date_from_pg(datum.value() as i32)),
             pg_sys::TIMEOID => Value::Time(datum.value() as i64),
             pg_sys::TIMESTAMPOID | pg_sys::TIMESTAMPTZOID => {
-                Value::Timestamp(values::timestamp_from_pg(datum.value() as i64))
+                let pg = datum.value() as i64;
+                Value::Timestamp(values::timestamp_from_pg(pg).ok_or_else(|| {
+                    let kind = OutOfRange::ContractTimestamp;
+                    DjError::new(
+                        PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+                        format!(
+                            "timestamp {} is beyond what a make function can receive",
+                            output_text(datum, type_oid)
+                        ),
+                        format!("{}; restrict the query to exclude it.", kind.range()),
+                    )
+                })?)
             }
             pg_sys::UUIDOID => {
                 let uuid = pgrx::Uuid::from_datum(datum, false);
@@ -48,7 +59,7 @@ pub unsafe fn to_value(datum: pg_sys::Datum, is_null: bool, type_oid: pg_sys::Oi
             // Enums, names, intervals, arrays, ...: their text form.
             _ => Value::Text(output_text(datum, type_oid)),
         }
-    }
+    })
 }
 
 unsafe fn output_text(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> String {

@@ -34,6 +34,7 @@
 //! | `nul-text` | inserts `value` = text with a NUL character |
 //! | `nul-restriction` | fetches `Case` with a restriction holding a NUL character |
 //! | `infinity` | inserts `value` = timestamp +infinity (`i64::MAX`), which PostgreSQL stores |
+//! | `copy` | fetches the key's row of `Source` (an ancestor) and inserts its attributes into `Outcome` as they came |
 
 use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query, Value};
 use std::hint::black_box;
@@ -121,6 +122,16 @@ impl Make for Misbehave {
                 return Err(format!("the host ran a restriction with NUL ({} rows)", rows.len()));
             }
             "infinity" => insert1("Outcome", key.clone().with("value", Value::Timestamp(i64::MAX))),
+            "copy" => {
+                let source = fetch1("Source");
+                let mut row = key.clone();
+                for (name, value) in source.iter() {
+                    if !key.contains(name) {
+                        row.set(name, value.clone());
+                    }
+                }
+                insert1("Outcome", row);
+            }
             other => return Err(format!("case {id}: unknown mode {other:?}")),
         }
         Ok(())
