@@ -117,6 +117,12 @@ SELECT dj.sql(dj.rel('demo.Subject') - dj.rel('demo.Recording'));
 SELECT dj.create_view('demo.recording_rates', dj.rel('demo.Recording') * dj.rel('demo.SpikeRate'));
 SELECT * FROM demo.recording_rates ORDER BY 1, 2;
 
+\echo '== What a dashboard sees: the pipeline as views a BI tool can use as datasets'
+SELECT class_name, tier, rows, make_module, remaining, errors FROM dj.pipeline_tables
+ WHERE schema_name = 'demo' ORDER BY class_name;
+SELECT attribute, datajoint_type, in_key, comment FROM dj.pipeline_columns
+ WHERE schema_name = 'demo' AND class_name = 'Recording' ORDER BY position;
+
 \echo '== What a DataJoint client sees'
 SELECT * FROM dj.tables('demo');
 SELECT dj.describe('demo.Session');
@@ -131,7 +137,7 @@ SELECT dj.diagram(ARRAY['demo'], 'svg');
 \o
 \pset format aligned
 \pset tuples_only off
-SELECT dj.diagram(ARRAY['demo']) AS mermaid;
+SELECT dj.diagram('demo') AS mermaid;
 
 \echo '== Deleting a subject takes everything downstream (preview)'
 SELECT * FROM dj.delete_preview('demo.Subject', 'subject_id = 1');
