@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use datajoint_core::make::{self, Database, Field, Level, Prepared, Query, Row, Value};
-use datajoint_core::sandbox::Limits;
+use datajoint_core::sandbox::{Cancel, Limits};
 
 struct Memory {
     inserted: u64,
@@ -31,10 +31,6 @@ impl Database for Memory {
         self.inserted += rows.len() as u64;
         Ok(rows.len() as u64)
     }
-}
-
-fn never() -> bool {
-    false
 }
 
 fn main() {
@@ -59,14 +55,14 @@ fn main() {
     let mut db = Memory { inserted: 0 };
     // Warm up (the first call starts the epoch ticker and the WASI runtime).
     for _ in 0..100 {
-        let (result, _, back) = prepared.call(db, &key, &limits, never);
+        let (result, _, back) = prepared.call(db, &key, &limits, &Cancel::Never);
         result.map_err(|e| format!("{e:?}")).expect("make succeeds");
         db = back;
     }
     let rss_before = rss_kib();
     let t = Instant::now();
     for _ in 0..calls {
-        let (result, _, back) = prepared.call(db, &key, &limits, never);
+        let (result, _, back) = prepared.call(db, &key, &limits, &Cancel::Never);
         result.map_err(|e| format!("{e:?}")).expect("make succeeds");
         db = back;
     }

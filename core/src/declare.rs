@@ -62,8 +62,6 @@ pub struct TableDdl {
     pub primary_key: Vec<String>,
     /// `~lineage` rows: (attribute, lineage), in datajoint-python's order.
     pub lineage: Vec<(String, String)>,
-    /// Object stores the codecs name.
-    pub stores: Vec<String>,
     /// Things worth a NOTICE (native types).
     pub notices: Vec<String>,
 }
@@ -346,11 +344,6 @@ fn compile_attribute(
         AttributeType::Core { enumeration: Some(e), .. } => {
             if !out.enums.iter().any(|(n, _)| n == &e.type_name) {
                 out.enums.push((e.type_name.clone(), e.values.clone()));
-            }
-        }
-        AttributeType::Codec { store: Some(store), .. } => {
-            if !out.stores.contains(store) {
-                out.stores.push(store.clone());
             }
         }
         AttributeType::Native { sql_type } => out.notices.push(format!(

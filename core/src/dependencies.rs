@@ -24,6 +24,11 @@ impl Table {
         Tier::of_table(&self.name)
     }
 
+    /// `"schema"."table"`.
+    pub fn qualified(&self) -> String {
+        crate::sql::qualified(&self.schema, &self.name)
+    }
+
     /// The master of a part table.
     pub fn master(&self) -> Option<Table> {
         naming::split_part(&self.name).map(|(m, _)| Table::new(self.schema.clone(), m))

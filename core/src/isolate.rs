@@ -345,7 +345,7 @@ mod tests {
         // SAFETY: machine code this process's engine just produced.
         let module = unsafe { wasmtime::Module::deserialize(sandbox::engine(), &code) }.unwrap();
         let limits = sandbox::Limits::default();
-        assert_eq!(sandbox::call_export(&module, "run", &limits, never), Ok(42));
+        assert_eq!(sandbox::call_export(&module, "run", &limits, sandbox::Cancel::Never), Ok(42));
     }
 
     #[test]

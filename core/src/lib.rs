@@ -10,6 +10,7 @@ pub mod definition;
 pub mod dependencies;
 pub mod describe;
 pub mod diagram;
+pub mod host;
 pub mod isolate;
 pub mod make;
 pub mod naming;

@@ -16,7 +16,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::isolate;
-use crate::sandbox::{self, ActiveCall, Guard, Guarded, Limits, SandboxError};
+use crate::sandbox::{self, ActiveCall, Cancel, Guard, Guarded, Limits, SandboxError};
 use crate::threads;
 
 mod bindings {
@@ -247,13 +247,13 @@ impl<D: Database> Prepared<D> {
         db: D,
         key: &Row,
         limits: &Limits,
-        interrupt: fn() -> bool,
+        cancel: &Cancel,
     ) -> (Result<(), MakeError<D::Error>>, Output, D) {
         let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
         let state = State {
-            guard: Guard::new(limits, interrupt),
+            guard: Guard::new(limits, cancel.clone()),
             wasi,
             table: ResourceTable::new(),
             db,
@@ -290,15 +290,25 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-/// The tokio runtime WASI's host calls block on: one worker thread, started with every signal
+static RUNTIME_THREADS: OnceLock<usize> = OnceLock::new();
+
+/// Sets the threads of the runtime WASI's host calls block on (default 1: a backend runs one
+/// guest at a time; a multi-threaded worker wants one per concurrent call). Only before the
+/// first call; returns the number in force.
+pub fn configure_runtime(threads: usize) -> usize {
+    *RUNTIME_THREADS.get_or_init(|| threads.max(1))
+}
+
+/// The tokio runtime WASI's host calls block on, its worker threads started with every signal
 /// blocked (Postgres' handlers must only ever run on the backend's main thread).
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
+        let threads = configure_runtime(1);
         threads::with_signals_blocked(|| {
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .max_blocking_threads(1)
+                .worker_threads(threads)
+                .max_blocking_threads(threads)
                 .thread_name("dj-wasi")
                 .enable_time()
                 .build()

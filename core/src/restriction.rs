@@ -475,6 +475,42 @@ fn emit_aggregate(name: &str, f: &Function, scope: &Scope) -> Result<String, Res
     Ok(format!("pg_catalog.{name}({distinct}{argument})"))
 }
 
+/// What a JSON key does with attributes the relation lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownAttributes {
+    /// Skip them, as DataJoint's restriction by a dict does.
+    Ignore,
+    /// Refuse the key (`dj.delete`: a misspelled attribute must not widen a delete to every row).
+    Refuse,
+}
+
+/// The one translation of a JSON key (`{"subject_id": 1, "session": "a"}`) into SQL: each
+/// attribute equal to its value (strings as literals, numbers and booleans through their JSON text,
+/// which PostgreSQL casts to the column's type; null as IS NULL), ANDed and parenthesized; `TRUE`
+/// when no attribute applies. `column` gives an attribute's SQL (None: the relation lacks it).
+/// Refused: the first attribute the relation lacks, when `unknown` says so.
+pub fn json_key(
+    key: &serde_json::Map<String, serde_json::Value>,
+    column: impl Fn(&str) -> Option<String>,
+    unknown: UnknownAttributes,
+) -> Result<String, String> {
+    let mut terms = Vec::new();
+    for (name, value) in key {
+        let Some(c) = column(name) else {
+            match unknown {
+                UnknownAttributes::Ignore => continue,
+                UnknownAttributes::Refuse => return Err(name.clone()),
+            }
+        };
+        terms.push(match value {
+            serde_json::Value::Null => format!("{c} IS NULL"),
+            serde_json::Value::String(s) => format!("{c} = {}", sql::literal(s)),
+            other => format!("{c} = {}", sql::literal(&other.to_string())),
+        });
+    }
+    Ok(if terms.is_empty() { "TRUE".into() } else { format!("({})", terms.join(" AND ")) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,5 +622,18 @@ mod tests {
         }
         let e = condition("size > 1", &attrs()).unwrap_err();
         assert!(e.hint.contains("depth, quality"), "{e:?}");
+    }
+
+    #[test]
+    fn a_json_key_is_one_condition_whatever_the_caller() {
+        let key: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"a": 1, "b": "it's", "c": null, "zz": true}"#).unwrap();
+        let column = |n: &str| (n != "zz").then(|| format!("q.{n}"));
+        assert_eq!(
+            json_key(&key, column, UnknownAttributes::Ignore).unwrap(),
+            "(q.a = '1' AND q.b = 'it''s' AND q.c IS NULL)"
+        );
+        assert_eq!(json_key(&key, column, UnknownAttributes::Refuse).unwrap_err(), "zz");
+        assert_eq!(json_key(&Default::default(), column, UnknownAttributes::Refuse).unwrap(), "TRUE");
     }
 }

@@ -7,8 +7,8 @@
 //! cancellation. Every store gets a memory cap through [`ResourceLimiter`].
 
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -234,13 +234,13 @@ pub(crate) fn compile_error(e: wasmtime::Error) -> SandboxError {
 /// Instantiates `module` in a fresh store under `limits` and calls its export `name`, which must
 /// take no arguments and return nothing, an i32 or an i64 (returned widened; nothing gives 0).
 ///
-/// `interrupt` is polled every [`EPOCH_TICK`] on the calling thread; returning true stops the
-/// guest with [`SandboxError::Interrupted`] (the host then raises its own cancel error).
+/// `cancel` is polled every [`EPOCH_TICK`] on the calling thread; when it is requested the guest
+/// stops with [`SandboxError::Interrupted`] (the host then raises its own cancel error).
 pub fn call_export(
     module: &Module,
     name: &str,
     limits: &Limits,
-    interrupt: fn() -> bool,
+    cancel: Cancel,
 ) -> Result<i64, SandboxError> {
     if let Some(import) = module.imports().next() {
         return Err(SandboxError::UnsupportedImport(format!("{}.{}", import.module(), import.name())));
@@ -266,7 +266,7 @@ pub fn call_export(
         return Err(SandboxError::WrongSignature { name: name.to_string(), found: ty.to_string() });
     }
 
-    let mut store = new_store(limits, interrupt)?;
+    let mut store = new_store(limits, cancel)?;
     let _active = ActiveCall::begin()?;
     let mut out = if returns_int { vec![results[0].default_value().unwrap()] } else { vec![] };
     let outcome = Instance::new(&mut store, module, &[]).and_then(|instance| {
@@ -283,11 +283,47 @@ pub fn call_export(
     }
 }
 
+/// When a running guest must stop from outside (its own limits apart): polled every
+/// [`EPOCH_TICK`] on the thread running it. `Send + Sync`, so a multi-threaded host can cancel a
+/// call from another thread with a [`Cancel::token`].
+#[derive(Clone, Debug)]
+pub enum Cancel {
+    /// Nothing outside stops the call.
+    Never,
+    /// A check of the host's own state (the extension: Postgres' pending interrupts; it runs on
+    /// the thread that runs the guest).
+    Check(fn() -> bool),
+    /// A flag any thread may set.
+    Token(Arc<AtomicBool>),
+}
+
+impl Cancel {
+    /// A token not yet cancelled.
+    pub fn token() -> Cancel {
+        Cancel::Token(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Stops every call this token (or a clone of it) guards.
+    pub fn cancel(&self) {
+        if let Cancel::Token(flag) = self {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn requested(&self) -> bool {
+        match self {
+            Cancel::Never => false,
+            Cancel::Check(check) => check(),
+            Cancel::Token(flag) => flag.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Per-store state: the limits and why the host stopped the guest, if it did.
 pub struct Guard {
     limits: Limits,
     deadline: Option<Instant>,
-    interrupt: fn() -> bool,
+    cancel: Cancel,
     stopped: Option<Stop>,
     memory_requested: Option<usize>,
     /// Bytes of all memories and elements of all tables so far: a module with many memories or
@@ -354,11 +390,11 @@ impl Guard {
     }
 
     /// The limits of one call, its deadline counted from now.
-    pub fn new(limits: &Limits, interrupt: fn() -> bool) -> Guard {
+    pub fn new(limits: &Limits, cancel: Cancel) -> Guard {
         Guard {
             limits: *limits,
             deadline: limits.timeout.map(|t| Instant::now() + t),
-            interrupt,
+            cancel,
             stopped: None,
             memory_requested: None,
             memory_total: 0,
@@ -379,8 +415,8 @@ impl Guarded for Guard {
 }
 
 /// A store with the memory cap, fuel budget and epoch deadline of `limits` in force.
-pub fn new_store(limits: &Limits, interrupt: fn() -> bool) -> Result<Store<Guard>, SandboxError> {
-    guarded_store(Guard::new(limits, interrupt))
+pub fn new_store(limits: &Limits, cancel: Cancel) -> Result<Store<Guard>, SandboxError> {
+    guarded_store(Guard::new(limits, cancel))
 }
 
 /// A store for `data`, its guard's limits in force.
@@ -392,7 +428,7 @@ pub fn guarded_store<T: Guarded>(mut data: T) -> Result<Store<T>, SandboxError> 
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| {
         let g = ctx.data_mut().guard();
-        if (g.interrupt)() {
+        if g.cancel.requested() {
             g.stopped = Some(Stop::Interrupted);
             return Ok(UpdateDeadline::Interrupt);
         }
@@ -508,12 +544,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    fn never() -> bool {
-        false
-    }
-
     fn run(wat: &str, limits: Limits) -> Result<i64, SandboxError> {
-        call_export(&compile(wat.as_bytes()).unwrap(), "run", &limits, never)
+        call_export(&compile(wat.as_bytes()).unwrap(), "run", &limits, Cancel::Never)
     }
 
     const LOOP: &str = r#"(module (func (export "run") (loop (br 0))))"#;
@@ -640,9 +672,30 @@ mod tests {
         });
         let started = Instant::now();
         let limits = Limits { timeout: None, ..Limits::default() };
-        assert_eq!(call_export(&module, "run", &limits, stop_requested), Err(SandboxError::Interrupted));
+        assert_eq!(
+            call_export(&module, "run", &limits, Cancel::Check(stop_requested)),
+            Err(SandboxError::Interrupted)
+        );
         assert!(started.elapsed() < Duration::from_secs(2));
         flipper.join().unwrap();
+    }
+
+    #[test]
+    fn a_token_cancelled_from_another_thread_stops_the_guest() {
+        let module = compile(LOOP.as_bytes()).unwrap();
+        let token = Cancel::token();
+        let remote = token.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            remote.cancel();
+        });
+        let limits = Limits { timeout: None, ..Limits::default() };
+        let started = Instant::now();
+        // The call runs on a thread of its own, as in a multi-threaded worker.
+        let outcome = std::thread::spawn(move || call_export(&module, "run", &limits, token)).join().unwrap();
+        assert_eq!(outcome, Err(SandboxError::Interrupted));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        canceller.join().unwrap();
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The one place that reads PostgreSQL's catalog. Queries take names as parameters, never as
-//! pasted text.
+//! Reading PostgreSQL's catalog: table names and their resolution, columns, keys, foreign keys,
+//! the dependency graph (cached per backend). Other modules read the catalog for their own needs
+//! (headings.rs for the algebra, make/ for modules, api/ for the views); everywhere, queries take
+//! names as parameters, never as pasted text.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,19 +17,6 @@ use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgSqlErrorCode};
 
 use crate::error::{DjError, DjResult};
-
-/// A table's schema and SQL name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TableName {
-    pub schema: String,
-    pub table: String,
-}
-
-impl TableName {
-    pub fn qualified(&self) -> String {
-        sql::qualified(&self.schema, &self.table)
-    }
-}
 
 /// The first column of the first row of a read-only query. (Spi::get_one takes the read-write
 /// path, which assigns a transaction id: not allowed in parallel workers or on standbys.)
@@ -59,7 +48,7 @@ fn exists(query: &str, args: &[&str]) -> DjResult<bool> {
 }
 
 /// The schema and name of the relation with this oid.
-pub fn table_name_of(oid: pg_sys::Oid) -> DjResult<Option<TableName>> {
+pub fn table_name_of(oid: pg_sys::Oid) -> DjResult<Option<Table>> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
@@ -70,27 +59,24 @@ pub fn table_name_of(oid: pg_sys::Oid) -> DjResult<Option<TableName>> {
             return Ok(None);
         }
         let row = rows.first();
-        Ok(Some(TableName {
-            schema: row.get(1)?.unwrap_or_default(),
-            table: row.get(2)?.unwrap_or_default(),
-        }))
+        Ok(Some(Table { schema: row.get(1)?.unwrap_or_default(), name: row.get(2)?.unwrap_or_default() }))
     })
 }
 
 /// The oid of a table (which must exist).
-pub fn oid_of(name: &TableName) -> DjResult<pg_sys::Oid> {
+pub fn oid_of(name: &Table) -> DjResult<pg_sys::Oid> {
     Ok(read_one::<pg_sys::Oid>("SELECT $1::pg_catalog.regclass::pg_catalog.oid", &[name.qualified().into()])?
         .unwrap_or(pg_sys::InvalidOid))
 }
 
 /// Whether the current role may read the table.
-pub fn may_select(name: &TableName) -> DjResult<bool> {
+pub fn may_select(name: &Table) -> DjResult<bool> {
     Ok(read_one::<bool>("SELECT pg_catalog.has_table_privilege($1, 'SELECT')", &[name.qualified().into()])?
         .unwrap_or(false))
 }
 
 /// Whether the current role may see the table's columns at all (as information_schema decides).
-pub fn may_see(name: &TableName) -> DjResult<bool> {
+pub fn may_see(name: &Table) -> DjResult<bool> {
     Ok(read_one::<bool>(
         "SELECT pg_catalog.has_any_column_privilege($1, 'SELECT, INSERT, UPDATE, REFERENCES')",
         &[name.qualified().into()],
@@ -145,7 +131,7 @@ pub fn candidates(parts: &[String]) -> Option<(String, Vec<String>)> {
     })
 }
 
-pub fn find_class(schema: &str, class: &str) -> DjResult<Option<TableName>> {
+pub fn find_class(schema: &str, class: &str) -> DjResult<Option<Table>> {
     let candidates = class_tables(class);
     let found = read_one::<String>(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -153,22 +139,26 @@ pub fn find_class(schema: &str, class: &str) -> DjResult<Option<TableName>> {
          ORDER BY array_position($2, c.relname::text) LIMIT 1",
         &[schema.into(), candidates.into()],
     )?;
-    Ok(found.map(|table| TableName { schema: schema.to_string(), table }))
+    Ok(found.map(|table| Table { schema: schema.to_string(), name: table }))
 }
 
 /// Resolves a table given as a class name (`lab.Session`, `lab.Pair.Channel`) or as an SQL name
 /// (`lab.__pair`, `"lab"."#rig"`), as every dj function that takes a table accepts it.
-pub fn resolve(name: &str) -> DjResult<TableName> {
-    let parts = split_name(name).ok_or_else(|| not_a_name(name))?;
+pub fn resolve(name: &str) -> DjResult<Table> {
+    let parts = sql::split_name(name).ok_or_else(|| not_a_name(name))?;
     let found = match parts.as_slice() {
         [schema, last] if naming::is_class_name(last) => find_class(schema, last)?,
         [schema, table] => {
-            table_exists(schema, table)?.then(|| TableName { schema: schema.clone(), table: table.clone() })
+            table_exists(schema, table)?.then(|| Table { schema: schema.clone(), name: table.clone() })
         }
         [schema, master, part] if naming::is_class_name(master) && naming::is_class_name(part) => {
-            find_class(schema, master)?
-                .map(|m| TableName { schema: schema.clone(), table: naming::part_table_name(&m.table, part) })
-                .filter(|t| table_exists(&t.schema, &t.table).unwrap_or(false))
+            match find_class(schema, master)? {
+                Some(m) => {
+                    let part = Table::new(schema.clone(), naming::part_table_name(&m.name, part));
+                    table_exists(&part.schema, &part.name)?.then_some(part)
+                }
+                None => None,
+            }
         }
         _ => return Err(not_a_name(name)),
     };
@@ -181,7 +171,7 @@ pub fn resolve(name: &str) -> DjResult<TableName> {
     })
 }
 
-fn not_a_name(name: &str) -> DjError {
+pub fn not_a_name(name: &str) -> DjError {
     DjError::new(
         PgSqlErrorCode::ERRCODE_INVALID_NAME,
         format!("\"{name}\" is not a table name"),
@@ -189,49 +179,9 @@ fn not_a_name(name: &str) -> DjError {
     )
 }
 
-/// Splits `a.b.c` into its parts; parts may be double-quoted (`"lab"."#rig"`).
-pub fn split_name(name: &str) -> Option<Vec<String>> {
-    let mut parts = Vec::new();
-    let mut chars = name.trim().chars().peekable();
-    loop {
-        let mut part = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next()? {
-                    '"' if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    '"' => break,
-                    c => part.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == '.' {
-                    break;
-                }
-                part.push(c);
-                chars.next();
-            }
-            part = part.trim().to_string();
-        }
-        if part.is_empty() {
-            return None;
-        }
-        parts.push(part);
-        match chars.next() {
-            None => return Some(parts),
-            Some('.') => continue,
-            Some(_) => return None,
-        }
-    }
-}
-
 /// A parent table's visible primary key, with each column's type as datajoint-python reads it
 /// back from information_schema (children inherit that text) and its `~lineage`.
-pub fn parent(name: &TableName) -> DjResult<Parent> {
+pub fn parent(name: &Table) -> DjResult<Parent> {
     let lineage = lineage_of(name)?;
     let rows = Spi::connect(|client| -> DjResult<Vec<ParentColumn>> {
         let table = client.select(
@@ -245,7 +195,7 @@ pub fn parent(name: &TableName) -> DjResult<Parent> {
              WHERE c.table_schema = $1 AND c.table_name = $2 AND c.column_name NOT LIKE '\\_%' \
              ORDER BY c.ordinal_position",
             None,
-            &[name.schema.as_str().into(), name.table.as_str().into()],
+            &[name.schema.as_str().into(), name.name.as_str().into()],
         )?;
         let mut columns = Vec::new();
         for row in table {
@@ -280,11 +230,11 @@ pub fn parent(name: &TableName) -> DjResult<Parent> {
             "A singleton table (empty primary key) cannot be a parent; reference a table with key attributes.",
         ));
     }
-    Ok(Parent { schema: name.schema.clone(), table: name.table.clone(), primary_key: rows })
+    Ok(Parent { schema: name.schema.clone(), table: name.name.clone(), primary_key: rows })
 }
 
 /// The `~lineage` rows of a table, if its schema has that table.
-pub fn lineage_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
+pub fn lineage_of(name: &Table) -> DjResult<Vec<(String, String)>> {
     if !table_exists(&name.schema, "~lineage")? {
         return Ok(Vec::new());
     }
@@ -298,7 +248,7 @@ thread_local! {
 
 /// The `~lineage` rows of a table whose schema has that table, through a plan kept per schema
 /// (the query algebra reads them for every table an expression names).
-pub fn lineage_rows(name: &TableName) -> DjResult<Vec<(String, String)>> {
+pub fn lineage_rows(name: &Table) -> DjResult<Vec<(String, String)>> {
     Spi::connect(|client| {
         LINEAGE_PLANS.with(|plans| -> DjResult<_> {
             let mut plans = plans.borrow_mut();
@@ -311,7 +261,7 @@ pub fn lineage_rows(name: &TableName) -> DjResult<Vec<(String, String)>> {
                 plans.insert(name.schema.clone(), plan);
             }
             let mut rows = Vec::new();
-            for row in client.select(&plans[&name.schema], None, &[name.table.as_str().into()])? {
+            for row in client.select(&plans[&name.schema], None, &[name.name.as_str().into()])? {
                 rows.push((
                     row.get::<String>(1)?.unwrap_or_default(),
                     row.get::<String>(2)?.unwrap_or_default(),
@@ -324,20 +274,20 @@ pub fn lineage_rows(name: &TableName) -> DjResult<Vec<(String, String)>> {
 
 /// DataJoint tables (those whose names follow the tier conventions), optionally of one schema,
 /// sorted by schema and name: the nodes of the cached dependency graph.
-pub fn tables(schema: Option<&str>) -> DjResult<Vec<TableName>> {
+pub fn tables(schema: Option<&str>) -> DjResult<Vec<Table>> {
     let deps = dependencies()?;
     let mut out: Vec<&Table> = deps.tables().filter(|t| schema.is_none_or(|s| t.schema == s)).collect();
     out.sort();
-    Ok(out.into_iter().map(|t| TableName { schema: t.schema.clone(), table: t.name.clone() }).collect())
+    Ok(out.into_iter().map(|t| Table { schema: t.schema.clone(), name: t.name.clone() }).collect())
 }
 
 /// Columns of a table in order, as `describe` and `heading` need them.
-pub fn columns(name: &TableName) -> DjResult<Vec<ColumnInfo>> {
+pub fn columns(name: &Table) -> DjResult<Vec<ColumnInfo>> {
     Ok(typed_columns(name)?.into_iter().map(|(c, _)| c).collect())
 }
 
 /// Columns of a table in order, each with its type's oid (what SPI parameters and values need).
-pub fn typed_columns(name: &TableName) -> DjResult<Vec<(ColumnInfo, pg_sys::Oid)>> {
+pub fn typed_columns(name: &Table) -> DjResult<Vec<(ColumnInfo, pg_sys::Oid)>> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, \
@@ -349,7 +299,7 @@ pub fn typed_columns(name: &TableName) -> DjResult<Vec<(ColumnInfo, pg_sys::Oid)
              WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum",
             None,
-            &[name.schema.as_str().into(), name.table.as_str().into()],
+            &[name.schema.as_str().into(), name.name.as_str().into()],
         )?;
         let mut out = Vec::new();
         for row in rows {
@@ -368,16 +318,16 @@ pub fn typed_columns(name: &TableName) -> DjResult<Vec<(ColumnInfo, pg_sys::Oid)
 }
 
 /// The table's comment ('' when none).
-pub fn table_comment(name: &TableName) -> DjResult<String> {
+pub fn table_comment(name: &Table) -> DjResult<String> {
     Ok(read_one::<String>(
         "SELECT coalesce(obj_description(format('%I.%I', $1::text, $2::text)::regclass, 'pg_class'), '')",
-        &[name.schema.as_str().into(), name.table.as_str().into()],
+        &[name.schema.as_str().into(), name.name.as_str().into()],
     )?
     .unwrap_or_default())
 }
 
 /// Plain-column indexes other than the primary key, by name.
-pub fn indexes(name: &TableName) -> DjResult<Vec<IndexInfo>> {
+pub fn indexes(name: &Table) -> DjResult<Vec<IndexInfo>> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT i.indisunique, array_agg(a.attname::text ORDER BY k.ord) \
@@ -388,7 +338,7 @@ pub fn indexes(name: &TableName) -> DjResult<Vec<IndexInfo>> {
                AND i.indexprs IS NULL AND i.indpred IS NULL \
              GROUP BY ic.relname, i.indisunique ORDER BY ic.relname",
             None,
-            &[name.schema.as_str().into(), name.table.as_str().into()],
+            &[name.schema.as_str().into(), name.name.as_str().into()],
         )?;
         let mut out = Vec::new();
         for row in rows {
@@ -521,7 +471,7 @@ pub fn dependencies() -> DjResult<Rc<Dependencies>> {
 }
 
 /// The DataJoint enum types (`enum_xxxxxxxx`) a table's columns use: (schema, type name).
-pub fn enum_types_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
+pub fn enum_types_of(name: &Table) -> DjResult<Vec<(String, String)>> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT DISTINCT tn.nspname::text, t.typname::text FROM pg_attribute a \
@@ -529,7 +479,7 @@ pub fn enum_types_of(name: &TableName) -> DjResult<Vec<(String, String)>> {
              WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attnum > 0 \
                AND NOT a.attisdropped AND t.typtype = 'e' AND t.typname LIKE 'enum\\_%'",
             None,
-            &[name.schema.as_str().into(), name.table.as_str().into()],
+            &[name.schema.as_str().into(), name.name.as_str().into()],
         )?;
         let mut out = Vec::new();
         for row in rows {

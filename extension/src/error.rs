@@ -1,7 +1,9 @@
 //! The one place where errors become PostgreSQL errors: each with a SQLSTATE, a message that says
 //! what went wrong, a DETAIL where it helps, and a HINT that says what to do.
 
+use datajoint_core::algebra::{AlgebraError, Code};
 use datajoint_core::definition::{DefinitionError, ErrorKind};
+use datajoint_core::host::{HostError, Kind};
 use datajoint_core::sandbox::SandboxError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
@@ -29,6 +31,8 @@ impl DjError {
 
     /// Raises the ERROR. Never returns.
     pub fn raise(self, funcname: &'static str) -> ! {
+        // A cancel or shutdown that stopped the work raises as Postgres' own error instead.
+        pgrx::check_for_interrupts!();
         // Text from a guest or a caller may hold NUL, which a C string cannot: show it as \0.
         let clean = |s: String| if s.contains('\0') { s.replace('\0', "\\0") } else { s };
         let mut report = ErrorReport::new(self.code, clean(self.message), funcname);
@@ -90,10 +94,9 @@ impl From<SandboxError> for DjError {
     fn from(err: SandboxError) -> Self {
         use PgSqlErrorCode::*;
         let (code, hint, detail) = match &err {
+            // The guest stopped because Postgres wants the statement or backend to end: `raise`
+            // lets Postgres raise its own error first, with its own SQLSTATE.
             SandboxError::Interrupted => {
-                // The guest stopped because Postgres wants the statement or backend to end: let
-                // Postgres raise its own error, with its own SQLSTATE.
-                pgrx::check_for_interrupts!();
                 (ERRCODE_QUERY_CANCELED, "The call was interrupted.".to_string(), None)
             }
             SandboxError::Timeout { .. } => (
@@ -163,5 +166,53 @@ impl From<SandboxError> for DjError {
             }
         };
         DjError { code, message: err.to_string(), detail, hint }
+    }
+}
+
+impl From<AlgebraError> for DjError {
+    fn from(e: AlgebraError) -> Self {
+        DjError::new(algebra_code(e.code), e.message, e.hint).detail(format!("at: {}", e.fragment))
+    }
+}
+
+fn algebra_code(code: Code) -> PgSqlErrorCode {
+    use PgSqlErrorCode::*;
+    match code {
+        Code::Syntax => ERRCODE_SYNTAX_ERROR,
+        Code::UndefinedTable => ERRCODE_UNDEFINED_TABLE,
+        Code::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
+        Code::LineageClash => ERRCODE_AMBIGUOUS_COLUMN,
+        Code::Incompatible => ERRCODE_DATATYPE_MISMATCH,
+        Code::WrongOperand => ERRCODE_WRONG_OBJECT_TYPE,
+        Code::NotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        Code::InvalidReference => ERRCODE_INVALID_COLUMN_REFERENCE,
+        Code::DuplicateColumn => ERRCODE_DUPLICATE_COLUMN,
+        Code::InvalidName => ERRCODE_INVALID_NAME,
+        Code::InvalidParameter => ERRCODE_INVALID_PARAMETER_VALUE,
+        Code::TooComplex => ERRCODE_STATEMENT_TOO_COMPLEX,
+    }
+}
+
+/// The make host's refusals and failures (datajoint_core::host).
+impl From<HostError> for DjError {
+    fn from(e: HostError) -> Self {
+        use PgSqlErrorCode::*;
+        let (code, default_hint) = match e.kind {
+            Kind::Privilege => (ERRCODE_INSUFFICIENT_PRIVILEGE, String::new()),
+            Kind::UndefinedColumn => (ERRCODE_UNDEFINED_COLUMN, String::new()),
+            Kind::DuplicateColumn => (ERRCODE_DUPLICATE_COLUMN, String::new()),
+            Kind::Syntax => (ERRCODE_SYNTAX_ERROR, String::new()),
+            Kind::Nul => (ERRCODE_CHARACTER_NOT_IN_REPERTOIRE, String::new()),
+            Kind::NoRow => (ERRCODE_NO_DATA_FOUND, String::new()),
+            Kind::SeveralRows => (ERRCODE_TOO_MANY_ROWS, String::new()),
+            Kind::Algebra(code) => (algebra_code(code), String::new()),
+            Kind::Guest => (ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, String::new()),
+            Kind::Sandbox(err) => {
+                let mapped = DjError::from(err);
+                (mapped.code, mapped.hint)
+            }
+        };
+        let hint = if e.hint.is_empty() { default_hint } else { e.hint };
+        DjError { code, message: e.message, detail: e.detail, hint }
     }
 }

@@ -1,6 +1,7 @@
 //! Background workers, shared memory and hooks need the library loaded by the postmaster
-//! (`shared_preload_libraries`). Without it the extension still loads and warns once; the
-//! functions that need those parts (background populate) will refuse with the same HINT.
+//! (`shared_preload_libraries`). Without it the extension still loads and warns once, with
+//! [`HINT`]. (Nothing needs those parts yet: background populate, when it comes, must refuse
+//! with the same HINT.)
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;

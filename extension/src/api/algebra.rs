@@ -11,21 +11,19 @@
 
 use std::ffi::CStr;
 
-use datajoint_core::algebra::{
-    self, AlgebraError, Attribute, Catalog, Code, Compiled, Cond, Rel as Expr, TableInfo,
-};
-use datajoint_core::naming::{self, Tier};
+use datajoint_core::algebra::{self, Catalog, Compiled, Cond, Rel as Expr, TableInfo};
 use datajoint_core::sql;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{InOutFuncs, JsonB, PgOid, PgSqlErrorCode, StringInfo, VariadicArray};
+use pgrx::{InOutFuncs, JsonB, PgSqlErrorCode, StringInfo, VariadicArray};
 
 use crate::rows::{self, JsonRow};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::headings::PgCatalog;
 use crate::security;
+use datajoint_core::dependencies::Table;
 
 /// A relation expression. Its text form is the expression itself.
 #[derive(Clone, Debug, PostgresType, Serialize, Deserialize)]
@@ -46,141 +44,6 @@ impl InOutFuncs for Relation {
 
     fn output(&self, buffer: &mut StringInfo) {
         buffer.push_str(&self.text);
-    }
-}
-
-impl From<AlgebraError> for DjError {
-    fn from(e: AlgebraError) -> Self {
-        use PgSqlErrorCode::*;
-        let code = match e.code {
-            Code::Syntax => ERRCODE_SYNTAX_ERROR,
-            Code::UndefinedTable => ERRCODE_UNDEFINED_TABLE,
-            Code::UndefinedColumn => ERRCODE_UNDEFINED_COLUMN,
-            Code::LineageClash => ERRCODE_AMBIGUOUS_COLUMN,
-            Code::Incompatible => ERRCODE_DATATYPE_MISMATCH,
-            Code::WrongOperand => ERRCODE_WRONG_OBJECT_TYPE,
-            Code::NotSupported => ERRCODE_FEATURE_NOT_SUPPORTED,
-            Code::InvalidReference => ERRCODE_INVALID_COLUMN_REFERENCE,
-            Code::DuplicateColumn => ERRCODE_DUPLICATE_COLUMN,
-            Code::InvalidName => ERRCODE_INVALID_NAME,
-            Code::InvalidParameter => ERRCODE_INVALID_PARAMETER_VALUE,
-            Code::TooComplex => ERRCODE_STATEMENT_TOO_COMPLEX,
-        };
-        DjError::new(code, e.message, e.hint).detail(format!("at: {}", e.fragment))
-    }
-}
-
-/// Tables as the catalog describes them to the caller.
-struct PgCatalog;
-
-impl Catalog for PgCatalog {
-    type Error = DjError;
-
-    fn table(&mut self, name: &str) -> DjResult<TableInfo> {
-        match catalog::split_name(name).as_deref().and_then(catalog::candidates) {
-            Some((schema, candidates)) => match table_info(&schema, candidates)? {
-                Some(info) => Ok(info),
-                // Not found: let the catalog's resolver say so, with its hint.
-                None => Err(catalog::resolve(name).err().unwrap_or_else(|| {
-                    DjError::new(
-                        PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                        format!("table {name} does not exist"),
-                        "",
-                    )
-                })),
-            },
-            None => Err(catalog::resolve(name).err().expect("not a table name")),
-        }
-    }
-}
-
-/// One table's visible columns, key membership and whether its schema records lineage; one
-/// statement, planned once per backend (expressions compile in well under a millisecond).
-const COLUMNS: &str = "WITH t AS ( \
-       SELECT c.oid, c.relname::text AS relname FROM pg_catalog.pg_class c \
-       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-       WHERE n.nspname = $1 AND c.relname = ANY ($2) AND c.relkind IN ('r', 'p') \
-       ORDER BY pg_catalog.array_position($2, c.relname::text) LIMIT 1) \
-     SELECT t.relname, a.attname::text, coalesce(a.attnum = ANY (i.indkey), false), \
-            pg_catalog.to_regclass(pg_catalog.format('%I.%I', $1, '~lineage')) IS NOT NULL \
-     FROM t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped \
-     LEFT JOIN pg_catalog.pg_index i ON i.indrelid = t.oid AND i.indisprimary \
-     ORDER BY a.attnum";
-
-thread_local! {
-    static PLANS: std::cell::RefCell<Option<OwnedPreparedStatement>> = const { std::cell::RefCell::new(None) };
-}
-
-fn table_info(schema: &str, candidates: Vec<String>) -> DjResult<Option<TableInfo>> {
-    let rows: Vec<(String, String, bool, bool)> = Spi::connect(|client| {
-        PLANS.with(|plans| -> DjResult<_> {
-            let mut plans = plans.borrow_mut();
-            if plans.is_none() {
-                let oids = [PgOid::from(pg_sys::TEXTOID), PgOid::from(pg_sys::TEXTARRAYOID)];
-                *plans = Some(client.prepare(COLUMNS, &oids)?.keep());
-            }
-            let table = client.select(
-                plans.as_ref().expect("prepared"),
-                None,
-                &[schema.into(), candidates.into()],
-            )?;
-            let mut out = Vec::new();
-            for row in table {
-                out.push((
-                    row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<String>(2)?.unwrap_or_default(),
-                    row.get::<bool>(3)?.unwrap_or(false),
-                    row.get::<bool>(4)?.unwrap_or(false),
-                ));
-            }
-            Ok(out)
-        })
-    })?;
-    let Some((table, _, _, lineage_available)) = rows.first().cloned() else { return Ok(None) };
-    let t = TableName { schema: schema.to_string(), table };
-    let lineage = if lineage_available { catalog::lineage_rows(&t)? } else { Vec::new() };
-    let attributes = rows
-        .into_iter()
-        // Hidden attributes (job metadata) are not part of the heading, as in datajoint-python.
-        .filter(|(_, name, _, _)| !name.starts_with('_'))
-        .map(|(_, name, in_key, _)| Attribute {
-            lineage: lineage.iter().find(|(a, _)| *a == name).map(|(_, l)| l.clone()),
-            name,
-            in_key,
-        })
-        .collect();
-    let display = match Tier::of_table(&t.table) {
-        Some(_) => format!("{}.{}", display_part(&t.schema), naming::class_name_of(&t.table)),
-        None => sql::qualified(&t.schema, &t.table),
-    };
-    Ok(Some(TableInfo {
-        display,
-        schema: t.schema.clone(),
-        table: t.table.clone(),
-        attributes,
-        lineage_available,
-    }))
-}
-
-/// A resolved table as the algebra sees it (for make functions' expressions).
-pub(crate) fn table_info_of(t: &TableName) -> DjResult<TableInfo> {
-    table_info(&t.schema, vec![t.table.clone()])?.ok_or_else(|| {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("table {} does not exist", t.qualified()),
-            "",
-        )
-    })
-}
-
-/// A schema name as the expression syntax reads it back: bare when it is a plain word.
-fn display_part(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        sql::ident(name)
     }
 }
 
@@ -611,14 +474,14 @@ fn temp_view(rel: Relation, name: default!(&str, "'dj_result'")) -> String {
 }
 
 /// Tables as the catalog describes them, noting each one an expression names.
-struct Recorder(Vec<TableName>);
+struct Recorder(Vec<Table>);
 
 impl Catalog for Recorder {
     type Error = DjError;
 
     fn table(&mut self, name: &str) -> DjResult<TableInfo> {
         let info = PgCatalog.table(name)?;
-        self.0.push(TableName { schema: info.schema.clone(), table: info.table.clone() });
+        self.0.push(Table { schema: info.schema.clone(), name: info.table.clone() });
         Ok(info)
     }
 }
@@ -707,7 +570,7 @@ fn rel_heading(
 fn create_view(name: &str, rel: Relation, replace: default!(bool, false)) -> String {
     let _pin = security::pin();
     let c = compiled("dj.create_view", &rel);
-    let parts = catalog::split_name(name).filter(|p| p.len() == 2).unwrap_or_else(|| {
+    let parts = sql::split_name(name).filter(|p| p.len() == 2).unwrap_or_else(|| {
         DjError::new(
             PgSqlErrorCode::ERRCODE_INVALID_NAME,
             format!("\"{name}\" is not a view name"),

@@ -4,15 +4,17 @@
 use datajoint_core::declare::{self, Options, Target};
 use datajoint_core::definition::{self, Item};
 use datajoint_core::naming::{self, Tier};
+use datajoint_core::sql;
 use datajoint_core::types::AttributeType;
-use datajoint_core::{populate, sql};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::pipeline::tables;
 use crate::regclass::RegClass;
 use crate::security;
+use datajoint_core::dependencies::Table;
 
 const FN: &str = "dj.declare";
 
@@ -30,12 +32,7 @@ fn declare(
     RegClass(catalog::oid_of(&name).or_raise(FN))
 }
 
-fn declare_table(
-    class_name: &str,
-    tier: &str,
-    definition: &str,
-    contents: Option<JsonB>,
-) -> DjResult<TableName> {
+fn declare_table(class_name: &str, tier: &str, definition: &str, contents: Option<JsonB>) -> DjResult<Table> {
     let tier = Tier::parse(tier).ok_or_else(|| {
         DjError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -84,16 +81,16 @@ fn declare_table(
     if !catalog::schema_exists(&target.schema)? {
         Spi::run(&format!("CREATE SCHEMA {}", sql::ident(&target.schema)))?;
     }
-    create(&target, &ddl)?;
+    tables::create(&target, &ddl)?;
     for notice in &ddl.notices {
         pgrx::notice!("{notice}");
     }
 
     // In a tier-enforcing schema the dj_guard_new_tables event trigger has guarded it already.
-    let name = TableName { schema: target.schema.clone(), table: target.table.clone() };
+    let name = Table { schema: target.schema.clone(), name: target.table.clone() };
     // Its jobs table comes with it: populates never race to create it.
     if matches!(tier, Tier::Computed | Tier::Imported) {
-        ensure_jobs_table(&name)?;
+        tables::ensure_jobs_table(&name)?;
     }
     if let Some(rows) = contents {
         if tier != Tier::Lookup {
@@ -110,7 +107,7 @@ fn declare_table(
 
 /// The table a class name declares: `schema.Class` for masters, `schema.Master.Part` for parts
 /// (whose master must exist). Returns the master too, for `-> master`.
-fn target_of(class_name: &str, tier: Tier) -> DjResult<(Target, Option<TableName>)> {
+fn target_of(class_name: &str, tier: Tier) -> DjResult<(Target, Option<Table>)> {
     let bad = |why: &str| {
         DjError::new(
             PgSqlErrorCode::ERRCODE_INVALID_NAME,
@@ -118,7 +115,7 @@ fn target_of(class_name: &str, tier: Tier) -> DjResult<(Target, Option<TableName
             "Write schema.ClassName (schema.Master.Part for part tables), with CamelCase class names.",
         )
     };
-    let parts = catalog::split_name(class_name).ok_or_else(|| bad("it is not a dotted name"))?;
+    let parts = sql::split_name(class_name).ok_or_else(|| bad("it is not a dotted name"))?;
     let schema_ok =
         |s: &str| !s.is_empty() && s.len() <= naming::MAX_NAME_LENGTH && !s.starts_with("pg_") && s != "dj";
     match (tier, parts.as_slice()) {
@@ -133,7 +130,7 @@ fn target_of(class_name: &str, tier: Tier) -> DjResult<(Target, Option<TableName
                     "Declare the master first, then its parts.",
                 )
             })?;
-            let table = naming::part_table_name(&master_table.table, part);
+            let table = naming::part_table_name(&master_table.name, part);
             Ok((Target { schema: schema.clone(), table, tier }, Some(master_table)))
         }
         (Tier::Part, _) => Err(bad("a part is named schema.Master.Part")),
@@ -150,7 +147,7 @@ fn target_of(class_name: &str, tier: Tier) -> DjResult<(Target, Option<TableName
 
 /// The table a foreign key names: `master`, `Class`, `schema.Class`, `Master.Part` or
 /// `schema.Master.Part`, relative to the declaring schema.
-fn resolve_parent(path: &[String], schema: &str, master: Option<&TableName>) -> DjResult<TableName> {
+fn resolve_parent(path: &[String], schema: &str, master: Option<&Table>) -> DjResult<Table> {
     let missing = |what: String| {
         DjError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -161,11 +158,11 @@ fn resolve_parent(path: &[String], schema: &str, master: Option<&TableName>) -> 
             ),
         )
     };
-    let part_of = |s: &str, m: &str, p: &str| -> DjResult<TableName> {
+    let part_of = |s: &str, m: &str, p: &str| -> DjResult<Table> {
         let master = catalog::find_class(s, m)?.ok_or_else(|| missing(format!("{s}.{m}")))?;
-        let table = naming::part_table_name(&master.table, p);
+        let table = naming::part_table_name(&master.name, p);
         if catalog::table_exists(s, &table)? {
-            Ok(TableName { schema: s.to_string(), table })
+            Ok(Table { schema: s.to_string(), name: table })
         } else {
             Err(missing(format!("{s}.{m}.{p}")))
         }
@@ -186,82 +183,9 @@ fn resolve_parent(path: &[String], schema: &str, master: Option<&TableName>) -> 
     }
 }
 
-/// Creates the jobs table of a Computed or Imported table (`~~name`, laid out as
-/// datajoint-python 2.3.5 lays it out) unless it exists. Creators of one table's jobs table take
-/// the same transaction-level lock first, so concurrent populates (or a populate nested in a
-/// trigger) never both create it.
-pub(crate) fn ensure_jobs_table(target: &TableName) -> DjResult<()> {
-    let table = datajoint_core::dependencies::Table::new(target.schema.clone(), target.table.clone());
-    let jobs = populate::jobs_table(&table);
-    if catalog::table_exists(&jobs.schema, &jobs.name)? {
-        return Ok(());
-    }
-    let (class, object) = populate::jobs_table_lock(catalog::oid_of(target)?.to_u32());
-    Spi::run_with_args("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", &[class.into(), object.into()])?;
-    if catalog::table_exists(&jobs.schema, &jobs.name)? {
-        return Ok(());
-    }
-    let key: Vec<(String, String)> =
-        catalog::columns(target)?.into_iter().filter(|c| c.in_key).map(|c| (c.name, c.sql_type)).collect();
-    if key.is_empty() {
-        return Ok(());
-    }
-    let definition = populate::jobs_definition(&table, &key);
-    declare_hidden(&TableName { schema: jobs.schema, table: jobs.name }, &definition)
-}
-
-/// Declares a hidden table (a `~~name` jobs table) from a definition without foreign keys.
-fn declare_hidden(name: &TableName, definition: &str) -> DjResult<()> {
-    let parsed = definition::parse(definition)?;
-    let target = Target { schema: name.schema.clone(), table: name.table.clone(), tier: Tier::Manual };
-    let ddl = declare::compile(&parsed, &target, &[], Options::default())?;
-    create(&target, &ddl)
-}
-
-/// Runs a compiled declaration in an existing schema: enum types, table, indexes, comments,
-/// `~lineage` rows.
-fn create(target: &Target, ddl: &declare::TableDdl) -> DjResult<()> {
-    for (type_name, values) in &ddl.enums {
-        // Enum types are shared by every table of the schema with the same value set.
-        if !catalog::type_exists(&target.schema, type_name)? {
-            Spi::run(&declare::create_enum_sql(&target.schema, type_name, values))?;
-        }
-    }
-    Spi::run(&ddl.create_table)?;
-    for statement in ddl.indexes.iter().chain(&ddl.comments) {
-        Spi::run(statement)?;
-    }
-    write_lineage(target, &ddl.lineage)
-}
-
-/// Replaces the table's `~lineage` rows (datajoint-python's table, created on first use).
-fn write_lineage(target: &Target, rows: &[(String, String)]) -> DjResult<()> {
-    let lineage = sql::qualified(&target.schema, "~lineage");
-    if !catalog::table_exists(&target.schema, "~lineage")? {
-        Spi::run(&format!(
-        "CREATE TABLE {lineage} (\n\"table_name\" VARCHAR(64) NOT NULL,\n\"attribute_name\" VARCHAR(64) NOT NULL,\n\"lineage\" VARCHAR(255) NOT NULL,\nPRIMARY KEY (\"table_name\", \"attribute_name\")\n) "
-        ))?;
-    }
-    Spi::run_with_args(
-        &format!("DELETE FROM {lineage} WHERE table_name = $1"),
-        &[target.table.as_str().into()],
-    )?;
-    let attributes: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
-    let values: Vec<&str> = rows.iter().map(|(_, v)| v.as_str()).collect();
-    Spi::run_with_args(
-        &format!(
-            "INSERT INTO {lineage} (table_name, attribute_name, lineage) \
-             SELECT $1, a, v FROM unnest($2::text[], $3::text[]) AS u(a, v) \
-             ON CONFLICT (table_name, attribute_name) DO UPDATE SET lineage = EXCLUDED.lineage"
-        ),
-        &[target.table.as_str().into(), attributes.into(), values.into()],
-    )?;
-    Ok(())
-}
-
 /// Lookup contents: a JSON array of objects (attribute → value) or of arrays (values in attribute
 /// order).
-fn insert_contents(name: &TableName, columns: &[String], contents: JsonB) -> DjResult<()> {
+fn insert_contents(name: &Table, columns: &[String], contents: JsonB) -> DjResult<()> {
     let visible: Vec<&String> = columns.iter().filter(|c| !c.starts_with('_')).collect();
     let invalid = |why: String| {
         DjError::new(

@@ -4,12 +4,14 @@
 
 use datajoint_core::cascade::{self, Step};
 use datajoint_core::dependencies::{Dependencies, Table};
-use datajoint_core::{naming, restriction, sql};
+use datajoint_core::restriction::{self, UnknownAttributes};
+use datajoint_core::{naming, sql};
 use pgrx::prelude::*;
 use pgrx::{JsonB, PgSqlErrorCode};
 
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::pipeline::{delete, writes};
 use crate::security;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,7 @@ fn part_integrity(text: &str) -> DjResult<PartIntegrity> {
 
 /// The restriction of the root table: a checked SQL condition and/or a key (a JSON object of
 /// attribute values, or an array of them meaning any of them).
-fn root_condition(name: &TableName, condition: Option<&str>, key: Option<JsonB>) -> DjResult<Option<String>> {
+fn root_condition(name: &Table, condition: Option<&str>, key: Option<JsonB>) -> DjResult<Option<String>> {
     let attributes: Vec<String> = catalog::columns(name)?.into_iter().map(|c| c.name).collect();
     let mut parts = Vec::new();
     if let Some(text) = condition {
@@ -56,29 +58,24 @@ fn root_condition(name: &TableName, condition: Option<&str>, key: Option<JsonB>)
                     "Pass e.g. '{\"subject_id\": 1}' or '[{\"subject_id\": 1}, {\"subject_id\": 2}]'.",
                 ));
             };
-            let mut terms = Vec::new();
-            for (attribute, value) in map {
-                if !attributes.contains(&attribute) {
-                    return Err(DjError::new(
-                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                        format!("key attribute \"{attribute}\" is not an attribute of {}", name.qualified()),
-                        format!("Its attributes are: {}.", attributes.join(", ")),
-                    ));
-                }
-                terms.push(match value {
-                    serde_json::Value::Null => format!("{} IS NULL", sql::ident(&attribute)),
-                    serde_json::Value::String(s) => {
-                        format!("{} = {}", sql::ident(&attribute), sql::literal(&s))
-                    }
-                    other => format!("{} = {}", sql::ident(&attribute), sql::literal(&other.to_string())),
-                });
-            }
-            alternatives.push(if terms.is_empty() { "TRUE".to_string() } else { terms.join(" AND ") });
+            let condition = restriction::json_key(
+                &map,
+                |a| attributes.iter().any(|c| c == a).then(|| sql::ident(a)),
+                UnknownAttributes::Refuse,
+            )
+            .map_err(|attribute| {
+                DjError::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("key attribute \"{attribute}\" is not an attribute of {}", name.qualified()),
+                    format!("Its attributes are: {}.", attributes.join(", ")),
+                )
+            })?;
+            alternatives.push(condition);
         }
         parts.push(if alternatives.is_empty() {
             "FALSE".to_string()
         } else {
-            format!("({})", alternatives.iter().map(|a| format!("({a})")).collect::<Vec<_>>().join(" OR "))
+            format!("({})", alternatives.join(" OR "))
         });
     }
     Ok((!parts.is_empty()).then(|| parts.join(" AND ")))
@@ -126,13 +123,13 @@ type Plan = (std::rc::Rc<Dependencies>, Vec<Step>, PartIntegrity);
 fn plan(table: &str, condition: Option<&str>, key: Option<JsonB>, integrity: &str) -> DjResult<Plan> {
     let integrity = part_integrity(integrity)?;
     let name = catalog::resolve(table)?;
-    let root = Table::new(name.schema.clone(), name.table.clone());
+    let root = Table::new(name.schema.clone(), name.name.clone());
     let deps = catalog::dependencies()?;
     let is_part = root.master().is_some_and(|m| deps.contains(&m));
     if integrity == PartIntegrity::Enforce && is_part {
         return Err(refuse_part(&root));
     }
-    if integrity == PartIntegrity::Ignore && crate::api::tiers::enforced(&name.schema)? {
+    if integrity == PartIntegrity::Ignore && writes::enforced(&name.schema)? {
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("part_integrity => 'ignore' is not available: schema {} enforces DataJoint tiers", name.schema),
@@ -172,38 +169,11 @@ fn delete(
     let _pin = security::pin();
     const FN: &str = "dj.delete";
     let (deps, steps, integrity) = plan(table, restriction, key, part_integrity).or_raise(FN);
-    let removed = execute(&steps).or_raise(FN);
+    let removed = delete::execute(&steps).or_raise(FN);
     if integrity == PartIntegrity::Enforce {
         check_parts(&deps, &steps, &removed).or_raise(FN);
     }
     TableIterator::new(rows(&steps, &removed))
-}
-
-/// Runs the deletes of a cascade plan, children first (each condition's subqueries still see the
-/// parent rows), holding the tier guard's permission for exactly those tables; returns the rows
-/// removed per step.
-fn execute(steps: &[Step]) -> DjResult<Vec<i64>> {
-    let tables: Vec<TableName> = steps
-        .iter()
-        .map(|s| TableName { schema: s.table.schema.clone(), table: s.table.name.clone() })
-        .collect();
-    // Nothing a user put on the search path (a function or operator of the same name) may run
-    // while the deletes hold that permission.
-    let _pin = security::pin();
-    let _writing = crate::api::tiers::PipelineWrite::begin("DELETE", &tables)?;
-    let mut removed = vec![0i64; steps.len()];
-    for i in (0..steps.len()).rev() {
-        removed[i] = Spi::get_one::<i64>(&cascade::delete_sql(steps, i))?.unwrap_or(0);
-    }
-    Ok(removed)
-}
-
-/// Deletes the rows of `name` matching `condition` (SQL this extension built, not user text)
-/// and everything downstream of them.
-pub(crate) fn delete_where(name: &TableName, condition: &str) -> DjResult<()> {
-    let root = Table::new(name.schema.clone(), name.table.clone());
-    let steps = cascade::plan(&*catalog::dependencies()?, &root, Some(condition.to_string()));
-    execute(&steps).map(|_| ())
 }
 
 /// `dj.delete_preview(...)`: what `dj.delete` with the same arguments would remove, per table.
@@ -251,7 +221,7 @@ fn drop_tables(
 > {
     let integrity = part_integrity(integrity)?;
     let name = catalog::resolve(table)?;
-    let root = Table::new(name.schema.clone(), name.table.clone());
+    let root = Table::new(name.schema.clone(), name.name.clone());
     let deps = catalog::dependencies()?;
     if integrity == PartIntegrity::Enforce && root.master().is_some_and(|m| deps.contains(&m)) {
         return Err(DjError::new(
@@ -273,7 +243,7 @@ fn drop_tables(
                     PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
                     format!(
                         "dropping {} would drop part {} without its master {}",
-                        name.table, t.name, master.name
+                        name.name, t.name, master.name
                     ),
                     "Drop the master instead, or pass part_integrity => 'ignore'.",
                 ));
@@ -282,7 +252,7 @@ fn drop_tables(
     }
     for t in tables.iter().rev() {
         // A Computed or Imported table's jobs table (`~~name`) goes with it.
-        let jobs = datajoint_core::populate::jobs_table(t);
+        let jobs = datajoint_core::populate::jobs::jobs_table(t);
         let with_jobs = matches!(t.tier(), Some(naming::Tier::Computed | naming::Tier::Imported))
             && catalog::table_exists(&jobs.schema, &jobs.name)?;
         for t in std::iter::once(t).chain(with_jobs.then_some(&jobs)) {
@@ -299,7 +269,7 @@ fn drop_tables(
 
 /// Drops one table with its `~lineage` rows and the DataJoint enum types no other column uses.
 fn drop_one(t: &Table) -> DjResult<()> {
-    let enums = catalog::enum_types_of(&TableName { schema: t.schema.clone(), table: t.name.clone() })?;
+    let enums = catalog::enum_types_of(&Table { schema: t.schema.clone(), name: t.name.clone() })?;
     Spi::run(&format!("DROP TABLE {}", sql::qualified(&t.schema, &t.name)))?;
     if catalog::table_exists(&t.schema, "~lineage")? {
         Spi::run_with_args(

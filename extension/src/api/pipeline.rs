@@ -5,7 +5,7 @@ use datajoint_core::describe::{self, ParentRef};
 use datajoint_core::naming;
 use pgrx::prelude::*;
 
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjResult, OrRaise};
 use crate::security;
 
@@ -21,7 +21,7 @@ pub fn reference_name(table: &Table, schema: &str) -> String {
 
 fn table_of(name: &str) -> DjResult<Table> {
     let t = catalog::resolve(name)?;
-    Ok(Table::new(t.schema, t.table))
+    Ok(Table::new(t.schema, t.name))
 }
 
 type TableRow =
@@ -143,7 +143,7 @@ fn tables(
 > {
     let _pin = security::pin();
     let rows = catalog::tables(schema).or_raise("dj.tables");
-    TableIterator::new(rows.into_iter().map(|t| row(&Table::new(t.schema, t.table))).collect::<Vec<_>>())
+    TableIterator::new(rows.into_iter().map(|t| row(&Table::new(t.schema, t.name))).collect::<Vec<_>>())
 }
 
 /// `dj.topological_order(schema)`: the DataJoint tables of a schema (all schemas when NULL),
@@ -176,7 +176,7 @@ fn describe(table: &str) -> String {
 
 fn describe_table(table: &str) -> DjResult<String> {
     let name = catalog::resolve(table)?;
-    let t = Table::new(name.schema.clone(), name.table.clone());
+    let t = Table::new(name.schema.clone(), name.name.clone());
     let deps = catalog::dependencies()?;
     let columns = catalog::columns(&name)?;
     let indexes = catalog::indexes(&name)?;
@@ -227,7 +227,7 @@ fn heading(
     ),
 > {
     let _pin = security::pin();
-    let name: TableName = catalog::resolve(table).or_raise("dj.heading");
+    let name: Table = catalog::resolve(table).or_raise("dj.heading");
     let columns = catalog::columns(&name).or_raise("dj.heading");
     TableIterator::new(
         columns
@@ -322,7 +322,7 @@ fn column_rows() -> DjResult<Vec<ColumnRow>> {
             continue;
         }
         let lineage = catalog::lineage_of(&name)?;
-        let class = naming::class_name_of(&name.table);
+        let class = naming::class_name_of(&name.name);
         for (i, c) in catalog::columns(&name)?.into_iter().enumerate() {
             let (declared, comment) = c.declared();
             let default = c.declared_default();
@@ -331,7 +331,7 @@ fn column_rows() -> DjResult<Vec<ColumnRow>> {
             out.push((
                 name.schema.clone(),
                 class.clone(),
-                name.table.clone(),
+                name.name.clone(),
                 i as i32 + 1,
                 c.name,
                 declared,
@@ -363,7 +363,7 @@ fn draw(items: &[String], format: &str) -> DjResult<String> {
             deps.tables().filter(|t| &t.schema == item && t.tier().is_some()).collect()
         } else {
             let name = catalog::resolve(item)?;
-            deps.tables().filter(|t| t.schema == name.schema && t.name == name.table).collect()
+            deps.tables().filter(|t| t.schema == name.schema && t.name == name.name).collect()
         };
         for t in found {
             if !tables.contains(&t) {

@@ -2,22 +2,23 @@
 //! `dj.key_source`, `dj.progress`, `dj.stale`.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use datajoint_core::dependencies::Table;
-use datajoint_core::make::{self, Field, MakeError};
+use datajoint_core::host::{Scope, Session};
 use datajoint_core::naming::Tier;
-use datajoint_core::populate::{self, KeyParent, Order};
-use datajoint_core::sandbox::SandboxError;
+use datajoint_core::populate::{self, KeyParent, Order, Settings};
 use pgrx::prelude::*;
-use pgrx::{IntoDatum, PgMemoryContexts, PgSqlErrorCode};
+use pgrx::PgSqlErrorCode;
 
-use crate::api::tiers::PipelineWrite;
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjError, DjResult, OrRaise};
-use crate::make::{self as host, Context, SpiDb, TableInfo};
+use crate::make::{self as host, Plans, Run};
+use crate::pipeline::delete;
+use crate::pipeline::writes::PipelineWrite;
 use crate::rows::{self, JsonRow};
-use crate::{gucs, interrupts, security};
+use crate::{gucs, security};
 
 /// How often populate reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -165,7 +166,7 @@ fn set_make(table: &str, module: &str) {
              ON CONFLICT (schema_name, table_name) DO UPDATE SET module = EXCLUDED.module, \
                sha256 = EXCLUDED.sha256, set_at = pg_catalog.now(), set_by = EXCLUDED.set_by \
              RETURNING true",
-            &[name.schema.as_str().into(), name.table.as_str().into(), module.into(), role.as_str().into()],
+            &[name.schema.as_str().into(), name.name.as_str().into(), module.into(), role.as_str().into()],
         )?;
         collect_module_versions()?;
         Ok(bound.is_some())
@@ -181,8 +182,8 @@ fn set_make(table: &str, module: &str) {
     }
 }
 
-fn auto_populated(name: &TableName) -> DjResult<()> {
-    match Tier::of_table(&name.table) {
+fn auto_populated(name: &Table) -> DjResult<()> {
+    match Tier::of_table(&name.name) {
         Some(Tier::Computed | Tier::Imported) => Ok(()),
         Some(Tier::Part) => Err(DjError::new(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -200,7 +201,7 @@ fn auto_populated(name: &TableName) -> DjResult<()> {
 /// The key source of a table: its primary-key parents joined, projected to its key, restricted
 /// by a checked condition.
 struct Source {
-    name: TableName,
+    name: Table,
     table: Table,
     key: Vec<String>,
     sql: String,
@@ -234,7 +235,7 @@ fn source_of(table: &str, restriction: Option<&str>) -> DjResult<Source> {
     let name = catalog::resolve(table)?;
     auto_populated(&name)?;
     let deps = catalog::dependencies()?;
-    let t = Table::new(name.schema.clone(), name.table.clone());
+    let t = Table::new(name.schema.clone(), name.name.clone());
     let key: Vec<String> = deps.primary_key(&t).map(|k| k.to_vec()).unwrap_or_default();
     let parents: Vec<KeyParent> = deps
         .parents(&t)
@@ -337,7 +338,7 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
     let deps = catalog::dependencies()?;
     let mut out = Vec::new();
     for name in catalog::tables(None)? {
-        let table = Table::new(name.schema.clone(), name.table.clone());
+        let table = Table::new(name.schema.clone(), name.name.clone());
         let Some(tier) = table.tier() else { continue };
         let readable = catalog::may_select(&name)?;
         let count = |sql: String| -> DjResult<Option<i64>> { Ok(catalog::read_one::<i64>(&sql, &[])?) };
@@ -355,21 +356,21 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
             let parents_readable = deps
                 .parents(&table)
                 .into_iter()
-                .map(|(p, _)| TableName { schema: p.schema.clone(), table: p.name.clone() })
+                .map(|(p, _)| Table { schema: p.schema.clone(), name: p.name.clone() })
                 .try_fold(readable, |ok, p| Ok::<_, DjError>(ok && catalog::may_select(&p)?))?;
             // (A Computed-named table without key parents has no key source: nothing remains.)
             if let (true, Ok(source)) = (parents_readable, source_of(&name.qualified(), None)) {
                 remaining = Some(source.count(true)?);
             }
-            let jobs = populate::jobs_table(&table);
-            let jobs = TableName { schema: jobs.schema, table: jobs.name };
-            if catalog::table_exists(&jobs.schema, &jobs.table)? && catalog::may_select(&jobs)? {
+            let jobs = populate::jobs::jobs_table(&table);
+            let jobs = Table { schema: jobs.schema, name: jobs.name };
+            if catalog::table_exists(&jobs.schema, &jobs.name)? && catalog::may_select(&jobs)? {
                 errors = count(format!(
                     "SELECT pg_catalog.count(*) FROM {} WHERE status OPERATOR(pg_catalog.=) 'error'",
                     jobs.qualified()
                 ))?;
             }
-            if readable && TableInfo::read(&name)?.has_job_version() {
+            if readable && host::describe(&name)?.has_job_version() {
                 last_populated = catalog::read_one::<pgrx::datum::Timestamp>(
                     &format!("SELECT pg_catalog.max(\"_job_start_time\") FROM {}", name.qualified()),
                     &[],
@@ -378,9 +379,9 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
         }
         out.push((
             name.schema.clone(),
-            datajoint_core::naming::class_name_of(&name.table),
+            datajoint_core::naming::class_name_of(&name.name),
             tier.name().to_string(),
-            name.table.clone(),
+            name.name.clone(),
             rows,
             make_module,
             make_sha256,
@@ -393,13 +394,13 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
 }
 
 /// The code a table's make runs: (the module name it was bound under, its sha256).
-fn make_of(name: &TableName) -> DjResult<(String, String)> {
+fn make_of(name: &Table) -> DjResult<(String, String)> {
     let found = Spi::connect(|client| {
         let rows = client.select(
             "SELECT k.module, k.sha256 FROM dj.makes k \
              WHERE k.schema_name OPERATOR(pg_catalog.=) $1 AND k.table_name OPERATOR(pg_catalog.=) $2",
             Some(1),
-            &[name.schema.as_str().into(), name.table.as_str().into()],
+            &[name.schema.as_str().into(), name.name.as_str().into()],
         )?;
         if rows.is_empty() {
             return Ok::<_, pgrx::spi::Error>(None);
@@ -427,7 +428,7 @@ fn stale(table: &str) -> SetOfIterator<'static, JsonRow> {
     let name = catalog::resolve(table).or_raise(FN);
     auto_populated(&name).or_raise(FN);
     let (_, sha256) = make_of(&name).or_raise(FN);
-    let info = TableInfo::read(&name).or_raise(FN);
+    let info = host::describe(&name).or_raise(FN);
     if !info.has_job_version() {
         return SetOfIterator::new(Vec::new());
     }
@@ -493,319 +494,38 @@ fn run(
     let (_, sha256) = make_of(&name)?;
     let prepared = host::prepared(&sha256)?;
 
-    let deps = catalog::dependencies()?;
-    let target = &source.table;
-    let parts: Vec<TableName> = deps
-        .parts(target)
-        .into_iter()
-        .map(|c| TableName { schema: c.schema.clone(), table: c.name.clone() })
-        .collect();
-    let mut writable = vec![name.clone()];
-    writable.extend(parts.iter().cloned());
-    let mut readable: Vec<TableName> = Vec::new();
-    // The ancestors of the target and of its parts, and the parts of those ancestors (written
-    // together with their masters, they belong to the same entities).
-    for w in &writable {
-        for a in deps.ancestors(&Table::new(w.schema.clone(), w.table.clone())) {
-            for t in std::iter::once(a).chain(deps.parts(a)) {
-                let t = TableName { schema: t.schema.clone(), table: t.name.clone() };
-                if !writable.contains(&t) && !readable.contains(&t) {
-                    readable.push(t);
-                }
-            }
-        }
-    }
-    let _permit = PipelineWrite::begin("INSERT", &writable)?;
+    let scope = Scope::of(&*catalog::dependencies()?, &name);
+    let _permit = PipelineWrite::begin("INSERT", &scope.writable())?;
 
-    let info = TableInfo::read(&name)?;
+    let info = host::describe(&name)?;
     if recompute_stale && info.has_job_version() {
-        crate::api::delete::delete_where(&name, &populate::stale_condition(&sha256))?;
+        delete::delete_where(&name, &populate::stale_condition(&sha256))?;
     }
 
     let keys_sql = source.keys(true, order, max_calls);
-    let ctx = Rc::new(Context::new(
-        info,
-        parts.iter().map(TableInfo::read).collect::<DjResult<Vec<_>>>()?,
-        readable,
-        sha256.clone(),
-    ));
+    let parts = scope.parts.iter().map(host::describe).collect::<DjResult<Vec<_>>>()?;
+    let session = Arc::new(Session::new(scope, info, parts, sha256));
     let total = count_rows(&keys_sql)?;
     // SPI stays connected for the whole run (the kept plans and the cursor need it). The keys come
     // through a cursor, a batch at a time: memory stays flat however many keys there are. Its
     // snapshot is taken here (not read-only: it sees this transaction's own changes, such as
     // recompute_stale's deletes).
     unsafe { pg_sys::SPI_connect() };
-    let result = ctx.plans.open_cursor(&keys_sql).and_then(|cursor| {
-        let result = populate_keys(
-            &ctx,
-            &prepared,
-            || ctx.plans.fetch_cursor(cursor, KEY_BATCH),
-            total as usize,
-            suppress_errors,
-        );
+    let plans = Rc::new(Plans::default());
+    let result = plans.open_cursor(&keys_sql).and_then(|cursor| {
+        let result = Run::new(session, &prepared, plans.clone(), cursor).and_then(|mut run| {
+            let settings = Settings { total: total as usize, suppress_errors, report_every: PROGRESS_EVERY };
+            let outcome = populate::run(&mut run, settings);
+            run.finish(outcome)
+        });
         unsafe { pg_sys::SPI_cursor_close(cursor) };
         result
     });
+    drop(plans);
     unsafe { pg_sys::SPI_finish() };
     let (done, errors) = result?;
     let remaining = source.count(true)?;
     Ok((done, errors, remaining))
-}
-
-/// Keys read from the key source at a time.
-const KEY_BATCH: i64 = 1000;
-
-fn populate_keys(
-    ctx: &Rc<Context>,
-    prepared: &make::Prepared<SpiDb>,
-    mut next_batch: impl FnMut() -> DjResult<Vec<Vec<Field>>>,
-    total: usize,
-    suppress_errors: bool,
-) -> DjResult<(i64, i64)> {
-    let limits = gucs::make_limits();
-    let target = ctx.target.name.qualified();
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let mut done = 0i64;
-    let mut errors = 0i64;
-    let mut key_cx = PgMemoryContexts::new("dj.populate key");
-    let jobs = populate::jobs_table(&ctx.target.table());
-    let mut jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
-    // Whether a key's success must clear its record: only if the jobs table has records (most
-    // have none, and a DELETE per key would cost a third of a trivial make). A key this run
-    // records fails in this run only once, so records made meanwhile need no clearing here.
-    let jobs_name = TableName { schema: jobs.schema.clone(), table: jobs.name.clone() };
-    let jobs_recorded = jobs_exist
-        && (!catalog::may_select(&jobs_name)?
-            || catalog::read_one::<bool>(
-                &format!("SELECT EXISTS (SELECT FROM {})", jobs_name.qualified()),
-                &[],
-            )?
-            .unwrap_or(true));
-    let mut claims = Claims::new(catalog::oid_of(&ctx.target.name)?);
-    // The jobs table's statements and parameter types, the same for every key.
-    let key_columns = ctx.target.key();
-    let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
-    let key_types: Vec<pg_sys::Oid> = key_columns.iter().map(|c| c.type_oid).collect();
-    let clear_job = populate::clear_job_sql(&jobs, &key_names);
-    let key_exists = populate::key_exists_sql(&ctx.target.table(), &key_names);
-    let record_error = populate::record_error_sql(&jobs, &key_names);
-    let record_types: Vec<pg_sys::Oid> =
-        key_types.iter().copied().chain([pg_sys::TEXTOID, pg_sys::FLOAT8OID, pg_sys::TEXTOID]).collect();
-
-    let mut seen = 0usize;
-    let mut first_failures: Vec<String> = Vec::new();
-    loop {
-        let keys = next_batch()?;
-        if keys.is_empty() {
-            break;
-        }
-        for key in &keys {
-            seen += 1;
-            pgrx::check_for_interrupts!();
-            // Another session populating this table holds the key's bucket: it makes the key.
-            if !claims.claim(key) {
-                continue;
-            }
-            let t0 = Instant::now();
-            let outcome = unsafe {
-                key_cx.reset();
-                key_cx.switch_to(|_| {
-                    host::in_subtransaction(|| {
-                        let db = SpiDb {
-                            ctx: ctx.clone(),
-                            key: key.clone(),
-                            started: t0,
-                            started_at: local_now_micros(),
-                        };
-                        let (result, output, _db) =
-                            prepared.call(db, key, &limits, interrupts::stop_requested);
-                        if !output.stdout.is_empty() {
-                            pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
-                        }
-                        result.map_err(|e| make_error(e, &output, &target))?;
-                        if jobs_recorded {
-                            ctx.plans.execute(&clear_job, &key_types, &key_args(ctx, key)?)?;
-                        }
-                        Ok(())
-                    })
-                })
-            };
-            match outcome {
-                Ok(()) => done += 1,
-                Err(failure) => {
-                    let (code, message, detail, hint) = failure.parts();
-                    // Cancel, statement_timeout, shutdown: Postgres' own error goes on unchanged.
-                    if let host::Failure::Caught(e) = failure {
-                        if matches!(
-                            code,
-                            PgSqlErrorCode::ERRCODE_QUERY_CANCELED
-                                | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
-                                | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN
-                        ) {
-                            e.rethrow();
-                        }
-                    }
-                    // Made meanwhile by a session that committed after this run read its keys.
-                    if code == PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION
-                        && ctx.plans.exists(&key_exists, &key_types, &key_args(ctx, key)?)?
-                    {
-                        continue;
-                    }
-                    if !suppress_errors {
-                        let mut err = DjError::new(
-                            code,
-                            format!(
-                                "make of {target} failed for key ({}): {message}",
-                                make::display_row(key)
-                            ),
-                            hint.unwrap_or_default(),
-                        );
-                        err.detail = detail;
-                        pgrx::check_for_interrupts!();
-                        return Err(err);
-                    }
-                    errors += 1;
-                    if !jobs_exist {
-                        crate::api::declare::ensure_jobs_table(&ctx.target.name)?;
-                        jobs_exist = true;
-                    }
-                    let text = match &detail {
-                        Some(d) => format!("{message}\n{d}"),
-                        None => message.clone(),
-                    };
-                    // In the key's context: the datums go with it.
-                    unsafe {
-                        key_cx.switch_to(|_| -> DjResult<()> {
-                            let mut args = key_args(ctx, key)?;
-                            args.push(text.as_str().into_datum());
-                            args.push(t0.elapsed().as_secs_f64().into_datum());
-                            args.push(ctx.version.as_str().into_datum());
-                            ctx.plans.execute(&record_error, &record_types, &args)?;
-                            Ok(())
-                        })?;
-                    }
-                    if first_failures.len() < 3 {
-                        first_failures.push(format!("({}): {message}", make::display_row(key)));
-                    }
-                }
-            }
-            if last_report.elapsed() >= PROGRESS_EVERY {
-                last_report = Instant::now();
-                let rate = seen as f64 / started.elapsed().as_secs_f64();
-                let left = total.saturating_sub(seen);
-                pgrx::notice!(
-                "populate {target}: {done} done, {errors} failed, {left} to go, {rate:.0} keys/s, about {:.0} s left",
-                left as f64 / rate
-            );
-            }
-        }
-    }
-    if errors > 0 {
-        // One summary rather than a message per key: the jobs table has them all.
-        let more = if errors as usize > first_failures.len() { "; ..." } else { "" };
-        pgrx::warning!(
-            "populate {target}: {errors} key(s) failed, recorded in {}: {}{more}",
-            datajoint_core::sql::qualified(&jobs.schema, &jobs.name),
-            first_failures.join("; ")
-        );
-    }
-    Ok((done, errors))
-}
-
-/// Now, as the session's wall clock (what CURRENT_TIMESTAMP stores in a `timestamp` column such as
-/// `_job_start_time`), in microseconds since 1970-01-01 00:00.
-fn local_now_micros() -> i64 {
-    unsafe {
-        let now = pg_sys::GetCurrentTimestamp();
-        pgrx::direct_function_call::<i64>(pg_sys::timestamptz_timestamp, &[now.into_datum()])
-            .map_or(0, |local| local + datajoint_core::values::PG_EPOCH_MICROS)
-    }
-}
-
-fn key_args(ctx: &Context, key: &[Field]) -> DjResult<Vec<Option<pg_sys::Datum>>> {
-    let target = ctx.target.name.qualified();
-    ctx.target
-        .key()
-        .iter()
-        .map(|c| {
-            let v = key.iter().find(|f| f.name == c.name).map(|f| &f.value).unwrap_or(&make::Value::Null);
-            host::to_datum(v, c, &target)
-        })
-        .collect()
-}
-
-/// A failed make as the error the user sees.
-fn make_error(e: MakeError<DjError>, output: &make::Output, target: &str) -> DjError {
-    let stderr = output.stderr.trim_end();
-    match e {
-        MakeError::Guest(message) => DjError::new(
-            PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION,
-            format!("make function returned an error: {message}"),
-            format!("The make function of {target} refused this key; nothing it inserted is kept."),
-        ),
-        MakeError::Host(err) => err,
-        MakeError::Sandbox(err) => {
-            let panic = output.panic_message();
-            let mut out = DjError::from(err.clone());
-            if let (SandboxError::Trap { .. }, Some(p)) = (&err, &panic) {
-                out.message = format!("make function panicked: {p}");
-            } else {
-                out.message = format!("make function stopped: {}", out.message);
-            }
-            if !stderr.is_empty() {
-                let tail: String =
-                    stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-                out.detail = Some(match out.detail {
-                    Some(d) => format!("{d}\nguest stderr: {tail}"),
-                    None => format!("guest stderr: {tail}"),
-                });
-            }
-            if matches!(err, SandboxError::Trap { .. }) {
-                out.hint =
-                    "The make function failed; the DETAIL shows where. Nothing it inserted is kept.".into();
-            }
-            out
-        }
-    }
-}
-
-/// The buckets of the target's keys (see `populate::KEY_BUCKETS`) this run holds, and those it lost
-/// to another session populating the same table.
-struct Claims {
-    target: pg_sys::Oid,
-    held: [bool; populate::KEY_BUCKETS as usize],
-    lost: [bool; populate::KEY_BUCKETS as usize],
-}
-
-impl Claims {
-    fn new(target: pg_sys::Oid) -> Claims {
-        Claims { target, held: [false; _], lost: [false; _] }
-    }
-
-    /// Whether this run makes `key`: it holds the key's bucket, or takes it now (a
-    /// transaction-level advisory lock, never waited for; taken outside the key's subtransaction,
-    /// so a failed key stays this run's too). A bucket another session held stays lost for the
-    /// whole run, even once that session commits: what it made is invisible to this run's keys.
-    fn claim(&mut self, key: &[Field]) -> bool {
-        let bucket = populate::key_bucket(key);
-        let b = bucket as usize;
-        if self.held[b] || self.lost[b] {
-            return self.held[b];
-        }
-        let (class, object) = populate::bucket_lock(self.target.to_u32(), bucket);
-        // SAFETY: a builtin with two int4 arguments, called as SQL would.
-        let took = unsafe {
-            pgrx::direct_function_call::<bool>(
-                pg_sys::pg_try_advisory_xact_lock_int4,
-                &[class.into_datum(), object.into_datum()],
-            )
-        }
-        .unwrap_or(false);
-        self.held[b] = took;
-        self.lost[b] = !took;
-        took
-    }
 }
 
 extension_sql!(

@@ -27,7 +27,8 @@ fn sandbox_call(module: &[u8], export: default!(&str, "'run'")) -> i64 {
     let compiled =
         sandbox::compile_isolated(module, gucs::module_compile_memory(), interrupts::stop_requested)
             .or_raise(FN);
-    sandbox::call_export(&compiled, export, &limits, interrupts::stop_requested).or_raise(FN)
+    sandbox::call_export(&compiled, export, &limits, sandbox::Cancel::Check(interrupts::stop_requested))
+        .or_raise(FN)
 }
 
 extension_sql!(

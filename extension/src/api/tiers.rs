@@ -3,49 +3,19 @@
 //! from a direct INSERT, UPDATE, DELETE or TRUNCATE. Off by default, so datajoint-python clients,
 //! which write those tables themselves, keep working.
 
-use std::cell::RefCell;
-
 use datajoint_core::naming::{self, Tier};
 use pgrx::prelude::*;
 
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjResult, OrRaise};
+use crate::pipeline::writes;
 use crate::security;
-
-thread_local! {
-    /// What DataJoint operations running in this backend may do to guarded tables: an operation
-    /// (`DELETE`, `INSERT`) on a set of tables. Only Rust code changes it: no SQL client can.
-    static PERMITS: RefCell<Vec<(&'static str, Vec<pg_sys::Oid>)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Held while a DataJoint operation writes Computed, Imported or Part tables: it lets `operation`
-/// through the guard on exactly `tables`, nothing else (a user trigger that fires meanwhile gets
-/// no more than it would otherwise). Released on every exit, errors included (a Postgres ERROR
-/// unwinds through Rust frames).
-pub struct PipelineWrite(());
-
-impl PipelineWrite {
-    pub fn begin(operation: &'static str, tables: &[TableName]) -> DjResult<PipelineWrite> {
-        let oids = tables.iter().map(catalog::oid_of).collect::<DjResult<Vec<_>>>()?;
-        PERMITS.with(|p| p.borrow_mut().push((operation, oids)));
-        Ok(PipelineWrite(()))
-    }
-}
-
-impl Drop for PipelineWrite {
-    fn drop(&mut self) {
-        PERMITS.with(|p| {
-            if let Ok(mut p) = p.try_borrow_mut() {
-                p.pop();
-            }
-        });
-    }
-}
+use datajoint_core::dependencies::Table;
 
 /// Read by the guard trigger: whether a running DataJoint operation may do `operation` on `table`.
 #[pg_extern(volatile, parallel_restricted, name = "_pipeline_write_allowed")]
 fn pipeline_write_allowed(table: pg_sys::Oid, operation: &str) -> bool {
-    PERMITS.with(|p| p.borrow().iter().any(|(op, oids)| *op == operation && oids.contains(&table)))
+    writes::allowed(table, operation)
 }
 
 const GUARD: &str = "dj_tier_guard";
@@ -64,8 +34,8 @@ fn guarded_tier(table: &str) -> bool {
 
 /// Adds the guard trigger to `table` (Computed, Imported and Part tables only) unless it has it.
 /// Returns whether the table is one the guard is for.
-pub fn guard(name: &TableName) -> DjResult<bool> {
-    if !guarded_tier(&name.table) {
+pub fn guard(name: &Table) -> DjResult<bool> {
+    if !guarded_tier(&name.name) {
         return Ok(false);
     }
     let present = catalog::read_one::<bool>(
@@ -124,15 +94,6 @@ fn names_table(command: pgrx::Internal) -> bool {
     }
 }
 
-/// Whether the schema enforces tiers.
-pub fn enforced(schema: &str) -> DjResult<bool> {
-    Ok(catalog::read_one::<bool>(
-        "SELECT coalesce((SELECT enforce_tiers FROM dj.schema_settings WHERE schema_name = $1), false)",
-        &[schema.into()],
-    )?
-    .unwrap_or(false))
-}
-
 /// `dj.enforce_tiers(schema, enforce)`: turns server-enforced tiers on or off for a schema;
 /// returns the number of tables guarded (on) or released (off).
 #[pg_extern(volatile, parallel_unsafe)]
@@ -167,7 +128,7 @@ fn set_enforcement(schema: &str, enforce: bool) -> DjResult<i64> {
     )?;
     let mut count = 0;
     for name in catalog::tables(Some(schema))? {
-        if !guarded_tier(&name.table) {
+        if !guarded_tier(&name.name) {
             continue;
         }
         if enforce {

@@ -1,353 +1,85 @@
 //! Make functions inside the backend: registered modules (`modules`), the database a guest sees
-//! (over SPI, as the calling role: `spi`, `values` and the `Context` here), and the per-key
-//! subtransactions of `dj.populate`.
+//! as the SPI [`Backend`] of the core's make host (`spi`, `values` and [`SpiBackend`] here), and
+//! the per-key subtransactions of `dj.populate`. The rules a make runs under (what it may read and
+//! write, how its rows are shaped, how its failures read) are `datajoint_core::host`'s.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
 
-use datajoint_core::algebra::{self, Catalog, Rel as Expr};
+use datajoint_core::algebra;
 use datajoint_core::dependencies::Table;
-use datajoint_core::make::{self, Database, Level, Query, Row, Value};
-use datajoint_core::naming;
-use datajoint_core::populate::{self, QueryError};
-use datajoint_core::restriction::RestrictionError;
-use datajoint_core::sql;
+use datajoint_core::host::{self, Backend, Statement, TableInfo};
+use datajoint_core::make::{Level, Row, Value};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::catalog::{self, TableName};
+use crate::catalog;
 use crate::error::{DjError, DjResult};
+use crate::headings;
 
 mod modules;
+mod run;
 mod spi;
 mod values;
 
 pub use modules::{prepared, store_artifact, validate};
-use spi::nul_error;
+pub use run::Run;
 pub use spi::{Budget, Plans};
 pub use values::to_datum;
 
-// ---------------------------------------------------------------------------------------------
-// Tables as a make function sees them
+/// The make host of the backend.
+pub type SpiHost = host::MakeHost<SpiBackend>;
 
-/// A column of a table a make function reads or writes.
-#[derive(Clone, Debug)]
-pub struct Column {
-    pub name: String,
-    pub type_oid: pg_sys::Oid,
-    pub type_name: String,
-    pub in_key: bool,
+/// A table's columns with their types' oids, as a make function reads and writes them.
+pub fn describe(name: &Table) -> DjResult<TableInfo> {
+    let columns = catalog::typed_columns(name)?
+        .into_iter()
+        .map(|(c, type_oid)| host::Column {
+            name: c.name,
+            type_name: c.sql_type,
+            type_id: type_oid.to_u32(),
+            in_key: c.in_key,
+        })
+        .collect();
+    Ok(TableInfo { table: name.clone(), columns })
 }
 
-impl Column {
-    fn hidden(&self) -> bool {
-        self.name.starts_with('_')
-    }
+/// The parameter types of a statement.
+pub fn types(statement: &Statement) -> Vec<pg_sys::Oid> {
+    statement.params.iter().map(|c| pg_sys::Oid::from(c.type_id)).collect()
 }
 
-#[derive(Debug)]
-pub struct TableInfo {
-    pub name: TableName,
-    pub columns: Vec<Column>,
+/// A statement's arguments as datums (in the current memory context).
+pub fn datums(statement: &Statement, args: &[&Value]) -> DjResult<Vec<Option<pg_sys::Datum>>> {
+    statement.params.iter().zip(args).map(|(c, v)| to_datum(v, c, &statement.label)).collect()
 }
 
-impl TableInfo {
-    pub fn read(name: &TableName) -> DjResult<TableInfo> {
-        let columns = catalog::typed_columns(name)?
-            .into_iter()
-            .map(|(c, type_oid)| Column { name: c.name, type_oid, type_name: c.sql_type, in_key: c.in_key })
-            .collect();
-        Ok(TableInfo { name: name.clone(), columns })
-    }
-
-    /// Whether rows record the module that made them (datajoint-python's job metadata).
-    pub fn has_job_version(&self) -> bool {
-        self.column("_job_version").is_some()
-    }
-
-    pub fn key(&self) -> Vec<&Column> {
-        self.columns.iter().filter(|c| c.in_key).collect()
-    }
-
-    fn visible(&self) -> Vec<String> {
-        self.columns.iter().filter(|c| !c.hidden()).map(|c| c.name.clone()).collect()
-    }
-
-    fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name == name)
-    }
-
-    pub fn table(&self) -> Table {
-        Table::new(self.name.schema.clone(), self.name.table.clone())
-    }
+/// The database over SPI, as the calling role, with the statements of one populate run kept
+/// planned.
+pub struct SpiBackend {
+    pub plans: Rc<Plans>,
 }
 
-// ---------------------------------------------------------------------------------------------
-// The database of one populate call
+// SAFETY: a store holding an SpiBackend is created, used and dropped on the backend's main
+// thread within one populate call; wasmtime only needs Send for stores it might move across
+// threads, which this extension never does.
+unsafe impl Send for SpiBackend {}
 
-/// What a populate call knows: the target, its parts, what its make may read, the caches.
-pub struct Context {
-    pub target: Rc<TableInfo>,
-    pub parts: Vec<Rc<TableInfo>>,
-    /// Ancestors of the target and of its parts (the target and its parts excluded).
-    pub readable: Vec<TableName>,
-    pub version: String,
-    pub plans: Plans,
-    tables: RefCell<HashMap<String, Rc<TableInfo>>>,
-    fetches: RefCell<HashMap<FetchKey, Rc<FetchStatement>>>,
-}
-
-/// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.
-type FetchKey = (String, Vec<String>, Vec<String>, Vec<String>, Option<u64>, bool);
-
-/// A checked guest query: its SQL and the key attributes bound to its parameters.
-struct FetchStatement {
-    /// What the query reads, for messages: a table's name or an expression.
-    label: String,
-    sql: String,
-    key_columns: Vec<Column>,
-    types: Vec<pg_sys::Oid>,
-}
-
-impl Context {
-    pub fn new(
-        target: TableInfo,
-        parts: Vec<TableInfo>,
-        readable: Vec<TableName>,
-        version: String,
-    ) -> Context {
-        Context {
-            target: Rc::new(target),
-            parts: parts.into_iter().map(Rc::new).collect(),
-            readable,
-            version,
-            plans: Plans::default(),
-            tables: RefCell::new(HashMap::new()),
-            fetches: RefCell::new(HashMap::new()),
-        }
-    }
-
-    fn schema(&self) -> &str {
-        &self.target.name.schema
-    }
-
-    /// A table named by the guest: `Class`, `Master.Part`, `Part` (of the target), `schema.Class`,
-    /// `schema.table`. Names without a schema are in the target's schema; otherwise as every dj
-    /// function reads table names (catalog::resolve).
-    fn resolve(&self, name: &str) -> DjResult<TableName> {
-        let schema = sql::ident(self.schema());
-        match catalog::split_name(name).unwrap_or_default().as_slice() {
-            [one] => catalog::resolve(&format!("{schema}.{}", sql::ident(one))).or_else(|missing| {
-                // A bare part name: a part of the target.
-                let part = naming::part_table_name(&self.target.name.table, one);
-                self.parts.iter().find(|p| p.name.table == part).map(|p| p.name.clone()).ok_or(missing)
-            }),
-            [a, b] if naming::is_class_name(a) && naming::is_class_name(b) => {
-                catalog::resolve(&format!("{schema}.{a}.{b}"))
-            }
-            _ => catalog::resolve(name),
-        }
-    }
-
-    fn table(&self, name: &str) -> DjResult<Rc<TableInfo>> {
-        if let Some(t) = self.tables.borrow().get(name) {
-            return Ok(t.clone());
-        }
-        let resolved = self.resolve(name)?;
-        let info = if resolved == self.target.name {
-            self.target.clone()
-        } else if let Some(p) = self.parts.iter().find(|p| p.name == resolved) {
-            p.clone()
-        } else {
-            Rc::new(TableInfo::read(&resolved)?)
-        };
-        self.tables.borrow_mut().insert(name.to_string(), info.clone());
-        Ok(info)
-    }
-
-    /// The statement of a guest's query: checked (readable table, known attributes, a condition
-    /// re-emitted from its syntax tree) once per populate call, not once per key.
-    fn fetch_statement(&self, q: Query, one: bool, key: &Row) -> DjResult<Rc<FetchStatement>> {
-        let texts =
-            std::iter::once(&q.relation).chain(&q.restrictions).chain(&q.attributes).chain(&q.order_by);
-        if texts.into_iter().any(|t| t.contains('\0')) {
-            return Err(nul_error("the make function's query"));
-        }
-        let cache_key: FetchKey = (q.relation, q.restrictions, q.attributes, q.order_by, q.limit, one);
-        if let Some(f) = self.fetches.borrow().get(&cache_key) {
-            return Ok(f.clone());
-        }
-        let (relation, restrictions, attributes, order_by, limit, _) = &cache_key;
-        let limit = if one { Some(2) } else { *limit };
-        if let Some(expression) = relation_expression(relation)? {
-            let statement = Rc::new(self.expression_statement(
-                expression,
-                restrictions,
-                attributes,
-                order_by,
-                limit,
-                key,
-            )?);
-            self.fetches.borrow_mut().insert(cache_key, statement.clone());
-            return Ok(statement);
-        }
-        let info = self.table(relation)?;
-        if !self.readable.contains(&info.name) {
-            return Err(self.unreadable(&info.name));
-        }
-        // Every key of a populate call has the same attributes: the shared ones are fixed.
-        let key_columns: Vec<Column> =
-            info.columns.iter().filter(|c| key.iter().any(|f| f.name == c.name)).cloned().collect();
-        let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
-        let sql = populate::fetch_sql(
-            &info.table(),
-            &info.visible(),
-            &key_names,
-            attributes,
-            restrictions,
-            order_by,
-            limit,
-        )
-        .map_err(|e| query_error(e, &info.name.qualified()))?;
-        let types = key_columns.iter().map(|c| c.type_oid).collect();
-        let statement = Rc::new(FetchStatement { label: info.name.qualified(), sql, key_columns, types });
-        self.fetches.borrow_mut().insert(cache_key, statement.clone());
-        Ok(statement)
-    }
-
-    /// A guest query over a relation expression (`aggr(Recording, Recording.Channel, 'n =
-    /// count(*)')`): every table it names must be readable; the result is restricted by the key
-    /// on the attributes it shares with it, like a table.
-    fn expression_statement(
-        &self,
-        mut expression: Expr,
-        restrictions: &[String],
-        attributes: &[String],
-        order_by: &[String],
-        limit: Option<u64>,
-        key: &Row,
-    ) -> DjResult<FetchStatement> {
-        let compiled = algebra::compile(&mut expression, &mut GuestCatalog { ctx: self })?;
-        let label = expression.to_string();
-        let heading: Vec<String> = compiled.heading.iter().map(|a| a.name.clone()).collect();
-        let key_columns: Vec<Column> = self
-            .target
-            .columns
-            .iter()
-            .filter(|c| key.iter().any(|f| f.name == c.name) && heading.contains(&c.name))
-            .cloned()
-            .collect();
-        let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
-        let from = format!("({}) AS q", compiled.sql);
-        let sql =
-            populate::fetch_sql_from(&from, &heading, &key_names, attributes, restrictions, order_by, limit)
-                .map_err(|e| query_error(e, &label))?;
-        let types = key_columns.iter().map(|c| c.type_oid).collect();
-        Ok(FetchStatement { label, sql, key_columns, types })
-    }
-
-    fn unreadable(&self, t: &TableName) -> DjError {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "the make function of {} may not read {}: it is not an ancestor of the target",
-                self.target.name.qualified(),
-                t.qualified()
-            ),
-            "A make function reads only the tables its target depends on (dj.ancestors lists them).",
-        )
-    }
-
-    fn writable(&self, t: &TableName) -> bool {
-        *t == self.target.name || self.parts.iter().any(|p| p.name == *t)
-    }
-}
-
-/// The database as one key's make call sees it.
-pub struct SpiDb {
-    pub ctx: Rc<Context>,
-    pub key: Row,
-    pub started: Instant,
-    pub started_at: i64,
-}
-
-// SAFETY: the store holding an SpiDb is created, used and dropped on the backend's main thread
-// within one populate call; wasmtime only needs Send for stores it might move across threads,
-// which this extension never does.
-unsafe impl Send for SpiDb {}
-
-impl SpiDb {
-    fn key_value(&self, name: &str) -> Option<&Value> {
-        self.key.iter().find(|f| f.name == name).map(|f| &f.value)
-    }
-}
-
-/// The guest's `relation` as an expression, when it is one (`Recording * Session`); `None` for a
-/// plain table name, which the host resolves relative to the target's schema as before.
-fn relation_expression(relation: &str) -> DjResult<Option<Expr>> {
-    if !relation.contains(['*', '&', '-', '+', '(', '[', '\'']) {
-        return Ok(None);
-    }
-    let parsed = algebra::parse(relation).map_err(|e| {
-        let message = format!("cannot read the expression {relation}: {} (at: {})", e.message, e.fragment);
-        DjError { message, ..DjError::from(e) }
-    })?;
-    match parsed {
-        Expr::Table(_) => Ok(None),
-        expression => Ok(Some(expression)),
-    }
-}
-
-/// Tables named in a guest's expression: resolved as the guest's table names are, and readable
-/// only when the make function may read them.
-struct GuestCatalog<'a> {
-    ctx: &'a Context,
-}
-
-impl Catalog for GuestCatalog<'_> {
+impl Backend for SpiBackend {
     type Error = DjError;
 
-    fn table(&mut self, name: &str) -> DjResult<algebra::TableInfo> {
-        let t = self.ctx.resolve(name)?;
-        if !self.ctx.readable.contains(&t) {
-            return Err(self.ctx.unreadable(&t));
-        }
-        crate::api::algebra::table_info_of(&t)
+    fn resolve(&mut self, name: &str) -> DjResult<Table> {
+        catalog::resolve(name)
     }
-}
 
-fn query_error(e: QueryError, relation: &str) -> DjError {
-    match e {
-        QueryError::UnknownAttribute { attribute, available } => DjError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("{relation} has no attribute {attribute}"),
-            format!("Its attributes: {}.", available.join(", ")),
-        ),
-        QueryError::BadOrder(term) => DjError::new(
-            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-            format!("\"{term}\" is not an order term"),
-            "Write an attribute name, optionally followed by asc or desc.",
-        ),
-        QueryError::Condition(e) => restriction_error(e, relation),
+    fn describe(&mut self, table: &Table) -> DjResult<TableInfo> {
+        describe(table)
     }
-}
 
-fn restriction_error(e: RestrictionError, relation: &str) -> DjError {
-    DjError::new(
-        PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-        format!("restriction on {relation}: {}", e.message),
-        e.hint.clone(),
-    )
-}
+    fn heading(&mut self, table: &Table) -> DjResult<algebra::TableInfo> {
+        headings::table_info_of(table)
+    }
 
-impl Database for SpiDb {
-    type Error = DjError;
-
-    fn log(&mut self, level: Level, message: String) {
-        // A message is text for the log and the client: a NUL would end it early.
-        let message = message.replace('\0', "\\0");
+    fn log(&mut self, level: Level, message: &str) {
         match level {
             Level::Debug => pgrx::debug1!("{message}"),
             Level::Info => pgrx::info!("{message}"),
@@ -356,115 +88,14 @@ impl Database for SpiDb {
         }
     }
 
-    fn fetch(&mut self, q: Query, one: bool, budget: usize) -> Result<Vec<Row>, DjError> {
-        let fetch = self.ctx.fetch_statement(q, one, &self.key)?;
-        let mut args = Vec::with_capacity(fetch.key_columns.len());
-        for c in &fetch.key_columns {
-            args.push(to_datum(self.key_value(&c.name).expect("shared with the key"), c, &fetch.label)?);
-        }
-        let rows = self.ctx.plans.query(&fetch.sql, &fetch.types, &args, &mut Budget::new(budget))?;
-        if one && rows.len() != 1 {
-            // PL/pgSQL's SELECT INTO STRICT codes: P0002 no row, P0003 several.
-            let code = if rows.is_empty() {
-                PgSqlErrorCode::ERRCODE_NO_DATA_FOUND
-            } else {
-                PgSqlErrorCode::ERRCODE_TOO_MANY_ROWS
-            };
-            return Err(DjError::new(
-                code,
-                format!(
-                    "fetch1 from {} found {} rows for key ({})",
-                    fetch.label,
-                    if rows.is_empty() { "no".to_string() } else { "several".to_string() },
-                    make::display_row(&self.key)
-                ),
-                "fetch1 expects exactly one row: restrict the query further, or use fetch.",
-            ));
-        }
-        Ok(rows)
+    fn query(&mut self, statement: &Statement, args: &[&Value], budget: usize) -> DjResult<Vec<Row>> {
+        let args = datums(statement, args)?;
+        self.plans.query(&statement.sql, &types(statement), &args, &mut Budget::new(budget))
     }
 
-    fn insert(&mut self, table: String, rows: Vec<Row>) -> Result<u64, DjError> {
-        let info = self.ctx.table(&table)?;
-        if !self.ctx.writable(&info.name) {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "the make function of {} may not insert into {}",
-                    self.ctx.target.name.qualified(),
-                    info.name.qualified()
-                ),
-                "A make function inserts only into its target and the target's parts.",
-            ));
-        }
-        let is_target = info.name == self.ctx.target.name;
-        let qualified = info.name.qualified();
-        let mut count = 0;
-        for row in rows {
-            let mut columns: Vec<&Column> = Vec::new();
-            let mut args: Vec<Option<pg_sys::Datum>> = Vec::new();
-            for f in &row {
-                let Some(c) = info.column(&f.name).filter(|c| !c.hidden()) else {
-                    return Err(DjError::new(
-                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                        format!("{qualified} has no attribute {}", f.name),
-                        format!("Its attributes: {}.", info.visible().join(", ")),
-                    ));
-                };
-                if columns.iter().any(|d| d.name == c.name) {
-                    return Err(DjError::new(
-                        PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
-                        format!("attribute {} appears twice in a row for {qualified}", f.name),
-                        "Give each attribute once per row.",
-                    ));
-                }
-                if let Some(k) = self.key_value(&c.name) {
-                    if k != &f.value {
-                        return Err(DjError::new(
-                            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                            format!(
-                                "the make function inserted {}={} into {qualified}, but its key has {}={}",
-                                c.name,
-                                make::display_value(&f.value),
-                                c.name,
-                                make::display_value(k)
-                            ),
-                            "A make call writes only rows of its own key.",
-                        ));
-                    }
-                }
-                columns.push(c);
-                args.push(to_datum(&f.value, c, &qualified)?);
-            }
-            // Key attributes the row left out come from the key.
-            for c in &info.columns {
-                if columns.iter().any(|d| d.name == c.name) {
-                    continue;
-                }
-                if let Some(k) = self.key_value(&c.name) {
-                    columns.push(c);
-                    args.push(to_datum(k, c, &qualified)?);
-                }
-            }
-            if is_target {
-                for (name, value) in [
-                    ("_job_start_time", Value::Timestamp(self.started_at)),
-                    ("_job_duration", Value::Float(self.started.elapsed().as_secs_f64())),
-                    ("_job_version", Value::Text(self.ctx.version.clone())),
-                ] {
-                    if let Some(c) = info.column(name) {
-                        columns.push(c);
-                        args.push(to_datum(&value, c, &qualified)?);
-                    }
-                }
-            }
-            let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-            let types: Vec<pg_sys::Oid> = columns.iter().map(|c| c.type_oid).collect();
-            let sql = populate::insert_sql(&info.table(), &names);
-            self.ctx.plans.execute(&sql, &types, &args)?;
-            count += 1;
-        }
-        Ok(count)
+    fn execute(&mut self, statement: &Statement, args: &[&Value]) -> DjResult<()> {
+        let args = datums(statement, args)?;
+        self.plans.execute(&statement.sql, &types(statement), &args)
     }
 }
 
@@ -509,6 +140,12 @@ pub fn in_subtransaction<T>(f: impl FnOnce() -> Result<T, DjError>) -> Result<T,
 pub enum Failure {
     Dj(DjError),
     Caught(pg_sys::panic::CaughtError),
+}
+
+impl From<DjError> for Failure {
+    fn from(e: DjError) -> Self {
+        Failure::Dj(e)
+    }
 }
 
 impl Failure {

@@ -12,23 +12,23 @@ use datajoint_core::sandbox::SandboxError;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use super::SpiDb;
+use super::SpiHost;
 use crate::catalog;
 use crate::error::{DjError, DjResult};
 use crate::{gucs, interrupts, security};
 
 thread_local! {
-    static LINKER: RefCell<Option<Rc<make::MakeLinker<SpiDb>>>> = const { RefCell::new(None) };
+    static LINKER: RefCell<Option<Rc<make::MakeLinker<SpiHost>>>> = const { RefCell::new(None) };
     /// Prepared modules of this backend, by sha256: a key costs an instantiation, not a compile.
-    static PREPARED: RefCell<HashMap<String, Rc<Prepared<SpiDb>>>> = RefCell::new(HashMap::new());
+    static PREPARED: RefCell<HashMap<String, Rc<Prepared<SpiHost>>>> = RefCell::new(HashMap::new());
 }
 
-fn linker() -> DjResult<Rc<make::MakeLinker<SpiDb>>> {
+fn linker() -> DjResult<Rc<make::MakeLinker<SpiHost>>> {
     LINKER.with(|l| {
         if let Some(linker) = l.borrow().as_ref() {
             return Ok(linker.clone());
         }
-        let linker = Rc::new(make::linker::<SpiDb>().map_err(DjError::from)?);
+        let linker = Rc::new(make::linker::<SpiHost>().map_err(DjError::from)?);
         *l.borrow_mut() = Some(linker.clone());
         Ok(linker)
     })
@@ -75,7 +75,7 @@ fn module_error(e: SandboxError) -> DjError {
 /// The prepared module with this hash: from this backend's cache, else from the machine-code
 /// cache (only when its seal proves this server's extension wrote it), else compiled from its
 /// bytes (and the machine code stored, sealed, for every other backend).
-pub fn prepared(sha256: &str) -> DjResult<Rc<Prepared<SpiDb>>> {
+pub fn prepared(sha256: &str) -> DjResult<Rc<Prepared<SpiHost>>> {
     if let Some(p) = PREPARED.with(|p| p.borrow().get(sha256).cloned()) {
         return Ok(p);
     }

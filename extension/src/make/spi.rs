@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
+use datajoint_core::host;
 use datajoint_core::make::{Field, Row, Value};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -42,7 +43,7 @@ impl Plans {
             return Ok(p.clone());
         }
         // Guest text that reaches a statement was checked for NUL; this is the last line.
-        let text = CString::new(sql).map_err(|_| nul_error("a generated statement"))?;
+        let text = CString::new(sql).map_err(|_| DjError::from(host::nul_error("a generated statement")))?;
         let plan = unsafe {
             let plan = pg_sys::SPI_prepare(text.as_ptr(), types.len() as i32, types.as_ptr() as *mut _);
             if plan.is_null() {
@@ -314,13 +315,4 @@ unsafe fn rows_of_tuptable(budget: &mut Budget) -> DjResult<Vec<Row>> {
 /// Bytes a heap allocation of `n` bytes takes (glibc: 16-byte chunks plus a header).
 fn heap(n: usize) -> usize {
     n.next_multiple_of(16) + 16
-}
-
-/// A guest's text that would reach SQL with a NUL in it.
-pub(super) fn nul_error(what: &str) -> DjError {
-    DjError::new(
-        PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-        format!("{what} contains a NUL character"),
-        "Remove the \\0 from the make function's query: SQL text cannot hold it.",
-    )
 }

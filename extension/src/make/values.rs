@@ -7,8 +7,8 @@ use datajoint_core::values::{self, OutOfRange};
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgSqlErrorCode};
 
-use super::Column;
 use crate::error::{DjError, DjResult};
+use datajoint_core::host::Column;
 
 /// A datum of type `type_oid` as the contract's value.
 ///
@@ -124,7 +124,7 @@ pub fn to_datum(v: &Value, column: &Column, table: &str) -> DjResult<Option<pg_s
         }
         Ok(())
     };
-    let t = column.type_oid;
+    let t = pg_sys::Oid::from(column.type_id);
     let datum = unsafe {
         match (v, t) {
             (Value::Null, _) => return Ok(None),

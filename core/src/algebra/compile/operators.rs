@@ -3,11 +3,9 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
 use super::{parenthesized, valid_name, Column, Compiler, Query};
 use crate::algebra::{AlgebraError, Attribute, Catalog, Code, Cond, RENAME_HINT};
-use crate::restriction;
+use crate::restriction::{self, UnknownAttributes};
 use crate::sql;
 
 impl<C: Catalog> Compiler<'_, C> {
@@ -88,22 +86,10 @@ impl<C: Catalog> Compiler<'_, C> {
             Cond::Sql(text) => {
                 parenthesized(restriction::expression(text, &q.scope(false)).map_err(AlgebraError::from)?)
             }
+            // As in DataJoint, attributes the relation does not have are ignored.
             Cond::Key(map) => {
-                let mut terms = Vec::new();
-                for (name, value) in map.iter() {
-                    // As in DataJoint, attributes the relation does not have are ignored.
-                    let Some(c) = q.column(name) else { continue };
-                    terms.push(match value {
-                        Value::Null => format!("{} IS NULL", c.sql),
-                        Value::String(s) => format!("{} = {}", c.sql, sql::literal(s)),
-                        other => format!("{} = {}", c.sql, sql::literal(&other.to_string())),
-                    });
-                }
-                if terms.is_empty() {
-                    "TRUE".into()
-                } else {
-                    format!("({})", terms.join(" AND "))
-                }
+                restriction::json_key(map, |n| q.column(n).map(|c| c.sql.clone()), UnknownAttributes::Ignore)
+                    .unwrap_or_else(|_| unreachable!("ignoring never refuses"))
             }
             Cond::Or(items) => {
                 let mut terms = Vec::new();

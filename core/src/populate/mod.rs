@@ -1,4 +1,6 @@
-//! The SQL behind `dj.populate` and a make function's host calls, built from names and checked
+//! `dj.populate`'s rules: which keys a table's make must compute (its key source, restricted and
+//! ordered), how concurrent runs divide them (key buckets), the jobs table failures are recorded
+//! in (`jobs`), and the loop every host drives (`driver`). The SQL is built from names and checked
 //! conditions only (identifiers quoted, values always parameters, conditions re-emitted by
 //! [`restriction::condition`]).
 
@@ -6,6 +8,11 @@ use crate::dependencies::Table;
 use crate::make::{Field, Value};
 use crate::restriction::{self, RestrictionError};
 use crate::sql;
+
+mod driver;
+pub mod jobs;
+
+pub use driver::{run, Class, KeyRun, Progress, Settings, Stop, Summary};
 
 /// Concurrent populates of one table divide its keys by bucket: a populate makes a key only
 /// while it holds the key's bucket (a transaction-level lock, skipped when another session holds
@@ -56,6 +63,36 @@ pub fn key_bucket(key: &[Field]) -> u32 {
         eat(&[0xff]);
     }
     (h % u64::from(KEY_BUCKETS)) as u32
+}
+
+/// The key buckets one run holds, and those it lost to another session populating the same
+/// table. A bucket another session held stays lost for the whole run, even once that session
+/// commits: what it made is invisible to this run's snapshot.
+#[derive(Clone, Debug)]
+pub struct Buckets {
+    held: [bool; KEY_BUCKETS as usize],
+    lost: [bool; KEY_BUCKETS as usize],
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets { held: [false; KEY_BUCKETS as usize], lost: [false; KEY_BUCKETS as usize] }
+    }
+}
+
+impl Buckets {
+    /// Whether this run makes `key`: it holds the key's bucket, or `try_lock(bucket)` takes it
+    /// now (a lock never waited for).
+    pub fn claim(&mut self, key: &[Field], try_lock: impl FnOnce(u32) -> bool) -> bool {
+        let bucket = key_bucket(key);
+        let b = bucket as usize;
+        if !self.held[b] && !self.lost[b] {
+            let took = try_lock(bucket);
+            self.held[b] = took;
+            self.lost[b] = !took;
+        }
+        self.held[b]
+    }
 }
 
 /// One primary-key parent of the target: the parent and its (child attribute, parent attribute)
@@ -172,181 +209,9 @@ pub fn key_condition(condition: &str, key: &[String]) -> Result<String, Restrict
     restriction::condition(condition, key)
 }
 
-/// Errors in a make function's query, reported to the user with the offending text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueryError {
-    UnknownAttribute { attribute: String, available: Vec<String> },
-    BadOrder(String),
-    Condition(RestrictionError),
-}
-
-/// `SELECT ... FROM table WHERE <key attributes> = $i ... AND (conditions) ORDER BY ... LIMIT n`.
-///
-/// `heading` lists the visible attributes of the table; `key_attributes` the current key's
-/// attributes the table shares, each bound to the next parameter in this order.
-pub fn fetch_sql(
-    table: &Table,
-    heading: &[String],
-    key_attributes: &[String],
-    attributes: &[String],
-    conditions: &[String],
-    order_by: &[String],
-    limit: Option<u64>,
-) -> Result<String, QueryError> {
-    let from = sql::qualified(&table.schema, &table.name);
-    fetch_sql_from(&from, heading, key_attributes, attributes, conditions, order_by, limit)
-}
-
-/// [`fetch_sql`] over any FROM item whose columns are `heading`: a table, or a compiled relation
-/// expression as `(SELECT …) AS q`.
-pub fn fetch_sql_from(
-    from: &str,
-    heading: &[String],
-    key_attributes: &[String],
-    attributes: &[String],
-    conditions: &[String],
-    order_by: &[String],
-    limit: Option<u64>,
-) -> Result<String, QueryError> {
-    let unknown =
-        |a: &str| QueryError::UnknownAttribute { attribute: a.to_string(), available: heading.to_vec() };
-    let selected: Vec<String> = if attributes.is_empty() {
-        heading.iter().map(|a| sql::ident(a)).collect()
-    } else {
-        let mut out = Vec::new();
-        for a in attributes {
-            if !heading.contains(a) {
-                return Err(unknown(a));
-            }
-            out.push(sql::ident(a));
-        }
-        out
-    };
-    let mut wheres: Vec<String> =
-        key_attributes.iter().enumerate().map(|(i, k)| format!("{} = ${}", sql::ident(k), i + 1)).collect();
-    for c in conditions {
-        wheres.push(restriction::condition(c, heading).map_err(QueryError::Condition)?);
-    }
-    let mut out = format!("SELECT {} FROM {from}", selected.join(", "));
-    if !wheres.is_empty() {
-        out = format!("{out} WHERE {}", wheres.join(" AND "));
-    }
-    if !order_by.is_empty() {
-        let mut terms = Vec::new();
-        for term in order_by {
-            let words: Vec<&str> = term.split_whitespace().collect();
-            let (name, direction) = match words.as_slice() {
-                [name] => (*name, ""),
-                [name, d] if d.eq_ignore_ascii_case("asc") => (*name, " ASC"),
-                [name, d] if d.eq_ignore_ascii_case("desc") => (*name, " DESC"),
-                _ => return Err(QueryError::BadOrder(term.clone())),
-            };
-            if !heading.iter().any(|h| h == name) {
-                return Err(unknown(name));
-            }
-            terms.push(format!("{}{direction}", sql::ident(name)));
-        }
-        out = format!("{out} ORDER BY {}", terms.join(", "));
-    }
-    if let Some(n) = limit {
-        out = format!("{out} LIMIT {n}");
-    }
-    Ok(out)
-}
-
 /// The condition of rows not made by the module with this sha256 (`dj.stale`, recompute_stale).
 pub fn stale_condition(sha256: &str) -> String {
     format!("\"_job_version\" IS DISTINCT FROM {}", sql::literal(sha256))
-}
-
-/// `INSERT INTO table (columns) VALUES ($1, ...)`.
-pub fn insert_sql(table: &Table, columns: &[String]) -> String {
-    let names: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
-    let params: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-    format!(
-        "INSERT INTO {} ({}) VALUES ({})",
-        sql::qualified(&table.schema, &table.name),
-        names.join(", "),
-        params.join(", ")
-    )
-}
-
-/// The jobs table of a target, datajoint-python 2.x's name: `~~` and the name without leading
-/// underscores (`__spike_rate` → `~~spike_rate`).
-pub fn jobs_table(target: &Table) -> Table {
-    Table::new(target.schema.clone(), format!("~~{}", target.name.trim_start_matches('_')))
-}
-
-/// The definition datajoint-python 2.3.5 declares a jobs table with; `key` holds the target's
-/// primary key as (name, SQL type as the catalog prints it).
-pub fn jobs_definition(target: &Table, key: &[(String, String)]) -> String {
-    let mut out = format!("# Job queue for {}\n", sql::qualified(&target.schema, &target.name));
-    for (name, sql_type) in key {
-        out.push_str(&format!("{name} : {sql_type}\n"));
-    }
-    out.push_str(
-        "---
-status          : enum('pending', 'reserved', 'success', 'error', 'ignore')
-priority        : int8
-created_time=CURRENT_TIMESTAMP(3) : datetime(3)
-scheduled_time=CURRENT_TIMESTAMP(3) : datetime(3)
-reserved_time=null  : datetime(3)
-completed_time=null : datetime(3)
-duration=null   : float64
-error_message=\"\" : varchar(2047)
-error_stack=null : <blob>
-user=\"\"         : varchar(255)
-host=\"\"         : varchar(255)
-pid=0           : int32
-connection_id=0 : int64
-version=\"\"      : varchar(64)
-INDEX (status, priority, scheduled_time)
-",
-    );
-    out
-}
-
-/// Records one failed key: the key columns are parameters `$1..$n`, then error message, duration
-/// (seconds), version. An earlier record of the key is replaced.
-pub fn record_error_sql(jobs: &Table, key: &[String]) -> String {
-    let n = key.len();
-    let columns: Vec<String> = key.iter().map(|k| sql::ident(k)).collect();
-    let params: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
-    format!(
-        "INSERT INTO {table} ({cols}, \"status\", \"priority\", \"completed_time\", \"duration\", \"error_message\", \
-         \"user\", \"host\", \"pid\", \"connection_id\", \"version\") \
-         VALUES ({params}, 'error', 5, LOCALTIMESTAMP(3), ${d}, pg_catalog.left(${m}, 2047), \
-         pg_catalog.left(CURRENT_USER, 255), COALESCE(pg_catalog.host(pg_catalog.inet_client_addr()), ''), \
-         pg_catalog.pg_backend_pid(), pg_catalog.pg_backend_pid(), ${v}) \
-         ON CONFLICT ({cols}) DO UPDATE SET \"status\" = 'error', \"completed_time\" = EXCLUDED.\"completed_time\", \
-         \"duration\" = EXCLUDED.\"duration\", \"error_message\" = EXCLUDED.\"error_message\", \
-         \"user\" = EXCLUDED.\"user\", \"host\" = EXCLUDED.\"host\", \"pid\" = EXCLUDED.\"pid\", \
-         \"connection_id\" = EXCLUDED.\"connection_id\", \"version\" = EXCLUDED.\"version\"",
-        table = sql::qualified(&jobs.schema, &jobs.name),
-        cols = columns.join(", "),
-        params = params.join(", "),
-        m = n + 1,
-        d = n + 2,
-        v = n + 3,
-    )
-}
-
-/// `SELECT EXISTS (SELECT FROM table WHERE key = ($1, ...))`: whether a key's row is there.
-pub fn key_exists_sql(table: &Table, key: &[String]) -> String {
-    let matched: Vec<String> =
-        key.iter().enumerate().map(|(i, k)| format!("{} = ${}", sql::ident(k), i + 1)).collect();
-    format!(
-        "SELECT EXISTS (SELECT FROM {} WHERE {})",
-        sql::qualified(&table.schema, &table.name),
-        matched.join(" AND ")
-    )
-}
-
-/// Removes the key's record from the jobs table (after it succeeded).
-pub fn clear_job_sql(jobs: &Table, key: &[String]) -> String {
-    let matched: Vec<String> =
-        key.iter().enumerate().map(|(i, k)| format!("{} = ${}", sql::ident(k), i + 1)).collect();
-    format!("DELETE FROM {} WHERE {}", sql::qualified(&jobs.schema, &jobs.name), matched.join(" AND "))
 }
 
 #[cfg(test)]
@@ -357,6 +222,22 @@ mod tests {
     fn a_table_without_key_or_parents_has_no_key_source() {
         assert_eq!(key_source(&[], &[]), None);
         assert_eq!(key_source(&names(&["id"]), &[]), None);
+    }
+
+    #[test]
+    fn a_lost_bucket_stays_lost_and_a_held_one_is_not_locked_again() {
+        let key = |i: i64| vec![Field { name: "id".into(), value: Value::Int(i) }];
+        let mut b = Buckets::default();
+        let mut locks = 0;
+        assert!(b.claim(&key(1), |_| {
+            locks += 1;
+            true
+        }));
+        assert!(b.claim(&key(1), |_| unreachable!("held already")));
+        let other = (2..1000).find(|i| key_bucket(&key(*i)) != key_bucket(&key(1))).unwrap();
+        assert!(!b.claim(&key(other), |_| false));
+        assert!(!b.claim(&key(other), |_| unreachable!("lost for the run")));
+        assert_eq!(locks, 1);
     }
 
     #[test]
@@ -452,66 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn fetch_checks_attributes_order_and_conditions() {
-        let t = Table::new("lab", "_recording");
-        let heading = names(&["subject_id", "session", "duration"]);
-        let sql = fetch_sql(
-            &t,
-            &heading,
-            &names(&["subject_id"]),
-            &names(&["duration"]),
-            &names(&["duration > 1"]),
-            &names(&["session desc"]),
-            Some(5),
-        )
-        .unwrap();
-        assert_eq!(
-            sql,
-            "SELECT \"duration\" FROM \"lab\".\"_recording\" WHERE \"subject_id\" = $1 AND (\"duration\" > 1) ORDER BY \"session\" DESC LIMIT 5"
-        );
-        assert!(matches!(
-            fetch_sql(&t, &heading, &[], &names(&["nope"]), &[], &[], None),
-            Err(QueryError::UnknownAttribute { attribute, .. }) if attribute == "nope"
-        ));
-        assert!(matches!(
-            fetch_sql(&t, &heading, &[], &[], &[], &names(&["session sideways"]), None),
-            Err(QueryError::BadOrder(_))
-        ));
-        assert!(matches!(
-            fetch_sql(&t, &heading, &[], &[], &names(&["1=1) or (true"]), &[], None),
-            Err(QueryError::Condition(_))
-        ));
-    }
-
-    #[test]
-    fn jobs_table_follows_datajoint_naming() {
-        assert_eq!(jobs_table(&Table::new("lab", "__pair")).name, "~~pair");
-        assert_eq!(jobs_table(&Table::new("lab", "_rec")).name, "~~rec");
-        let def = jobs_definition(&Table::new("lab", "__pair"), &[("subject_id".into(), "integer".into())]);
-        assert!(def.starts_with("# Job queue for \"lab\".\"__pair\"\nsubject_id : integer\n---\n"));
-        assert!(crate::definition::parse(&def).is_ok());
-        let sql = record_error_sql(&Table::new("lab", "~~pair"), &names(&["a", "b"]));
-        assert!(
-            sql.contains("VALUES ($1, $2, 'error', 5, LOCALTIMESTAMP(3), $4, pg_catalog.left($3, 2047)"),
-            "{sql}"
-        );
-        assert!(sql.contains("ON CONFLICT (\"a\", \"b\") DO UPDATE"));
-        assert_eq!(
-            clear_job_sql(&Table::new("lab", "~~pair"), &names(&["a"])),
-            "DELETE FROM \"lab\".\"~~pair\" WHERE \"a\" = $1"
-        );
-    }
-
-    #[test]
     fn stale_rows_are_those_of_another_version() {
         assert_eq!(stale_condition("ab'c"), "\"_job_version\" IS DISTINCT FROM 'ab''c'");
-    }
-
-    #[test]
-    fn insert_binds_every_column() {
-        assert_eq!(
-            insert_sql(&Table::new("lab", "__x"), &names(&["a", "b"])),
-            "INSERT INTO \"lab\".\"__x\" (\"a\", \"b\") VALUES ($1, $2)"
-        );
     }
 }

@@ -1,0 +1,237 @@
+//! The make runtime's host: the rules every host of a make function applies, whatever runs it
+//! (`dj.populate` in a backend, a background worker, a worker on another machine).
+//!
+//! A make function sees nothing but the host interface. Through it, it reads only the target's
+//! ancestors ([`Scope`]), restricted by its key; it writes only the target and its parts, rows of
+//! its own key, with the job metadata filled in; fetch1 gets exactly one row. [`MakeHost`]
+//! implements the guest's [`Database`] with these rules over a [`Backend`], which only resolves
+//! names, describes tables and runs the statements built here (the extension's backend runs
+//! them over SPI, as the role that asked).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::algebra::{self, AlgebraError, Catalog};
+use crate::dependencies::Table;
+use crate::make::{Database, Level, Query, Row, Value};
+
+mod error;
+mod scope;
+mod statements;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+pub use error::{failure, truncated, HostError, Kind, GUEST_MESSAGE, STDERR_TAIL};
+pub use scope::{Lookup, Scope};
+pub use statements::{check_one, insert_row, insert_sql, nul_error, JobMetadata, Statement};
+pub use tables::{Column, TableInfo};
+
+/// What a host needs from the database: names, descriptions, and running statements as the role
+/// the make runs for.
+pub trait Backend: Send + 'static {
+    type Error: From<HostError> + From<AlgebraError> + Send + 'static;
+    /// The table `name` means, read as every dj function reads table names (`schema.Class`,
+    /// `schema.Master.Part`, `"schema"."table"`); an error when there is none.
+    fn resolve(&mut self, name: &str) -> Result<Table, Self::Error>;
+    /// A table's columns.
+    fn describe(&mut self, table: &Table) -> Result<TableInfo, Self::Error>;
+    /// A table as the algebra compiles it (visible attributes with their lineage).
+    fn heading(&mut self, table: &Table) -> Result<algebra::TableInfo, Self::Error>;
+    /// A guest's log line (NUL already replaced).
+    fn log(&mut self, level: Level, message: &str);
+    /// The rows of a read-only statement, taking at most `budget` bytes of host memory (refused
+    /// without materializing them when they need more).
+    fn query(
+        &mut self,
+        statement: &Statement,
+        args: &[&Value],
+        budget: usize,
+    ) -> Result<Vec<Row>, Self::Error>;
+    /// Runs a statement for its effect.
+    fn execute(&mut self, statement: &Statement, args: &[&Value]) -> Result<(), Self::Error>;
+}
+
+/// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.
+type FetchKey = (String, Vec<String>, Vec<String>, Vec<String>, Option<u64>, bool);
+
+/// What every key of one populate run shares: the target, its parts, the scope, the module's
+/// version, and the checked statements (built once per run, not once per key).
+pub struct Session {
+    pub scope: Scope,
+    pub target: Arc<TableInfo>,
+    pub parts: Vec<Arc<TableInfo>>,
+    /// The sha256 of the module that runs (`_job_version`).
+    pub version: String,
+    tables: Mutex<HashMap<String, Arc<TableInfo>>>,
+    fetches: Mutex<HashMap<FetchKey, Arc<Statement>>>,
+}
+
+impl Session {
+    pub fn new(scope: Scope, target: TableInfo, parts: Vec<TableInfo>, version: String) -> Session {
+        Session {
+            scope,
+            target: Arc::new(target),
+            parts: parts.into_iter().map(Arc::new).collect(),
+            version,
+            tables: Mutex::new(HashMap::new()),
+            fetches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The target's key attributes, with the key's values in the target's column order (NULL for
+    /// one the key lacks): the arguments of the jobs statements.
+    pub fn key_values<'k>(&self, key: &'k Row) -> Vec<&'k Value> {
+        const NULL: &Value = &Value::Null;
+        self.target
+            .key()
+            .iter()
+            .map(|c| key.iter().find(|f| f.name == c.name).map_or(NULL, |f| &f.value))
+            .collect()
+    }
+
+    /// The table a guest names.
+    fn resolve<B: Backend>(&self, backend: &mut B, name: &str) -> Result<Table, B::Error> {
+        let lookup = Lookup::of(&self.scope, name);
+        backend.resolve(&lookup.name).or_else(|missing| lookup.part.ok_or(missing))
+    }
+
+    /// A table a guest names, described (the target and its parts as the run read them).
+    fn table<B: Backend>(&self, backend: &mut B, name: &str) -> Result<Arc<TableInfo>, B::Error> {
+        if let Some(t) = lock(&self.tables).get(name) {
+            return Ok(t.clone());
+        }
+        let resolved = self.resolve(backend, name)?;
+        let info = match std::iter::once(&self.target).chain(&self.parts).find(|t| t.table == resolved) {
+            Some(t) => t.clone(),
+            None => Arc::new(backend.describe(&resolved)?),
+        };
+        lock(&self.tables).insert(name.to_string(), info.clone());
+        Ok(info)
+    }
+
+    /// The statement of a guest's query: checked (readable tables, known attributes, conditions
+    /// re-emitted from their syntax trees) once per run. Every key of a run has the same
+    /// attributes, so the statement depends on the query only.
+    fn fetch_statement<B: Backend>(
+        &self,
+        backend: &mut B,
+        q: Query,
+        one: bool,
+        key: &Row,
+    ) -> Result<Arc<Statement>, B::Error> {
+        statements::check_query_text(&q)?;
+        let cache_key: FetchKey = (q.relation, q.restrictions, q.attributes, q.order_by, q.limit, one);
+        if let Some(f) = lock(&self.fetches).get(&cache_key) {
+            return Ok(f.clone());
+        }
+        let (relation, restrictions, attributes, order_by, limit, _) = &cache_key;
+        let query = Query {
+            relation: relation.clone(),
+            restrictions: restrictions.clone(),
+            attributes: attributes.clone(),
+            order_by: order_by.clone(),
+            limit: *limit,
+        };
+        let limit = if one { Some(2) } else { *limit };
+        let statement = match statements::relation_expression(relation)? {
+            Some(mut expression) => {
+                let compiled =
+                    algebra::compile(&mut expression, &mut GuestCatalog { session: self, backend })?;
+                statements::fetch_expression(
+                    expression.to_string(),
+                    &compiled,
+                    &self.target,
+                    key,
+                    &query,
+                    limit,
+                )?
+            }
+            None => {
+                let info = self.table(backend, relation)?;
+                self.scope.check_read(&info.table)?;
+                statements::fetch_table(&info, key, &query, limit)?
+            }
+        };
+        let statement = Arc::new(statement);
+        lock(&self.fetches).insert(cache_key, statement.clone());
+        Ok(statement)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a cache lock leaves a cache that is still consistent.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Tables named in a guest's expression: resolved as the guest's table names are, and only
+/// those the make may read.
+struct GuestCatalog<'a, B> {
+    session: &'a Session,
+    backend: &'a mut B,
+}
+
+impl<B: Backend> Catalog for GuestCatalog<'_, B> {
+    type Error = B::Error;
+
+    fn table(&mut self, name: &str) -> Result<algebra::TableInfo, B::Error> {
+        let t = self.session.resolve(self.backend, name)?;
+        self.session.scope.check_read(&t)?;
+        self.backend.heading(&t)
+    }
+}
+
+/// The database as one key's make call sees it.
+pub struct MakeHost<B> {
+    pub session: Arc<Session>,
+    pub backend: B,
+    pub key: Row,
+    pub started: Instant,
+    /// The session's wall clock when the key started, µs since 1970 (`_job_start_time`).
+    pub started_at: i64,
+}
+
+impl<B: Backend> Database for MakeHost<B> {
+    type Error = B::Error;
+
+    fn log(&mut self, level: Level, message: String) {
+        // A message is text for the log and the client: a NUL would end it early.
+        let message = if message.contains('\0') { message.replace('\0', "\\0") } else { message };
+        self.backend.log(level, &message);
+    }
+
+    fn fetch(&mut self, q: Query, one: bool, budget: usize) -> Result<Vec<Row>, B::Error> {
+        let statement = self.session.fetch_statement(&mut self.backend, q, one, &self.key)?;
+        let mut args = Vec::with_capacity(statement.params.len());
+        for c in &statement.params {
+            // Parameters are the key's attributes, by construction.
+            let value = self.key.iter().find(|f| f.name == c.name).map(|f| &f.value);
+            args.push(value.unwrap_or(&Value::Null));
+        }
+        let rows = self.backend.query(&statement, &args, budget)?;
+        if one {
+            check_one(&rows, &statement.label, &self.key)?;
+        }
+        Ok(rows)
+    }
+
+    fn insert(&mut self, table: String, rows: Vec<Row>) -> Result<u64, B::Error> {
+        let info = self.session.table(&mut self.backend, &table)?;
+        self.session.scope.check_write(&info.table)?;
+        let is_target = info.table == self.session.target.table;
+        let mut count = 0;
+        for row in rows {
+            let job = is_target.then(|| JobMetadata {
+                started_at: self.started_at,
+                duration: self.started.elapsed().as_secs_f64(),
+                version: self.session.version.clone(),
+            });
+            let (statement, values) = insert_row(&info, row, &self.key, job.as_ref())?;
+            let args: Vec<&Value> = values.iter().collect();
+            self.backend.execute(&statement, &args)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+}

@@ -1,0 +1,266 @@
+//! One `dj.populate` run in this backend: the core's populate loop (`datajoint_core::populate`)
+//! over a cursor of keys, each key made by the core's make host in a subtransaction within its
+//! own memory context, failures recorded in the jobs table.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datajoint_core::dependencies::Table;
+use datajoint_core::host::{self as core_host, Session, Statement};
+use datajoint_core::make::{self, MakeError, Prepared, Row, Value};
+use datajoint_core::populate::{self, Buckets, Class, KeyRun, Progress, Stop, Summary};
+use datajoint_core::sandbox::{Cancel, Limits, SandboxError};
+use pgrx::prelude::*;
+use pgrx::{IntoDatum, PgMemoryContexts, PgSqlErrorCode};
+
+use super::{self as host, Failure, Plans, SpiBackend, SpiHost};
+use crate::catalog;
+use crate::error::{DjError, DjResult};
+use crate::pipeline::tables;
+use crate::{gucs, interrupts};
+
+/// Keys read from the key source at a time.
+const KEY_BATCH: i64 = 1000;
+
+/// One populate run in this backend: the core's loop over a cursor of keys, each key made in a
+/// subtransaction within its own memory context, failures recorded in the jobs table.
+pub struct Run<'p> {
+    session: Arc<Session>,
+    prepared: &'p Prepared<SpiHost>,
+    plans: Rc<Plans>,
+    cursor: pg_sys::Portal,
+    limits: Limits,
+    key_cx: PgMemoryContexts,
+    buckets: Buckets,
+    target_oid: pg_sys::Oid,
+    jobs: Table,
+    jobs_exist: bool,
+    /// Whether a key's success must clear its record: only if the jobs table has records (most
+    /// have none, and a DELETE per key would cost a third of a trivial make). A key this run
+    /// records fails in this run only once, so records made meanwhile need no clearing here.
+    jobs_recorded: bool,
+    clear_job: Statement,
+    key_exists: Statement,
+    record_error: Statement,
+}
+
+impl<'p> Run<'p> {
+    pub fn new(
+        session: Arc<Session>,
+        prepared: &'p Prepared<SpiHost>,
+        plans: Rc<Plans>,
+        cursor: pg_sys::Portal,
+    ) -> DjResult<Run<'p>> {
+        let target = session.target.table.clone();
+        let jobs = populate::jobs::jobs_table(&target);
+        let jobs_exist = catalog::table_exists(&jobs.schema, &jobs.name)?;
+        let jobs_recorded = jobs_exist
+            && (!catalog::may_select(&jobs)?
+                || catalog::read_one::<bool>(
+                    &format!("SELECT EXISTS (SELECT FROM {})", jobs.qualified()),
+                    &[],
+                )?
+                .unwrap_or(true));
+        // The jobs table's statements, the same for every key.
+        let key: Vec<core_host::Column> = session.target.key().into_iter().cloned().collect();
+        let names: Vec<String> = key.iter().map(|c| c.name.clone()).collect();
+        let statement =
+            |sql: String, params: Vec<core_host::Column>| Statement { label: jobs.qualified(), sql, params };
+        let text = |name: &str, type_id: pg_sys::Oid| core_host::Column {
+            name: name.into(),
+            type_name: String::new(),
+            type_id: type_id.to_u32(),
+            in_key: false,
+        };
+        let mut record_params = key.clone();
+        record_params.extend([
+            text("error_message", pg_sys::TEXTOID),
+            text("duration", pg_sys::FLOAT8OID),
+            text("version", pg_sys::TEXTOID),
+        ]);
+        Ok(Run {
+            target_oid: catalog::oid_of(&target)?,
+            clear_job: statement(populate::jobs::clear_job_sql(&jobs, &names), key.clone()),
+            key_exists: Statement {
+                label: target.qualified(),
+                sql: populate::jobs::key_exists_sql(&target, &names),
+                params: key,
+            },
+            record_error: statement(populate::jobs::record_error_sql(&jobs, &names), record_params),
+            session,
+            prepared,
+            plans,
+            cursor,
+            limits: gucs::make_limits(),
+            key_cx: PgMemoryContexts::new("dj.populate key"),
+            buckets: Buckets::default(),
+            jobs,
+            jobs_exist,
+            jobs_recorded,
+        })
+    }
+
+    fn backend(&self) -> SpiBackend {
+        SpiBackend { plans: self.plans.clone() }
+    }
+
+    fn target(&self) -> String {
+        self.session.target.qualified()
+    }
+
+    /// The run's outcome as `dj.populate` reports it: the failed key's error (Postgres' own when
+    /// cancelled), or a warning with the first failures.
+    pub fn finish(&self, outcome: Result<Summary, Stop<Failure>>) -> DjResult<(i64, i64)> {
+        let target = self.target();
+        match outcome {
+            Ok(summary) => {
+                if let Some(warning) = summary.warning(&target, &self.jobs.qualified()) {
+                    pgrx::warning!("{warning}");
+                }
+                Ok((summary.done, summary.errors))
+            }
+            Err(Stop::Error(Failure::Caught(e))) => e.rethrow(),
+            Err(Stop::Error(Failure::Dj(e))) => Err(e),
+            Err(Stop::KeyFailed { key, error }) => {
+                let (code, message, detail, hint) = error.parts();
+                let mut err = DjError::new(
+                    code,
+                    format!("make of {target} failed for key ({}): {message}", make::display_row(&key)),
+                    hint.unwrap_or_default(),
+                );
+                err.detail = detail;
+                Err(err)
+            }
+        }
+    }
+}
+
+impl KeyRun for Run<'_> {
+    type Error = Failure;
+
+    fn next_batch(&mut self) -> Result<Vec<Row>, Failure> {
+        Ok(self.plans.fetch_cursor(self.cursor, KEY_BATCH)?)
+    }
+
+    fn check_interrupts(&mut self) {
+        pgrx::check_for_interrupts!();
+    }
+
+    /// A transaction-level advisory lock per bucket, never waited for; taken outside the key's
+    /// subtransaction, so a failed key stays this run's too.
+    fn claim(&mut self, key: &Row) -> bool {
+        let target = self.target_oid.to_u32();
+        self.buckets.claim(key, |bucket| {
+            let (class, object) = populate::bucket_lock(target, bucket);
+            // SAFETY: a builtin with two int4 arguments, called as SQL would.
+            unsafe {
+                pgrx::direct_function_call::<bool>(
+                    pg_sys::pg_try_advisory_xact_lock_int4,
+                    &[class.into_datum(), object.into_datum()],
+                )
+            }
+            .unwrap_or(false)
+        })
+    }
+
+    fn make(&mut self, key: &Row) -> Result<(), Failure> {
+        let target = self.target();
+        let db = SpiHost {
+            session: self.session.clone(),
+            backend: self.backend(),
+            key: key.clone(),
+            started: Instant::now(),
+            started_at: local_now_micros(),
+        };
+        let (prepared, limits, jobs_recorded) = (self.prepared, &self.limits, self.jobs_recorded);
+        let (clear_job, session, plans) = (&self.clear_job, &self.session, &self.plans);
+        unsafe {
+            self.key_cx.reset();
+            self.key_cx.switch_to(|_| {
+                host::in_subtransaction(|| {
+                    let (result, output, _db) =
+                        prepared.call(db, key, limits, &Cancel::Check(interrupts::stop_requested));
+                    if !output.stdout.is_empty() {
+                        pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
+                    }
+                    if let Err(MakeError::Sandbox(SandboxError::Interrupted)) = &result {
+                        // Stopped for a cancel or shutdown: Postgres raises its own error.
+                        pgrx::check_for_interrupts!();
+                    }
+                    result.map_err(|e| core_host::failure(e, &output, &target))?;
+                    if jobs_recorded {
+                        let args = session.key_values(key);
+                        plans.execute(
+                            &clear_job.sql,
+                            &host::types(clear_job),
+                            &host::datums(clear_job, &args)?,
+                        )?;
+                    }
+                    Ok(())
+                })
+            })
+        }
+    }
+
+    fn class(&self, error: &Failure) -> Class {
+        let (code, ..) = error.parts();
+        match (error, code) {
+            (
+                Failure::Caught(_),
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+                | PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN
+                | PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN,
+            ) => Class::Cancel,
+            (_, PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION) => Class::Duplicate,
+            _ => Class::Failure,
+        }
+    }
+
+    fn message(&self, error: &Failure) -> String {
+        error.parts().1
+    }
+
+    fn made_meanwhile(&mut self, key: &Row) -> Result<bool, Failure> {
+        let args = self.session.key_values(key);
+        let s = &self.key_exists;
+        Ok(self.plans.exists(&s.sql, &host::types(s), &host::datums(s, &args)?)?)
+    }
+
+    fn record_failure(&mut self, key: &Row, error: &Failure, took: Duration) -> Result<(), Failure> {
+        if !self.jobs_exist {
+            tables::ensure_jobs_table(&self.session.target.table)?;
+            self.jobs_exist = true;
+        }
+        let (_, message, detail, _) = error.parts();
+        let text = match &detail {
+            Some(d) => format!("{message}\n{d}"),
+            None => message,
+        };
+        let mut args = self.session.key_values(key);
+        let (text, took, version) =
+            (Value::Text(text), Value::Float(took.as_secs_f64()), Value::Text(self.session.version.clone()));
+        args.extend([&text, &took, &version]);
+        let s = &self.record_error;
+        // In the key's context: the datums go with it.
+        let plans = &self.plans;
+        unsafe {
+            self.key_cx.switch_to(|_| plans.execute(&s.sql, &host::types(s), &host::datums(s, &args)?))
+        }?;
+        Ok(())
+    }
+
+    fn report(&mut self, progress: &Progress) {
+        pgrx::notice!("{}", progress.describe(&self.target()));
+    }
+}
+
+/// Now, as the session's wall clock (what CURRENT_TIMESTAMP stores in a `timestamp` column such as
+/// `_job_start_time`), in microseconds since 1970-01-01 00:00.
+fn local_now_micros() -> i64 {
+    unsafe {
+        let now = pg_sys::GetCurrentTimestamp();
+        pgrx::direct_function_call::<i64>(pg_sys::timestamptz_timestamp, &[now.into_datum()])
+            .map_or(0, |local| local + datajoint_core::values::PG_EPOCH_MICROS)
+    }
+}

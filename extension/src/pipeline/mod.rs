@@ -1,0 +1,6 @@
+//! What several SQL entry points share, below `api/` (whose modules never import each other):
+//! creating tables and jobs tables, the tier guard's permissions, cascading deletes.
+
+pub mod delete;
+pub mod tables;
+pub mod writes;
