@@ -46,12 +46,16 @@ def pipeline():
     c.close()
 
 
-def test_cancel_stops_a_running_make_and_keeps_nothing_of_it(pipeline, admin, server_log):
+@pytest.mark.parametrize("suppress_errors", [False, True])
+def test_cancel_stops_a_running_make_and_keeps_nothing_of_it(pipeline, admin, server_log, suppress_errors):
     pipeline.execute(f"INSERT INTO {SCHEMA}.case VALUES (1, 'ok', 1), (2, 'loop', 0)")
     conn = connect()
     conn.execute("SET dj.make_timeout = 0")  # only the cancel can stop it
     pid = conn.info.backend_pid
-    thread, outcome = execute_in_thread(conn, f"SELECT * FROM dj.populate('{SCHEMA}.Outcome')")
+    # A cancel is never a failed key, even when failures are suppressed: the statement ends.
+    thread, outcome = execute_in_thread(
+        conn, f"SELECT * FROM dj.populate('{SCHEMA}.Outcome', suppress_errors => {str(suppress_errors).lower()})"
+    )
     wait_until_active(admin, pid)
     time.sleep(0.3)
     assert admin.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone()[0]

@@ -98,6 +98,11 @@ RESET ROLE;
 -- Bad input: SQLSTATE, message, the offending fragment (DETAIL) and a hint.
 SELECT dj.rel('alg.Nope');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- Names of every shape the parser reads are refused as names, never a crash.
+SELECT dj.rel('a.b.c.d');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT dj.rel('alg.nope.Part') * dj.rel('"alg"."sub""ject"');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT dj.rel('alg.Subject') & 'nope > 1';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT dj.rel('alg.Session') * dj.rel('alg.Other');
