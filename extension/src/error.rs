@@ -197,6 +197,7 @@ fn algebra_code(code: Code) -> PgSqlErrorCode {
 impl From<HostError> for DjError {
     fn from(e: HostError) -> Self {
         use PgSqlErrorCode::*;
+        let mut detail = e.detail;
         let (code, default_hint) = match e.kind {
             Kind::Privilege => (ERRCODE_INSUFFICIENT_PRIVILEGE, String::new()),
             Kind::UndefinedColumn => (ERRCODE_UNDEFINED_COLUMN, String::new()),
@@ -209,10 +210,11 @@ impl From<HostError> for DjError {
             Kind::Guest => (ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, String::new()),
             Kind::Sandbox(err) => {
                 let mapped = DjError::from(err);
+                detail = detail.or(mapped.detail);
                 (mapped.code, mapped.hint)
             }
         };
         let hint = if e.hint.is_empty() { default_hint } else { e.hint };
-        DjError { code, message: e.message, detail: e.detail, hint }
+        DjError { code, message: e.message, detail, hint }
     }
 }

@@ -44,7 +44,9 @@ pub(crate) fn order_by(
                 ))
             }
         };
-        if first == "key" && item.trim().len() == 3 {
+        // `KEY` is the primary key, unless an attribute is called `key`.
+        let attribute_named_key = columns.iter().any(|(a, _)| a.name == "key");
+        if first == "key" && item.trim().len() == 3 && !attribute_named_key {
             out.extend(columns.iter().filter(|(a, _)| a.in_key).map(|(_, s)| s.clone()));
             continue;
         }
@@ -62,4 +64,30 @@ pub(crate) fn order_by(
         out.push(format!("{sql}{direction}"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(name: &str, in_key: bool) -> Attribute {
+        Attribute { name: name.into(), in_key, lineage: None }
+    }
+
+    #[test]
+    fn key_is_the_primary_key_unless_an_attribute_is_called_key() {
+        let items = vec!["KEY".to_string(), "b desc nulls last".to_string()];
+        let heading = [attr("a", true), attr("b", false)];
+        assert_eq!(order_by_attributes(&heading, &items).unwrap(), ["\"a\"", "\"b\" DESC NULLS LAST"]);
+        let heading = [attr("a", true), attr("key", false), attr("b", false)];
+        assert_eq!(order_by_attributes(&heading, &items).unwrap(), ["\"key\"", "\"b\" DESC NULLS LAST"]);
+        assert_eq!(
+            order_by_attributes(&heading, &["b sideways".to_string()]).unwrap_err().code,
+            Code::Syntax
+        );
+        assert_eq!(
+            order_by_attributes(&heading, &["c".to_string()]).unwrap_err().code,
+            Code::UndefinedColumn
+        );
+    }
 }

@@ -141,7 +141,7 @@ pub fn run<R: KeyRun>(run: &mut R, settings: Settings) -> Result<Summary, Stop<R
                 Err(error) => match run.class(&error) {
                     Class::Cancel => return Err(Stop::Error(error)),
                     // Made meanwhile by a session that committed after this run read its keys.
-                    Class::Duplicate if run.made_meanwhile(&key)? => {}
+                    Class::Duplicate if run.made_meanwhile(&key)? => continue,
                     _ if !settings.suppress_errors => return Err(Stop::KeyFailed { key, error }),
                     _ => {
                         summary.errors += 1;

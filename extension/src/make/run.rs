@@ -34,6 +34,8 @@ pub struct Run<'p> {
     key_cx: PgMemoryContexts,
     buckets: Buckets,
     target_oid: pg_sys::Oid,
+    /// The target's name, for messages.
+    target: String,
     jobs: Table,
     jobs_exist: bool,
     /// Whether a key's success must clear its record: only if the jobs table has records (most
@@ -95,6 +97,7 @@ impl<'p> Run<'p> {
             limits: gucs::make_limits(),
             key_cx: PgMemoryContexts::new("dj.populate key"),
             buckets: Buckets::default(),
+            target: target.qualified(),
             jobs,
             jobs_exist,
             jobs_recorded,
@@ -105,8 +108,8 @@ impl<'p> Run<'p> {
         SpiBackend { plans: self.plans.clone() }
     }
 
-    fn target(&self) -> String {
-        self.session.target.qualified()
+    fn target(&self) -> &str {
+        &self.target
     }
 
     /// The run's outcome as `dj.populate` reports it: the failed key's error (Postgres' own when
@@ -165,7 +168,7 @@ impl KeyRun for Run<'_> {
     }
 
     fn make(&mut self, key: &Row) -> Result<(), Failure> {
-        let target = self.target();
+        let target = self.target.as_str();
         let db = SpiHost {
             session: self.session.clone(),
             backend: self.backend(),
@@ -188,7 +191,7 @@ impl KeyRun for Run<'_> {
                         // Stopped for a cancel or shutdown: Postgres raises its own error.
                         pgrx::check_for_interrupts!();
                     }
-                    result.map_err(|e| core_host::failure(e, &output, &target))?;
+                    result.map_err(|e| core_host::failure(e, &output, target))?;
                     if jobs_recorded {
                         let args = session.key_values(key);
                         plans.execute(
@@ -224,7 +227,9 @@ impl KeyRun for Run<'_> {
     fn made_meanwhile(&mut self, key: &Row) -> Result<bool, Failure> {
         let args = self.session.key_values(key);
         let s = &self.key_exists;
-        Ok(self.plans.exists(&s.sql, &host::types(s), &host::datums(s, &args)?)?)
+        // The datums in the key's context (reset with the next key), the query in the run's.
+        let datums = unsafe { self.key_cx.switch_to(|_| host::datums(s, &args)) }?;
+        Ok(self.plans.exists(&s.sql, &host::types(s), &datums)?)
     }
 
     fn record_failure(&mut self, key: &Row, error: &Failure, took: Duration) -> Result<(), Failure> {
@@ -237,21 +242,22 @@ impl KeyRun for Run<'_> {
             Some(d) => format!("{message}\n{d}"),
             None => message,
         };
+        // A guest's message or stderr may hold NUL, which text cannot: shown as \0, as in errors.
+        let text = if text.contains('\0') { text.replace('\0', "\\0") } else { text };
         let mut args = self.session.key_values(key);
         let (text, took, version) =
             (Value::Text(text), Value::Float(took.as_secs_f64()), Value::Text(self.session.version.clone()));
         args.extend([&text, &took, &version]);
         let s = &self.record_error;
-        // In the key's context: the datums go with it.
-        let plans = &self.plans;
-        unsafe {
-            self.key_cx.switch_to(|_| plans.execute(&s.sql, &host::types(s), &host::datums(s, &args)?))
-        }?;
+        // The datums in the key's context (they go with it); the statement runs in the run's, so
+        // an error in it never unwinds out of a switched context.
+        let datums = unsafe { self.key_cx.switch_to(|_| host::datums(s, &args)) }?;
+        self.plans.execute(&s.sql, &host::types(s), &datums)?;
         Ok(())
     }
 
     fn report(&mut self, progress: &Progress) {
-        pgrx::notice!("{}", progress.describe(&self.target()));
+        pgrx::notice!("{}", progress.describe(self.target()));
     }
 }
 
