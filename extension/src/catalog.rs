@@ -276,9 +276,10 @@ pub fn lineage_rows(name: &Table) -> DjResult<Vec<(String, String)>> {
 /// sorted by schema and name: the nodes of the cached dependency graph.
 pub fn tables(schema: Option<&str>) -> DjResult<Vec<Table>> {
     let deps = dependencies()?;
-    let mut out: Vec<&Table> = deps.tables().filter(|t| schema.is_none_or(|s| t.schema == s)).collect();
+    let mut out: Vec<Table> =
+        deps.tables().filter(|t| schema.is_none_or(|s| t.schema == s)).cloned().collect();
     out.sort();
-    Ok(out.into_iter().map(|t| Table { schema: t.schema.clone(), name: t.name.clone() }).collect())
+    Ok(out)
 }
 
 /// Columns of a table in order, as `describe` and `heading` need them.

@@ -25,7 +25,7 @@ mod tests;
 
 pub use error::{failure, truncated, HostError, Kind, GUEST_MESSAGE, STDERR_TAIL};
 pub use scope::{Lookup, Scope};
-pub use statements::{check_one, insert_row, insert_sql, nul_error, JobMetadata, Statement};
+pub use statements::{check_one, insert_row, nul_error, JobMetadata, Statement};
 pub use tables::{Column, TableInfo};
 
 /// What a host needs from the database: names, descriptions, and running statements as the role

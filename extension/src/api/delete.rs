@@ -122,21 +122,20 @@ type Plan = (std::rc::Rc<Dependencies>, Vec<Step>, PartIntegrity);
 
 fn plan(table: &str, condition: Option<&str>, key: Option<JsonB>, integrity: &str) -> DjResult<Plan> {
     let integrity = part_integrity(integrity)?;
-    let name = catalog::resolve(table)?;
-    let root = Table::new(name.schema.clone(), name.name.clone());
+    let root = catalog::resolve(table)?;
     let deps = catalog::dependencies()?;
     let is_part = root.master().is_some_and(|m| deps.contains(&m));
     if integrity == PartIntegrity::Enforce && is_part {
         return Err(refuse_part(&root));
     }
-    if integrity == PartIntegrity::Ignore && writes::enforced(&name.schema)? {
+    if integrity == PartIntegrity::Ignore && writes::enforced(&root.schema)? {
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("part_integrity => 'ignore' is not available: schema {} enforces DataJoint tiers", name.schema),
+            format!("part_integrity => 'ignore' is not available: schema {} enforces DataJoint tiers", root.schema),
             "Delete from the master, or have the schema owner turn enforcement off (dj.enforce_tiers(schema, false)).",
         ));
     }
-    let condition = root_condition(&name, condition, key)?;
+    let condition = root_condition(&root, condition, key)?;
     let steps = cascade::plan(&deps, &root, condition);
     Ok((deps, steps, integrity))
 }
@@ -220,8 +219,7 @@ fn drop_tables(
     >,
 > {
     let integrity = part_integrity(integrity)?;
-    let name = catalog::resolve(table)?;
-    let root = Table::new(name.schema.clone(), name.name.clone());
+    let root = catalog::resolve(table)?;
     let deps = catalog::dependencies()?;
     if integrity == PartIntegrity::Enforce && root.master().is_some_and(|m| deps.contains(&m)) {
         return Err(DjError::new(
@@ -243,7 +241,7 @@ fn drop_tables(
                     PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
                     format!(
                         "dropping {} would drop part {} without its master {}",
-                        name.name, t.name, master.name
+                        root.name, t.name, master.name
                     ),
                     "Drop the master instead, or pass part_integrity => 'ignore'.",
                 ));
@@ -269,7 +267,7 @@ fn drop_tables(
 
 /// Drops one table with its `~lineage` rows and the DataJoint enum types no other column uses.
 fn drop_one(t: &Table) -> DjResult<()> {
-    let enums = catalog::enum_types_of(&Table { schema: t.schema.clone(), name: t.name.clone() })?;
+    let enums = catalog::enum_types_of(t)?;
     Spi::run(&format!("DROP TABLE {}", sql::qualified(&t.schema, &t.name)))?;
     if catalog::table_exists(&t.schema, "~lineage")? {
         Spi::run_with_args(

@@ -20,8 +20,7 @@ pub fn reference_name(table: &Table, schema: &str) -> String {
 }
 
 fn table_of(name: &str) -> DjResult<Table> {
-    let t = catalog::resolve(name)?;
-    Ok(Table::new(t.schema, t.name))
+    catalog::resolve(name)
 }
 
 type TableRow =
@@ -143,7 +142,7 @@ fn tables(
 > {
     let _pin = security::pin();
     let rows = catalog::tables(schema).or_raise("dj.tables");
-    TableIterator::new(rows.into_iter().map(|t| row(&Table::new(t.schema, t.name))).collect::<Vec<_>>())
+    TableIterator::new(rows.iter().map(row).collect::<Vec<_>>())
 }
 
 /// `dj.topological_order(schema)`: the DataJoint tables of a schema (all schemas when NULL),
@@ -176,13 +175,12 @@ fn describe(table: &str) -> String {
 
 fn describe_table(table: &str) -> DjResult<String> {
     let name = catalog::resolve(table)?;
-    let t = Table::new(name.schema.clone(), name.name.clone());
     let deps = catalog::dependencies()?;
     let columns = catalog::columns(&name)?;
     let indexes = catalog::indexes(&name)?;
-    let master = t.master();
+    let master = name.master();
     let parents: Vec<ParentRef> = deps
-        .parents(&t)
+        .parents(&name)
         .into_iter()
         .map(|(parent, reference)| {
             let child_columns: Vec<&String> = reference.attributes.iter().map(|(c, _)| c).collect();

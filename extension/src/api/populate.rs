@@ -202,7 +202,6 @@ fn auto_populated(name: &Table) -> DjResult<()> {
 /// by a checked condition.
 struct Source {
     name: Table,
-    table: Table,
     key: Vec<String>,
     sql: String,
     condition: Option<String>,
@@ -211,15 +210,7 @@ struct Source {
 impl Source {
     /// Its keys (only those missing from the table when `missing`), in `order`, at most `limit`.
     fn keys(&self, missing: bool, order: Order, limit: Option<i64>) -> String {
-        populate::keys_sql(
-            &self.sql,
-            &self.table,
-            &self.key,
-            self.condition.as_deref(),
-            missing,
-            order,
-            limit,
-        )
+        populate::keys_sql(&self.sql, &self.name, &self.key, self.condition.as_deref(), missing, order, limit)
     }
 
     fn count(&self, missing: bool) -> DjResult<i64> {
@@ -231,14 +222,13 @@ fn count_rows(sql: &str) -> DjResult<i64> {
     Ok(catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({sql}) AS q"), &[])?.unwrap_or(0))
 }
 
-fn source_of(table: &str, restriction: Option<&str>) -> DjResult<Source> {
-    let name = catalog::resolve(table)?;
+/// The key source of the Computed or Imported table `name`.
+fn source_of(name: Table, restriction: Option<&str>) -> DjResult<Source> {
     auto_populated(&name)?;
     let deps = catalog::dependencies()?;
-    let t = Table::new(name.schema.clone(), name.name.clone());
-    let key: Vec<String> = deps.primary_key(&t).map(|k| k.to_vec()).unwrap_or_default();
+    let key: Vec<String> = deps.primary_key(&name).map(|k| k.to_vec()).unwrap_or_default();
     let parents: Vec<KeyParent> = deps
-        .parents(&t)
+        .parents(&name)
         .into_iter()
         .filter(|(_, r)| r.primary)
         .map(|(p, r)| KeyParent { table: p.clone(), attributes: r.attributes.clone() })
@@ -261,7 +251,7 @@ fn source_of(table: &str, restriction: Option<&str>) -> DjResult<Source> {
             })
         })
         .transpose()?;
-    Ok(Source { name, table: t, key, sql, condition })
+    Ok(Source { name, key, sql, condition })
 }
 
 /// The rows of a query as jsonb objects, exactly as PostgreSQL makes them.
@@ -274,7 +264,7 @@ fn json_rows(sql: &str) -> DjResult<Vec<JsonRow>> {
 fn key_source(table: &str, restriction: default!(Option<&str>, "NULL")) -> SetOfIterator<'static, JsonRow> {
     const FN: &str = "dj.key_source";
     let _pin = security::pin();
-    let source = source_of(table, restriction).or_raise(FN);
+    let source = catalog::resolve(table).and_then(|name| source_of(name, restriction)).or_raise(FN);
     SetOfIterator::new(json_rows(&source.keys(false, Order::Original, None)).or_raise(FN))
 }
 
@@ -291,7 +281,7 @@ fn progress(
     if auto_populated(&name).is_err() {
         return TableIterator::once((None, None));
     }
-    let source = source_of(table, restriction).or_raise(FN);
+    let source = source_of(name, restriction).or_raise(FN);
     let remaining = source.count(true).or_raise(FN);
     let total = source.count(false).or_raise(FN);
     TableIterator::once((Some(remaining), Some(total)))
@@ -338,7 +328,7 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
     let deps = catalog::dependencies()?;
     let mut out = Vec::new();
     for name in catalog::tables(None)? {
-        let table = Table::new(name.schema.clone(), name.name.clone());
+        let table = &name;
         let Some(tier) = table.tier() else { continue };
         let readable = catalog::may_select(&name)?;
         let count = |sql: String| -> DjResult<Option<i64>> { Ok(catalog::read_one::<i64>(&sql, &[])?) };
@@ -354,16 +344,14 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
         let (mut remaining, mut errors, mut last_populated) = (None, None, None);
         if auto_populated(&name).is_ok() {
             let parents_readable = deps
-                .parents(&table)
+                .parents(table)
                 .into_iter()
-                .map(|(p, _)| Table { schema: p.schema.clone(), name: p.name.clone() })
-                .try_fold(readable, |ok, p| Ok::<_, DjError>(ok && catalog::may_select(&p)?))?;
+                .try_fold(readable, |ok, (p, _)| Ok::<_, DjError>(ok && catalog::may_select(p)?))?;
             // (A Computed-named table without key parents has no key source: nothing remains.)
-            if let (true, Ok(source)) = (parents_readable, source_of(&name.qualified(), None)) {
+            if let (true, Ok(source)) = (parents_readable, source_of(name.clone(), None)) {
                 remaining = Some(source.count(true)?);
             }
-            let jobs = populate::jobs::jobs_table(&table);
-            let jobs = Table { schema: jobs.schema, name: jobs.name };
+            let jobs = populate::jobs::jobs_table(table);
             if catalog::table_exists(&jobs.schema, &jobs.name)? && catalog::may_select(&jobs)? {
                 errors = count(format!(
                     "SELECT pg_catalog.count(*) FROM {} WHERE status OPERATOR(pg_catalog.=) 'error'",
@@ -489,7 +477,7 @@ fn run(
     order: Order,
     recompute_stale: bool,
 ) -> DjResult<(i64, i64, i64)> {
-    let source = source_of(table, restriction)?;
+    let source = source_of(catalog::resolve(table)?, restriction)?;
     let name = source.name.clone();
     let (_, sha256) = make_of(&name)?;
     let prepared = host::prepared(&sha256)?;

@@ -43,11 +43,6 @@ pub fn describe(name: &Table) -> DjResult<TableInfo> {
     Ok(TableInfo { table: name.clone(), columns })
 }
 
-/// The parameter types of a statement.
-pub fn types(statement: &Statement) -> Vec<pg_sys::Oid> {
-    statement.params.iter().map(|c| pg_sys::Oid::from(c.type_id)).collect()
-}
-
 /// A statement's arguments as datums (in the current memory context).
 pub fn datums(statement: &Statement, args: &[&Value]) -> DjResult<Vec<Option<pg_sys::Datum>>> {
     statement.params.iter().zip(args).map(|(c, v)| to_datum(v, c, &statement.label)).collect()
@@ -90,12 +85,12 @@ impl Backend for SpiBackend {
 
     fn query(&mut self, statement: &Statement, args: &[&Value], budget: usize) -> DjResult<Vec<Row>> {
         let args = datums(statement, args)?;
-        self.plans.query(&statement.sql, &types(statement), &args, &mut Budget::new(budget))
+        self.plans.query(statement, &args, &mut Budget::new(budget))
     }
 
     fn execute(&mut self, statement: &Statement, args: &[&Value]) -> DjResult<()> {
         let args = datums(statement, args)?;
-        self.plans.execute(&statement.sql, &types(statement), &args)
+        self.plans.execute(statement, &args)
     }
 }
 

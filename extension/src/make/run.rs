@@ -194,11 +194,7 @@ impl KeyRun for Run<'_> {
                     result.map_err(|e| core_host::failure(e, &output, target))?;
                     if jobs_recorded {
                         let args = session.key_values(key);
-                        plans.execute(
-                            &clear_job.sql,
-                            &host::types(clear_job),
-                            &host::datums(clear_job, &args)?,
-                        )?;
+                        plans.execute(clear_job, &host::datums(clear_job, &args)?)?;
                     }
                     Ok(())
                 })
@@ -229,7 +225,7 @@ impl KeyRun for Run<'_> {
         let s = &self.key_exists;
         // The datums in the key's context (reset with the next key), the query in the run's.
         let datums = unsafe { self.key_cx.switch_to(|_| host::datums(s, &args)) }?;
-        Ok(self.plans.exists(&s.sql, &host::types(s), &datums)?)
+        Ok(self.plans.exists(s, &datums)?)
     }
 
     fn record_failure(&mut self, key: &Row, error: &Failure, took: Duration) -> Result<(), Failure> {
@@ -252,7 +248,7 @@ impl KeyRun for Run<'_> {
         // The datums in the key's context (they go with it); the statement runs in the run's, so
         // an error in it never unwinds out of a switched context.
         let datums = unsafe { self.key_cx.switch_to(|_| host::datums(s, &args)) }?;
-        self.plans.execute(&s.sql, &host::types(s), &datums)?;
+        self.plans.execute(s, &datums)?;
         Ok(())
     }
 

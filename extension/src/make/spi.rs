@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::rc::Rc;
 
-use datajoint_core::host;
+use datajoint_core::host::{self, Column, Statement};
 use datajoint_core::make::{Field, Row, Value};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -38,10 +38,12 @@ fn spi_failed(what: &str, status: i32, sql: &str) -> DjError {
 }
 
 impl Plans {
-    fn get(&self, sql: &str, types: &[pg_sys::Oid]) -> DjResult<Rc<Plan>> {
+    /// The kept plan of `sql`, prepared on first use with the parameter types `params` gives.
+    fn get(&self, sql: &str, params: &[Column]) -> DjResult<Rc<Plan>> {
         if let Some(p) = self.0.borrow().get(sql) {
             return Ok(p.clone());
         }
+        let types: Vec<pg_sys::Oid> = params.iter().map(|c| pg_sys::Oid::from(c.type_id)).collect();
         // Guest text that reaches a statement was checked for NUL; this is the last line.
         let text = CString::new(sql).map_err(|_| DjError::from(host::nul_error("a generated statement")))?;
         let plan = unsafe {
@@ -79,18 +81,17 @@ impl Plans {
         }
     }
 
-    /// Runs `sql` with `args` (typed as `types`), returning at most `count` rows (0: all) in
-    /// `SPI_tuptable`. Read-only runs use the statement's snapshot; others take a fresh one (in
-    /// READ COMMITTED).
+    /// Runs `statement` with `args`, returning at most `count` rows (0: all) in `SPI_tuptable`.
+    /// Read-only runs use the statement's snapshot; others take a fresh one (in READ COMMITTED).
     fn run(
         &self,
-        sql: &str,
-        types: &[pg_sys::Oid],
+        statement: &Statement,
         args: &[Option<pg_sys::Datum>],
         read_only: bool,
         count: i64,
     ) -> DjResult<Parameters> {
-        let plan = self.get(sql, types)?;
+        let sql = &statement.sql;
+        let plan = self.get(sql, &statement.params)?;
         let mut params = Parameters::new(plan, args);
         // SAFETY: a kept plan with as many parameters as it was prepared with.
         let status = unsafe {
@@ -108,10 +109,10 @@ impl Plans {
         Ok(params)
     }
 
-    /// Runs `sql` with `args` (typed as `types`) for its effect.
-    pub fn execute(&self, sql: &str, types: &[pg_sys::Oid], args: &[Option<pg_sys::Datum>]) -> DjResult<()> {
+    /// Runs `statement` with `args` for its effect.
+    pub fn execute(&self, statement: &Statement, args: &[Option<pg_sys::Datum>]) -> DjResult<()> {
         let _cx = KeepContext::new();
-        self.run(sql, types, args, false, 0)?;
+        self.run(statement, args, false, 0)?;
         // SAFETY: frees the table the run left, if any.
         unsafe {
             if !pg_sys::SPI_tuptable.is_null() {
@@ -121,29 +122,29 @@ impl Plans {
         Ok(())
     }
 
-    /// Whether `sql` (an EXISTS query) is true, read with a fresh snapshot (in READ COMMITTED: it
-    /// sees what other sessions committed since the statement began).
-    pub fn exists(&self, sql: &str, types: &[pg_sys::Oid], args: &[Option<pg_sys::Datum>]) -> DjResult<bool> {
+    /// Whether `statement` (an EXISTS query) is true, read with a fresh snapshot (in READ
+    /// COMMITTED: it sees what other sessions committed since the statement began).
+    pub fn exists(&self, statement: &Statement, args: &[Option<pg_sys::Datum>]) -> DjResult<bool> {
         let _cx = KeepContext::new();
-        self.run(sql, types, args, false, 1)?;
+        self.run(statement, args, false, 1)?;
         // SAFETY: reads and frees the table the run left.
         let rows = unsafe { rows_of_tuptable(&mut Budget::unlimited())? };
         Ok(matches!(rows.first().and_then(|r| r.first()).map(|f| &f.value), Some(Value::Boolean(true))))
     }
 
-    /// The rows of the read-only query `sql`, as the contract's values, at most `budget.left`
+    /// The rows of the read-only `statement`, as the contract's values, at most `budget.left`
     /// bytes of them: the first batch comes from one execution (most guest fetches are a row or
     /// a few), a larger result through a cursor a batch at a time, each batch freed as it is
     /// converted, so a query over a huge table fails with 53200 without materializing it.
     pub fn query(
         &self,
-        sql: &str,
-        types: &[pg_sys::Oid],
+        statement: &Statement,
         args: &[Option<pg_sys::Datum>],
         budget: &mut Budget,
     ) -> DjResult<Vec<Row>> {
         let _cx = KeepContext::new();
-        let mut params = self.run(sql, types, args, true, FETCH_BATCH)?;
+        let sql = &statement.sql;
+        let mut params = self.run(statement, args, true, FETCH_BATCH)?;
         // SAFETY: SPI calls on the table the run left and on a cursor over the same kept plan.
         unsafe {
             let complete = (pg_sys::SPI_processed as i64) < FETCH_BATCH;

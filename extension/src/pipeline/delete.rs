@@ -30,7 +30,6 @@ pub fn execute(steps: &[Step]) -> DjResult<Vec<i64>> {
 /// Deletes the rows of `name` matching `condition` (SQL this extension built, not user text)
 /// and everything downstream of them.
 pub fn delete_where(name: &Table, condition: &str) -> DjResult<()> {
-    let root = Table::new(name.schema.clone(), name.name.clone());
-    let steps = cascade::plan(&*catalog::dependencies()?, &root, Some(condition.to_string()));
+    let steps = cascade::plan(&*catalog::dependencies()?, name, Some(condition.to_string()));
     execute(&steps).map(|_| ())
 }

@@ -16,8 +16,7 @@ use datajoint_core::dependencies::Table;
 /// the same transaction-level lock first, so concurrent populates (or a populate nested in a
 /// trigger) never both create it.
 pub fn ensure_jobs_table(target: &Table) -> DjResult<()> {
-    let table = datajoint_core::dependencies::Table::new(target.schema.clone(), target.name.clone());
-    let jobs = populate::jobs::jobs_table(&table);
+    let jobs = populate::jobs::jobs_table(target);
     if catalog::table_exists(&jobs.schema, &jobs.name)? {
         return Ok(());
     }
@@ -31,8 +30,8 @@ pub fn ensure_jobs_table(target: &Table) -> DjResult<()> {
     if key.is_empty() {
         return Ok(());
     }
-    let definition = populate::jobs::jobs_definition(&table, &key);
-    declare_hidden(&Table { schema: jobs.schema, name: jobs.name }, &definition)
+    let definition = populate::jobs::jobs_definition(target, &key);
+    declare_hidden(&jobs, &definition)
 }
 
 /// Declares a hidden table (a `~~name` jobs table) from a definition without foreign keys.
