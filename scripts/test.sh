@@ -3,7 +3,8 @@
 #   1. core unit tests       cargo test -p datajoint-core           (pure Rust, no PostgreSQL)
 #   2. pg_tests              cargo pgrx test pg15                   (#[pg_test] in a pgrx-managed cluster)
 #   3. golden SQL files      pg_regress tests/sql -> tests/expected (a throwaway "test" cluster)
-#   4. client tests          pytest tests/client                    (psycopg against the same cluster)
+#   4. isolation specs       pg_isolation_regress tests/isolation   (concurrent sessions, same cluster)
+#   5. client tests          pytest tests/client                    (psycopg against the same cluster)
 # Every tier runs even when an earlier one fails; the exit code is non-zero if any failed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +12,7 @@ cd "$here"
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_CONFIG=$PG_BIN/pg_config
 PG_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+PG_ISOLATION_REGRESS=/usr/lib/postgresql/15/lib/pgxs/src/test/isolation/pg_isolation_regress
 
 scripts/setup.sh || { echo "setup failed"; exit 1; }
 
@@ -59,6 +61,23 @@ golden() {
   [[ $rc == 0 && $failed == 0 && $passed == ${#tests[@]} ]]
 }
 
+isolation() {
+  eval "$(scripts/cluster.sh --name test env)"
+  local specs=() t
+  for t in tests/isolation/specs/*.spec; do specs+=("$(basename "$t" .spec)"); done
+  rm -rf tests/isolation/results && mkdir -p tests/isolation/results
+  "$PG_BIN/dropdb" --if-exists dj_isolation && "$PG_BIN/createdb" dj_isolation || return 1
+  "$PG_ISOLATION_REGRESS" --use-existing --bindir="$PG_BIN" --host="$PGHOST" --port="$PGPORT" --user=postgres \
+    --inputdir=tests/isolation --outputdir=tests/isolation/results --dbname=dj_isolation "${specs[@]}" |
+    tee tests/isolation/results/summary.txt
+  local rc=${PIPESTATUS[0]} failed passed
+  passed=$(grep -cE '\.\.\. ok|^ok ' tests/isolation/results/summary.txt)
+  failed=$(grep -cE 'FAILED|^not ok' tests/isolation/results/summary.txt)
+  [[ -f tests/isolation/results/regression.diffs ]] && cat tests/isolation/results/regression.diffs
+  echo "golden: $passed passed, $failed failed (isolation)"
+  [[ $rc == 0 && $failed == 0 && $passed == ${#specs[@]} ]]
+}
+
 client() {
   eval "$(scripts/cluster.sh --name test env)"
   local rc=0
@@ -70,6 +89,7 @@ tier "core unit tests" cargo test -p datajoint-core
 tier "pg_tests" pg_tests
 if install_and_start; then
   tier "golden SQL" golden
+  tier "isolation specs" isolation
   tier "client tests" client
 else
   results+=("install + test cluster | FAILED"); status=1

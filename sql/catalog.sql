@@ -132,3 +132,24 @@ SELECT pg_catalog.pg_extension_config_dump('dj.module_versions', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.modules', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.makes', '');
 SELECT pg_catalog.pg_extension_config_dump('dj.schema_settings', '');
+
+-- Populate runs in the worker pool, as they end (dj.runs adds the runs under way, from shared
+-- memory). Written only by the extension's workers; read through dj.runs.
+CREATE TABLE dj._runs (
+    id          bigint PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name  text NOT NULL,
+    role_name   name NOT NULL,
+    workers     integer NOT NULL,
+    state       text NOT NULL,
+    started     timestamptz NOT NULL,
+    finished    timestamptz,
+    done        bigint NOT NULL DEFAULT 0,
+    errors      bigint NOT NULL DEFAULT 0,
+    remaining   bigint,
+    last_error  text,
+    restriction text
+);
+CREATE SEQUENCE dj._runs_id_seq OWNED BY dj._runs.id;
+REVOKE ALL ON dj._runs, dj._runs_id_seq FROM PUBLIC;
+COMMENT ON TABLE dj._runs IS 'Internal: populate runs of the worker pool, written by its workers; read through dj.runs.';

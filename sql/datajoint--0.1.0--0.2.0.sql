@@ -8,6 +8,9 @@
 --     no table may be put in schema dj.
 --   * For clients and BI tools: dj.fetch_json, dj.query, dj.temp_view, dj.join / union / restrict /
 --     exclude, the views dj.pipeline_tables and dj.pipeline_columns, dj.diagram(text).
+--   * The worker pool and DataJoint's job queue: dj.populate(..., workers => n), dj.populate_async,
+--     dj.wait, dj.cancel, the view dj.runs (dj._runs keeps the runs that ended), dj.jobs,
+--     dj.jobs_refresh, dj.jobs_ignore, dj.jobs_clear_errors.
 \echo Use "ALTER EXTENSION datajoint UPDATE TO '0.2.0'" to load this file. \quit
 
 -- Module versions, by content (as in sql/catalog.sql).
@@ -258,3 +261,172 @@ COMMENT ON FUNCTION dj._pipeline_columns() IS 'Internal: the rows of the view dj
 CREATE VIEW dj.pipeline_columns WITH (security_invoker = true) AS SELECT * FROM dj._pipeline_columns();
 COMMENT ON VIEW dj.pipeline_columns IS 'Every attribute of every DataJoint table the querying role may see: DataJoint type, SQL type, key, nullability, default, comment (without the :type: prefix), lineage, hidden.';
 GRANT SELECT ON dj.pipeline_columns TO PUBLIC;
+
+-- The worker pool and the job queue.
+-- Populate runs in the worker pool, as they end (dj.runs adds the runs under way, from shared
+-- memory). Written only by the extension's workers; read through dj.runs.
+CREATE TABLE dj._runs (
+    id          bigint PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name  text NOT NULL,
+    role_name   name NOT NULL,
+    workers     integer NOT NULL,
+    state       text NOT NULL,
+    started     timestamptz NOT NULL,
+    finished    timestamptz,
+    done        bigint NOT NULL DEFAULT 0,
+    errors      bigint NOT NULL DEFAULT 0,
+    remaining   bigint,
+    last_error  text,
+    restriction text
+);
+CREATE SEQUENCE dj._runs_id_seq OWNED BY dj._runs.id;
+REVOKE ALL ON dj._runs, dj._runs_id_seq FROM PUBLIC;
+COMMENT ON TABLE dj._runs IS 'Internal: populate runs of the worker pool, written by its workers; read through dj.runs.';
+DROP FUNCTION dj.populate(text, text, bigint, boolean, text, boolean);
+CREATE FUNCTION dj."populate"(
+	"table" TEXT, /* & str */
+	"restriction" TEXT DEFAULT NULL, /* Option < & str > */
+	"max_calls" bigint DEFAULT NULL, /* Option < i64 > */
+	"suppress_errors" bool DEFAULT false, /* bool */
+	"order" TEXT DEFAULT 'original', /* & str */
+	"recompute_stale" bool DEFAULT false, /* bool */
+	"workers" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS TABLE (
+	"done" bigint,  /* i64 */
+	"errors" bigint,  /* i64 */
+	"remaining" bigint  /* i64 */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'populate_wrapper';
+CREATE FUNCTION dj."populate_async"(
+	"table" TEXT, /* & str */
+	"restriction" TEXT DEFAULT NULL, /* Option < & str > */
+	"max_calls" bigint DEFAULT NULL, /* Option < i64 > */
+	"suppress_errors" bool DEFAULT false, /* bool */
+	"order" TEXT DEFAULT 'original', /* & str */
+	"workers" INT DEFAULT 1, /* i32 */
+	"retries" INT DEFAULT 0, /* i32 */
+	"priority" INT DEFAULT 5 /* i32 */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'populate_async_wrapper';
+CREATE FUNCTION dj."wait"(
+	"run" bigint /* i64 */
+) RETURNS TABLE (
+	"state" TEXT,  /* String */
+	"done" bigint,  /* i64 */
+	"errors" bigint,  /* i64 */
+	"remaining" bigint,  /* Option < i64 > */
+	"last_error" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'wait_wrapper';
+CREATE FUNCTION dj."cancel"(
+	"run" bigint /* i64 */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'cancel_wrapper';
+CREATE FUNCTION dj."_live_runs"() RETURNS TABLE (
+	"id" bigint,  /* i64 */
+	"target" oid,  /* pg_sys :: Oid */
+	"role" oid,  /* pg_sys :: Oid */
+	"workers" INT,  /* i32 */
+	"state" TEXT,  /* String */
+	"started" double precision,  /* f64 */
+	"finished" double precision,  /* Option < f64 > */
+	"done" bigint,  /* i64 */
+	"errors" bigint,  /* i64 */
+	"remaining" bigint,  /* Option < i64 > */
+	"last_error" TEXT  /* Option < String > */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'live_runs_wrapper';
+CREATE FUNCTION dj."jobs"(
+	"table" TEXT /* & str */
+) RETURNS TABLE (
+	"key" jsonb,  /* JsonB */
+	"status" TEXT,  /* String */
+	"priority" bigint,  /* i64 */
+	"created_time" timestamp,  /* Option < Timestamp > */
+	"scheduled_time" timestamp,  /* Option < Timestamp > */
+	"reserved_time" timestamp,  /* Option < Timestamp > */
+	"completed_time" timestamp,  /* Option < Timestamp > */
+	"duration" double precision,  /* Option < f64 > */
+	"error_message" TEXT,  /* String */
+	"user_name" TEXT,  /* String */
+	"host" TEXT,  /* String */
+	"pid" INT,  /* i32 */
+	"connection_id" bigint,  /* i64 */
+	"version" TEXT  /* String */
+)
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'jobs_wrapper';
+CREATE FUNCTION dj."jobs_refresh"(
+	"table" TEXT, /* & str */
+	"restriction" TEXT DEFAULT NULL, /* Option < & str > */
+	"priority" INT DEFAULT 5, /* i32 */
+	"delay" double precision DEFAULT 0.0 /* f64 */
+) RETURNS TABLE (
+	"added" bigint,  /* i64 */
+	"released" bigint,  /* i64 */
+	"removed" bigint  /* i64 */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'jobs_refresh_wrapper';
+CREATE FUNCTION dj."jobs_ignore"(
+	"table" TEXT, /* & str */
+	"restriction" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'jobs_ignore_wrapper';
+CREATE FUNCTION dj."jobs_clear_errors"(
+	"table" TEXT, /* & str */
+	"restriction" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bigint /* i64 */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'jobs_clear_errors_wrapper';
+CREATE FUNCTION dj."jobs_reserve"(
+	"table" TEXT, /* & str */
+	"restriction" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* Option < JsonB > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'jobs_reserve_wrapper';
+COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean, integer) IS 'Runs the table''s make function once per missing key as the calling role: in this session, one subtransaction per key, or with workers => n in the worker pool, one transaction per key, waited for; returns done, errors, remaining.';
+CREATE VIEW dj.runs AS
+SELECT coalesce(l.id, r.id) AS id,
+       coalesce(pg_catalog.format('%I.%I', r.schema_name, r.table_name), l.target::pg_catalog.regclass::pg_catalog.text) AS table_name,
+       coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)) AS role_name,
+       coalesce(l.workers, r.workers) AS workers,
+       coalesce(l.state, CASE WHEN r.state OPERATOR(pg_catalog.=) ANY ('{starting,running}') THEN 'interrupted' ELSE r.state END) AS state,
+       coalesce(r.started, pg_catalog.to_timestamp(l.started)) AS started,
+       coalesce(pg_catalog.to_timestamp(l.finished), r.finished) AS finished,
+       coalesce(l.done, r.done) AS done,
+       coalesce(l.errors, r.errors) AS errors,
+       coalesce(l.remaining, r.remaining) AS remaining,
+       coalesce(l.last_error, r.last_error) AS last_error
+  FROM dj._runs r FULL JOIN dj._live_runs() l ON l.id OPERATOR(pg_catalog.=) r.id
+ WHERE CASE WHEN coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)) OPERATOR(pg_catalog.=) ANY (SELECT rolname FROM pg_catalog.pg_roles)
+            THEN pg_catalog.pg_has_role(coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)), 'USAGE')
+            ELSE (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER) END;
+COMMENT ON VIEW dj.runs IS 'Populate runs in the worker pool (of the roles you are a member of): table, role, workers, state (starting, running, done, failed, cancelled, interrupted), started, finished, keys done, failed and remaining, last error.';
+GRANT SELECT ON dj.runs TO PUBLIC;
+COMMENT ON FUNCTION dj._live_runs() IS 'Internal: the runs in shared memory (of the roles you are a member of), behind the view dj.runs.';
+COMMENT ON FUNCTION dj.populate_async(text, text, bigint, boolean, text, integer, integer, integer) IS 'Starts a populate run in the worker pool and returns its id; the run goes on after the session ends (dj.runs, dj.wait, dj.cancel).';
+COMMENT ON FUNCTION dj.wait(bigint) IS 'Waits until a run ends; returns its state, keys done, failed and remaining, last error.';
+COMMENT ON FUNCTION dj.cancel(bigint) IS 'Stops a run: no worker takes another key, running guests stop, their keys go back to pending.';
+COMMENT ON FUNCTION dj.jobs(text) IS 'The rows of a table''s jobs table (datajoint-python''s ~~name), keys as jsonb.';
+COMMENT ON FUNCTION dj.jobs_refresh(text, text, integer, double precision) IS 'Brings a jobs table up to date: orphaned reservations (their process is gone) back to pending, missing keys added as pending, keys that left the key source removed.';
+COMMENT ON FUNCTION dj.jobs_ignore(text, text) IS 'Marks missing keys ignore: no populate takes them.';
+COMMENT ON FUNCTION dj.jobs_clear_errors(text, text) IS 'Deletes error rows so the next populate or refresh queues those keys again.';
+COMMENT ON FUNCTION dj.jobs_reserve(text, text) IS 'Reserves the next due pending key for this session (as a pool worker does) and returns it, or NULL.';

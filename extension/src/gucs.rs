@@ -12,6 +12,8 @@ pub static MAKE_MEMORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1024 * 10
 pub static MAKE_FUEL: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static MAX_MODULE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 pub static MODULE_COMPILE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+pub static WORKER_IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -67,6 +69,28 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_KB,
     );
+    GucRegistry::define_int_guc(
+        c"dj.max_workers",
+        c"Background workers the populate pool may run at once, over all databases.",
+        c"A run asking for more gets what is left (at least one, or an error with SQLSTATE 53400). Workers also \
+          count against max_worker_processes.",
+        &MAX_WORKERS,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dj.worker_idle_timeout",
+        c"How long a pool worker with nothing to do waits for a key before it exits.",
+        c"A run's keys scheduled later (retries) are waited for when they are due within this time; otherwise the \
+          worker ends with its run's queue empty.",
+        &WORKER_IDLE_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dj".as_ptr()) };
 }
@@ -90,14 +114,26 @@ pub fn engine_settings() -> EngineSettings {
 
 /// The sandbox limits in force for the current call, read from the settings.
 pub fn make_limits() -> Limits {
-    let timeout_ms = MAKE_TIMEOUT.get();
-    let fuel_millions = MAKE_FUEL.get();
-    let memory = MAKE_MEMORY_LIMIT.get() as usize * 1024;
+    limits(MAKE_TIMEOUT.get(), MAKE_FUEL.get(), MAKE_MEMORY_LIMIT.get())
+}
+
+/// The sandbox limits of `dj.make_timeout` (ms), `dj.make_fuel` (millions) and
+/// `dj.make_memory_limit` (kB) as given (a pool run carries its caller's).
+pub fn limits(timeout_ms: i32, fuel_millions: i32, memory_kb: i32) -> Limits {
+    let memory = memory_kb as usize * 1024;
     Limits {
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms as u64)),
         fuel: (fuel_millions > 0).then(|| fuel_millions as u64 * 1_000_000),
         memory_bytes: memory.min(engine_settings().max_memory),
     }
+}
+
+pub fn max_workers() -> u32 {
+    MAX_WORKERS.get().max(1) as u32
+}
+
+pub fn worker_idle_timeout() -> Duration {
+    Duration::from_millis(WORKER_IDLE_TIMEOUT.get().max(0) as u64)
 }
 
 /// Bytes a component may have to be registered.

@@ -15,6 +15,7 @@ mod preload;
 mod regclass;
 mod rows;
 mod security;
+mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -24,7 +25,9 @@ pgrx::extension_sql_file!("../../sql/catalog.sql", name = "catalog", bootstrap);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    preload::check_at_load();
+    if preload::check_at_load() {
+        worker::slots::init();
+    }
 }
 
 /// Required by `cargo pgrx test`.

@@ -1,7 +1,6 @@
 //! Background workers, shared memory and hooks need the library loaded by the postmaster
 //! (`shared_preload_libraries`). Without it the extension still loads and warns once, with
-//! [`HINT`]. (Nothing needs those parts yet: background populate, when it comes, must refuse
-//! with the same HINT.)
+//! [`HINT`]. Populate with workers refuses with the same HINT.
 
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::ErrorReport;
@@ -10,7 +9,8 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 pub const HINT: &str = "Add datajoint to shared_preload_libraries in postgresql.conf \
                         (shared_preload_libraries = 'datajoint') and restart the server.";
 
-pub fn check_at_load() {
+/// Whether the library is being preloaded (shared memory and workers are possible).
+pub fn check_at_load() -> bool {
     // SAFETY: a plain global the postmaster sets while loading preload libraries.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     if !preloading {
@@ -22,4 +22,5 @@ pub fn check_at_load() {
         .set_hint(HINT)
         .report(PgLogLevel::WARNING);
     }
+    preloading
 }

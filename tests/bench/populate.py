@@ -6,6 +6,11 @@ P1  a trivial make (fetch one upstream row, insert one row) over N keys (default
     - datajoint-python 2.3.5 populate of the same table with a Python make (on a subset:
       BENCH_DJPY_KEYS, default 2 000, as it runs at a few hundred keys per second).
     Also the Python component (udfs/components/quality.wasm) through our populate, on the subset.
+P2  the worker pool: a CPU-bound make (~10 ms of computing per key, misbehave's busy mode) over 400
+    keys with workers => 1 and workers => 2 (target: at least 1.8x on 2 cores), and in this backend;
+    the trivial make of P1 over all N keys through the pool (workers => 1) against this backend's
+    populate: the difference per key is what the job queue costs (reserve, delete, two commits per
+    key; target < 100 us).
 P4  first compile (dj.register_module with no cached machine code) of the Rust and the Python
     component. (Per-key instantiate + call overhead: `cargo run --release -p datajoint-core
     --example make_overhead`, run by scripts/bench.sh.)
@@ -87,6 +92,26 @@ def first_compile(c, name, wasm):
     return seconds
 
 
+BUSY_MS = 10
+BUSY_KEYS = 400
+
+
+def pool_cpu_bound(c):
+    """P2: the misbehave make computing ~BUSY_MS per key, in this backend and in the pool."""
+    c.execute("SELECT dj.register_module('misbehave', %s)", (component("misbehave"),))
+    c.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{SCHEMA}.Case", "case_id : int32\n---\nmode : varchar(16)\nn : int64"))
+    c.execute("SELECT dj.declare(%s, 'computed', %s)", (f"{SCHEMA}.Outcome", "-> Case\n---\nvalue : int64"))
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.Outcome', 'misbehave')")
+    c.execute(f"INSERT INTO {SCHEMA}.case SELECT i, 'busy', {BUSY_MS} FROM generate_series(1, {BUSY_KEYS}) i")
+    out = []
+    for label, args in [("this backend", ""), ("workers => 1", ", workers => 1"), ("workers => 2", ", workers => 2")]:
+        c.execute(f"TRUNCATE {SCHEMA}.__outcome")
+        seconds, r = timed(lambda: c.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Outcome'{args})").fetchone())
+        assert r == (BUSY_KEYS, 0, 0), r
+        out.append((label, seconds))
+    return out
+
+
 def djpy_populate(keys):
     conn = connect_datajoint()
     lab = dj.VirtualModule("lab", SCHEMA, connection=conn)
@@ -137,6 +162,12 @@ def main():
     ).fetchone()[0]
     assert same == N, f"only {same} of {N} rows agree with plain SQL"
 
+    # The pool: the same N keys again with one worker; the difference is the queue's cost per key.
+    c.execute(f"TRUNCATE {SCHEMA}.__spike_rate")
+    pool_s, r = timed(lambda: p.execute(f"SELECT * FROM dj.populate('{SCHEMA}.SpikeRate', workers => 1)").fetchone())
+    assert r == (N, 0, 0), r
+    busy = pool_cpu_bound(c)
+
     sub = min(DJPY_KEYS, N)
     subjects = sub // SESSIONS
     py_wasm_s, r = timed(lambda: p.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Quality', 'subject_id <= {subjects}')").fetchone())
@@ -155,6 +186,14 @@ def main():
     print(f"  datajoint-python 2.3.5 populate   {djpy_s:8.2f} s  {djpy_rate:12.0f} keys/s  (on {djpy_keys} keys; "
           f"{N / djpy_rate:.0f} s for all {N} at that rate)")
     print(f"  speed-up over datajoint-python    {rate / djpy_rate:8.0f}x  (target >= 100x)")
+    print(f"P2 worker pool, CPU-bound make (~{BUSY_MS} ms per key) over {BUSY_KEYS} keys:")
+    for label, seconds in busy:
+        print(f"  {label:<33} {seconds:8.2f} s  {BUSY_KEYS / seconds:12.1f} keys/s")
+    one, two = busy[1][1], busy[2][1]
+    print(f"  workers => 2 over workers => 1     {one / two:8.2f}x  (target >= 1.8x on 2 cores)")
+    print(f"P2 trivial make over {N} keys through the pool (workers => 1):")
+    print(f"  pool                              {pool_s:8.2f} s  {N / pool_s:12.0f} keys/s  (this backend: {ours_s:.2f} s)")
+    print(f"  queue cost per key                {(pool_s - ours_s) / N * 1e6:8.1f} us  (target < 100 us)")
     print("P4 first compile (register_module, nothing cached):")
     print(f"  Rust component  ({len(rust) / 1e3:.0f} kB)    {compile_rust:8.3f} s")
     print(f"  Python component ({len(python) / 1e6:.1f} MB)  {compile_python:8.3f} s")

@@ -11,6 +11,7 @@ use crate::sql;
 
 mod driver;
 pub mod jobs;
+pub mod queue;
 
 pub use driver::{run, Class, KeyRun, Progress, Settings, Stop, Summary};
 

@@ -5,6 +5,7 @@ pub mod declare;
 pub mod delete;
 mod pipeline;
 mod populate;
+mod runs;
 mod sandbox;
 pub mod tiers;
 mod version;

@@ -5,20 +5,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datajoint_core::dependencies::Table;
 use datajoint_core::host::{Scope, Session};
-use datajoint_core::naming::Tier;
-use datajoint_core::populate::{self, KeyParent, Order, Settings};
+use datajoint_core::populate::{self, Order, Settings};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
 use crate::catalog;
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::make::source::{auto_populated, count_rows, make_of, source_of};
 use crate::make::{self as host, Plans, Run};
 use crate::pipeline::delete;
 use crate::pipeline::writes::PipelineWrite;
 use crate::rows::{self, JsonRow};
-use crate::{gucs, security};
+use crate::{gucs, security, worker};
 
 /// How often populate reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -182,78 +181,6 @@ fn set_make(table: &str, module: &str) {
     }
 }
 
-fn auto_populated(name: &Table) -> DjResult<()> {
-    match Tier::of_table(&name.name) {
-        Some(Tier::Computed | Tier::Imported) => Ok(()),
-        Some(Tier::Part) => Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("{} is a part table: its master's make fills it", name.qualified()),
-            "Populate the master table; its make inserts the parts.",
-        )),
-        _ => Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("{} is not a Computed or Imported table", name.qualified()),
-            "Only Computed and Imported tables have make functions; insert into Manual and Lookup tables directly.",
-        )),
-    }
-}
-
-/// The key source of a table: its primary-key parents joined, projected to its key, restricted
-/// by a checked condition.
-struct Source {
-    name: Table,
-    key: Vec<String>,
-    sql: String,
-    condition: Option<String>,
-}
-
-impl Source {
-    /// Its keys (only those missing from the table when `missing`), in `order`, at most `limit`.
-    fn keys(&self, missing: bool, order: Order, limit: Option<i64>) -> String {
-        populate::keys_sql(&self.sql, &self.name, &self.key, self.condition.as_deref(), missing, order, limit)
-    }
-
-    fn count(&self, missing: bool) -> DjResult<i64> {
-        count_rows(&self.keys(missing, Order::Original, None))
-    }
-}
-
-fn count_rows(sql: &str) -> DjResult<i64> {
-    Ok(catalog::read_one::<i64>(&format!("SELECT pg_catalog.count(*) FROM ({sql}) AS q"), &[])?.unwrap_or(0))
-}
-
-/// The key source of the Computed or Imported table `name`.
-fn source_of(name: Table, restriction: Option<&str>) -> DjResult<Source> {
-    auto_populated(&name)?;
-    let deps = catalog::dependencies()?;
-    let key: Vec<String> = deps.primary_key(&name).map(|k| k.to_vec()).unwrap_or_default();
-    let parents: Vec<KeyParent> = deps
-        .parents(&name)
-        .into_iter()
-        .filter(|(_, r)| r.primary)
-        .map(|(p, r)| KeyParent { table: p.clone(), attributes: r.attributes.clone() })
-        .collect();
-    let sql = populate::key_source(&key, &parents).ok_or_else(|| {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_TABLE_DEFINITION,
-            format!("{} has primary-key attributes no parent provides", name.qualified()),
-            "A Computed or Imported table's key comes from its parents (-> Parent lines above ---).",
-        )
-    })?;
-    let condition = restriction
-        .map(|r| {
-            populate::key_condition(r, &key).map_err(|e| {
-                DjError::new(
-                    PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-                    format!("restriction on the key source of {}: {}", name.qualified(), e.message),
-                    format!("{} The key source's attributes: {}.", e.hint, key.join(", ")),
-                )
-            })
-        })
-        .transpose()?;
-    Ok(Source { name, key, sql, condition })
-}
-
 /// The rows of a query as jsonb objects, exactly as PostgreSQL makes them.
 fn json_rows(sql: &str) -> DjResult<Vec<JsonRow>> {
     rows::json_rows(&format!("SELECT pg_catalog.to_jsonb(q) FROM ({sql}) AS q"))
@@ -381,33 +308,6 @@ fn pipeline_rows() -> DjResult<Vec<PipelineTableRow>> {
     Ok(out)
 }
 
-/// The code a table's make runs: (the module name it was bound under, its sha256).
-fn make_of(name: &Table) -> DjResult<(String, String)> {
-    let found = Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT k.module, k.sha256 FROM dj.makes k \
-             WHERE k.schema_name OPERATOR(pg_catalog.=) $1 AND k.table_name OPERATOR(pg_catalog.=) $2",
-            Some(1),
-            &[name.schema.as_str().into(), name.name.as_str().into()],
-        )?;
-        if rows.is_empty() {
-            return Ok::<_, pgrx::spi::Error>(None);
-        }
-        let row = rows.first();
-        Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<String>(2)?.unwrap_or_default())))
-    })?;
-    found.ok_or_else(|| {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("{} has no make function", name.qualified()),
-            format!(
-                "Register a module and attach it: SELECT dj.set_make('{}', 'module_name');",
-                name.qualified().replace('\'', "''")
-            ),
-        )
-    })
-}
-
 /// `dj.stale(table)`: keys of rows computed by another module than the table's current one.
 #[pg_extern(stable, parallel_safe)]
 fn stale(table: &str) -> SetOfIterator<'static, JsonRow> {
@@ -444,6 +344,7 @@ fn populate(
     suppress_errors: default!(bool, false),
     order: default!(&str, "'original'"),
     recompute_stale: default!(bool, false),
+    workers: default!(Option<i32>, "NULL"),
 ) -> TableIterator<'static, (name!(done, i64), name!(errors, i64), name!(remaining, i64))> {
     const FN: &str = "dj.populate";
     let _pin = security::pin();
@@ -464,8 +365,11 @@ fn populate(
         )
         .raise(FN);
     }
-    let (done, errors, remaining) =
-        run(table, restriction, max_calls, suppress_errors, order, recompute_stale).or_raise(FN);
+    let (done, errors, remaining) = match workers {
+        None => run(table, restriction, max_calls, suppress_errors, order, recompute_stale),
+        Some(n) => run_in_pool(table, restriction, max_calls, suppress_errors, order, recompute_stale, n),
+    }
+    .or_raise(FN);
     TableIterator::once((done, errors, remaining))
 }
 
@@ -516,6 +420,28 @@ fn run(
     Ok((done, errors, remaining))
 }
 
+/// `dj.populate(..., workers => n)`: the same run through the worker pool, waited for.
+fn run_in_pool(
+    table: &str,
+    restriction: Option<&str>,
+    max_calls: Option<i64>,
+    suppress_errors: bool,
+    order: Order,
+    recompute_stale: bool,
+    workers: i32,
+) -> DjResult<(i64, i64, i64)> {
+    let source = source_of(catalog::resolve(table)?, restriction)?;
+    let (_, sha256) = make_of(&source.name)?;
+    if recompute_stale && host::describe(&source.name)?.has_job_version() {
+        let scope = Scope::of(&*catalog::dependencies()?, &source.name);
+        let _permit = PipelineWrite::begin("INSERT", &scope.writable())?;
+        delete::delete_where(&source.name, &populate::stale_condition(&sha256))?;
+    }
+    let spec = worker::spec(&source, restriction, max_calls, suppress_errors, order, workers, 0, 5)?;
+    let (done, errors) = worker::run_and_wait(spec, &source.name.qualified())?;
+    Ok((done, errors, source.count(true)?))
+}
+
 extension_sql!(
     r#"
 REVOKE ALL ON FUNCTION dj.register_module(text, bytea) FROM PUBLIC;
@@ -530,7 +456,7 @@ CREATE VIEW dj.pipeline_tables WITH (security_invoker = true) AS SELECT * FROM d
 COMMENT ON VIEW dj.pipeline_tables IS 'Every DataJoint table: schema, class, tier, SQL name, rows, make function (module name and sha256), keys remaining to populate, failed keys (in its jobs table), last populated (newest _job_start_time). NULL where the querying role may not read.';
 GRANT SELECT ON dj.pipeline_tables TO PUBLIC;
 COMMENT ON FUNCTION dj.stale(text) IS 'Rows made by another version of the table''s make function (or by another client).';
-COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean) IS 'Runs the table''s make function once per missing key, one subtransaction per key, as the calling role; returns done, errors, remaining.';
+COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean, integer) IS 'Runs the table''s make function once per missing key as the calling role: in this session, one subtransaction per key, or with workers => n in the worker pool, one transaction per key, waited for; returns done, errors, remaining.';
 "#,
     name = "populate_comments",
     requires = [

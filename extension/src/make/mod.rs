@@ -18,6 +18,7 @@ use crate::headings;
 
 mod modules;
 mod run;
+pub mod source;
 mod spi;
 mod values;
 
@@ -135,6 +136,12 @@ pub fn in_subtransaction<T>(f: impl FnOnce() -> Result<T, DjError>) -> Result<T,
 pub enum Failure {
     Dj(DjError),
     Caught(pg_sys::panic::CaughtError),
+}
+
+impl From<pgrx::spi::Error> for Failure {
+    fn from(e: pgrx::spi::Error) -> Self {
+        Failure::Dj(DjError::from(e))
+    }
 }
 
 impl From<DjError> for Failure {

@@ -45,6 +45,8 @@ pub struct Run<'p> {
     clear_job: Statement,
     key_exists: Statement,
     record_error: Statement,
+    /// When a running guest must stop.
+    stop_check: fn() -> bool,
 }
 
 impl<'p> Run<'p> {
@@ -101,14 +103,56 @@ impl<'p> Run<'p> {
             jobs,
             jobs_exist,
             jobs_recorded,
+            stop_check: interrupts::stop_requested,
         })
+    }
+
+    /// A run whose keys come from the job queue: each key's row in the jobs table is deleted when
+    /// the key succeeds (the worker pool reserved it there).
+    pub fn for_queue(mut self) -> Self {
+        self.jobs_exist = true;
+        self.jobs_recorded = true;
+        self
+    }
+
+    /// Stops guests when `check` says so (a pool worker's also polls its run's cancel flag).
+    pub fn with_stop_check(mut self, check: fn() -> bool) -> Self {
+        self.stop_check = check;
+        self
+    }
+
+    /// Makes keys under `limits` (a run asked for by another session carries that session's).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Deletes the key's row from the jobs table.
+    pub fn clear_job(&mut self, key: &Row) -> Result<(), Failure> {
+        let args = self.session.key_values(key);
+        let s = &self.clear_job;
+        let datums = unsafe { self.key_cx.switch_to(|_| host::datums(s, &args)) }?;
+        self.plans.execute(s, &datums)?;
+        Ok(())
+    }
+
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn plans(&self) -> &Rc<Plans> {
+        &self.plans
+    }
+
+    pub fn jobs(&self) -> &Table {
+        &self.jobs
     }
 
     fn backend(&self) -> SpiBackend {
         SpiBackend { plans: self.plans.clone() }
     }
 
-    fn target(&self) -> &str {
+    pub fn target(&self) -> &str {
         &self.target
     }
 
@@ -177,13 +221,13 @@ impl KeyRun for Run<'_> {
             started_at: local_now_micros(),
         };
         let (prepared, limits, jobs_recorded) = (self.prepared, &self.limits, self.jobs_recorded);
+        let stop_check = self.stop_check;
         let (clear_job, session, plans) = (&self.clear_job, &self.session, &self.plans);
         unsafe {
             self.key_cx.reset();
             self.key_cx.switch_to(|_| {
                 host::in_subtransaction(|| {
-                    let (result, output, _db) =
-                        prepared.call(db, key, limits, &Cancel::Check(interrupts::stop_requested));
+                    let (result, output, _db) = prepared.call(db, key, limits, &Cancel::Check(stop_check));
                     if !output.stdout.is_empty() {
                         pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
                     }

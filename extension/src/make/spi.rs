@@ -122,6 +122,15 @@ impl Plans {
         Ok(())
     }
 
+    /// The rows `statement` (a data-changing statement with RETURNING) gives, run with a fresh
+    /// snapshot.
+    pub fn returning(&self, statement: &Statement, args: &[Option<pg_sys::Datum>]) -> DjResult<Vec<Row>> {
+        let _cx = KeepContext::new();
+        self.run(statement, args, false, 0)?;
+        // SAFETY: reads and frees the table the run left.
+        unsafe { rows_of_tuptable(&mut Budget::unlimited()) }
+    }
+
     /// Whether `statement` (an EXISTS query) is true, read with a fresh snapshot (in READ
     /// COMMITTED: it sees what other sessions committed since the statement began).
     pub fn exists(&self, statement: &Statement, args: &[Option<pg_sys::Datum>]) -> DjResult<bool> {

@@ -23,6 +23,7 @@
 //! | `log` | logs `case <id> says hi` at every level, inserts `value = n` |
 //! | `stdout` | writes to stdout and stderr, inserts `value = n` |
 //! | `sleep` | sleeps 5 ms (WASI clocks), inserts `value = n` |
+//! | `busy` | computes for `n` ms of wall-clock time (CPU-bound), inserts `value = n` |
 //! | `big` | fetches `Case` with limit 1, inserts `value = n` |
 //! | `expr` | fetches a relation expression over `Case`, inserts `value = 2 n` computed by it |
 //! | `foreign-expr` | fetches an expression that joins `Outcome`, the target, which is not readable |
@@ -100,6 +101,10 @@ impl Make for Misbehave {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 insert1("Outcome", outcome(n));
             }
+            "busy" => {
+                busy(std::time::Duration::from_millis(n.max(0) as u64));
+                insert1("Outcome", outcome(n));
+            }
             "big" => {
                 let rows = fetch(Query::new("Case").limit(1));
                 if rows.len() != 1 {
@@ -143,6 +148,17 @@ fn spin() -> ! {
     let mut i = 0u64;
     loop {
         i = black_box(i.wrapping_add(1));
+    }
+}
+
+/// Computes until `took` has passed (checking the clock every few thousand steps).
+fn busy(took: std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut x = 1u64;
+    while start.elapsed() < took {
+        for _ in 0..4096 {
+            x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+        }
     }
 }
 

@@ -1,0 +1,358 @@
+//! The worker pool: populate runs in background workers inside PostgreSQL.
+//!
+//! A run (`dj.populate(..., workers => N)`, `dj.populate_async`) takes a slot in shared memory
+//! (`slots`) holding what it asked for, then starts N dynamic background workers. The first worker
+//! fills the table's job queue (datajoint-python's `~~name` table, `datajoint_core::populate::queue`);
+//! every worker then takes keys from it one at a time and makes each in its own transaction, as
+//! the role that asked, through the core's populate loop (`pool`). Counters and the outcome live in
+//! the slot (the caller waits on it) and in `dj._runs` (what outlives the server).
+
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use datajoint_core::populate::{Order, Progress};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder};
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::error::{DjError, DjResult};
+use crate::make::source::Source;
+use crate::{catalog, gucs, interrupts, preload, security};
+
+mod pool;
+pub mod slots;
+
+pub use slots::{Slot, Spec, State};
+
+/// How often a waiting caller reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What a run of `source` asks for, with the caller's identity and make limits.
+#[allow(clippy::too_many_arguments)]
+pub fn spec(
+    source: &Source,
+    restriction: Option<&str>,
+    max_calls: Option<i64>,
+    suppress_errors: bool,
+    order: Order,
+    workers: i32,
+    retries: i32,
+    priority: i32,
+) -> DjResult<Spec> {
+    if !(1..=slots::MAX_RUN_WORKERS as i32).contains(&workers) {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("workers is {workers}"),
+            format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
+        ));
+    }
+    if retries < 0 {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("retries is {retries}"),
+            "Pass how many times a failed key is tried again (0: never).",
+        ));
+    }
+    let text = restriction.unwrap_or("");
+    if text.len() > slots::RESTRICTION_BYTES {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "the restriction is {} bytes; a run with workers takes at most {}",
+                text.len(),
+                slots::RESTRICTION_BYTES
+            ),
+            "Restrict by fewer values, or populate without workers.",
+        ));
+    }
+    // SAFETY: plain globals of this backend.
+    if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId {
+        pgrx::warning!(
+            "populate {}: the workers run in their own transactions and do not see this transaction's uncommitted changes",
+            source.name.qualified()
+        );
+    }
+    let mut restriction = [0u8; slots::RESTRICTION_BYTES];
+    restriction[..text.len()].copy_from_slice(text.as_bytes());
+    Ok(Spec {
+        run_id: 0,
+        // SAFETY: this backend's database and user.
+        database: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        role: unsafe { pg_sys::GetUserId() }.to_u32(),
+        target: catalog::oid_of(&source.name)?.to_u32(),
+        workers: workers as u32,
+        max_calls: max_calls.unwrap_or(-1),
+        suppress_errors,
+        order: match order {
+            Order::Original => 0,
+            Order::Reverse => 1,
+            Order::Random => 2,
+        },
+        retries: retries as u32,
+        priority,
+        timeout_ms: gucs::MAKE_TIMEOUT.get(),
+        fuel_millions: gucs::MAKE_FUEL.get(),
+        memory_kb: gucs::MAKE_MEMORY_LIMIT.get(),
+        restriction_len: text.len(),
+        restriction,
+    })
+}
+
+/// Runs `spec` through the pool and waits for it: (done, errors), or the error that ended it.
+pub fn run_and_wait(spec: Spec, target: &str) -> DjResult<(i64, i64)> {
+    let (index, run_id) = start(spec, target)?;
+    let Some(slot) = wait(index, run_id, Some(target)) else {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("run {run_id} ended out of sight"),
+            "SELECT * FROM dj.runs WHERE id = the run shows how it ended.",
+        ));
+    };
+    match slot.state {
+        State::Done => Ok((slot.done, slot.errors)),
+        State::Cancelled => Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            format!("run {run_id} of {target} was cancelled after {} key(s)", slot.done),
+            "The keys made so far are kept; populate again to go on.",
+        )),
+        State::Failed => Err(DjError::new(
+            pool::sqlstate_code(slot.sqlstate),
+            slot.error().unwrap_or_default(),
+            "The failed key is recorded in the jobs table; populate with suppress_errors => true to go past failures.",
+        )),
+        _ => Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_OPERATOR_INTERVENTION,
+            format!(
+                "run {run_id} of {target} was interrupted after {} key(s): {}",
+                slot.done,
+                slot.error().unwrap_or_else(|| "its workers ended".into())
+            ),
+            "The keys made so far are kept; populate again to go on.",
+        )),
+    }
+}
+
+/// Starts run `spec` (its `workers` is what the caller asked for): returns the slot and the run id.
+pub fn start(mut spec: Spec, target: &str) -> DjResult<(usize, i64)> {
+    if !slots::available() {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "populate with workers needs the datajoint library preloaded",
+            preload::HINT,
+        ));
+    }
+    let max = gucs::max_workers();
+    let busy = slots::live_workers();
+    let n = spec.workers.min(max.saturating_sub(busy)).min(slots::MAX_RUN_WORKERS as u32);
+    if n == 0 {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!("all {max} workers of the pool are busy (dj.max_workers)"),
+            "Wait for a run to end (SELECT * FROM dj.runs), cancel one (dj.cancel), or have a superuser raise dj.max_workers.",
+        ));
+    }
+    let asked = spec.workers;
+    spec.workers = n;
+    spec.run_id = security::as_extension_owner(|| {
+        Ok(catalog::write_one::<i64>(
+            "SELECT pg_catalog.nextval('dj._runs_id_seq'::pg_catalog.regclass)",
+            &[],
+        )?
+        .unwrap_or(0))
+    })?;
+    let run_id = spec.run_id;
+    let Some(index) = slots::create(spec) else {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!("{} runs are under way, the most the pool holds", slots::SLOTS),
+            "Wait for a run to end (SELECT * FROM dj.runs).",
+        ));
+    };
+    let mut started = 0u32;
+    for _ in 0..n {
+        let worker = BackgroundWorkerBuilder::new(&format!("datajoint worker for run {run_id}"))
+            .set_type("datajoint worker")
+            .set_library("datajoint")
+            .set_function("dj_worker_main")
+            .enable_spi_access()
+            .set_argument(Some(pg_sys::Datum::from(index)))
+            .set_extra(&run_id.to_string())
+            // SAFETY: this backend's pid, a plain global.
+            .set_notify_pid(unsafe { pg_sys::MyProcPid })
+            .load_dynamic();
+        match worker {
+            Ok(w) if w.wait_for_startup().is_ok() => started += 1,
+            _ => break,
+        }
+    }
+    if started == 0 {
+        slots::update(index, run_id, |s| s.state = State::Free);
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            "no background worker could be started: every max_worker_processes slot is in use",
+            format!(
+                "Raise max_worker_processes in postgresql.conf (now {}) and restart the server; parallel queries and other extensions share it.",
+                current_setting("max_worker_processes")
+            ),
+        ));
+    }
+    slots::update(index, run_id, |s| s.spec.workers = started);
+    if started < asked {
+        pgrx::notice!("populate {target}: running with {started} of the {asked} workers asked for");
+    }
+    Ok((index, run_id))
+}
+
+fn current_setting(name: &str) -> String {
+    let name = CString::new(name).unwrap_or_default();
+    // SAFETY: a built-in setting's current value, copied at once.
+    unsafe {
+        let value = pg_sys::GetConfigOptionByName(name.as_ptr(), std::ptr::null_mut(), true);
+        if value.is_null() {
+            return String::new();
+        }
+        std::ffi::CStr::from_ptr(value).to_string_lossy().into_owned()
+    }
+}
+
+/// Waits until run `run_id` (in slot `index`) ends; reports progress as NOTICEs when `report`.
+/// A cancel of this statement (Ctrl-C, statement_timeout, terminate) cancels the run first.
+/// None when the slot went to another run (read the end from dj._runs).
+pub fn wait(index: usize, run_id: i64, report: Option<&str>) -> Option<Slot> {
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let slot = slots::get(index, run_id)?;
+        if slot.state.finished() {
+            return Some(slot);
+        }
+        if interrupts::stop_requested() {
+            cancel(index, run_id);
+            pgrx::check_for_interrupts!();
+        }
+        if let Some(target) = report {
+            if last_report.elapsed() >= PROGRESS_EVERY {
+                last_report = Instant::now();
+                let progress = Progress {
+                    done: slot.done,
+                    errors: slot.errors,
+                    seen: (slot.done + slot.errors) as usize,
+                    total: slot.total as usize,
+                    elapsed: started.elapsed(),
+                };
+                pgrx::notice!("{}", progress.describe(target));
+            }
+        }
+        // SAFETY: waits on this backend's own latch, as any extension's wait loop does.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                20,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+    }
+}
+
+/// Asks run `run_id` to stop: no worker takes another key, and the guests in flight stop at their
+/// next epoch check (the workers poll the flag there, see [`stop_requested`]); their keys go back
+/// to pending. Whether it was running.
+pub fn cancel(index: usize, run_id: i64) -> bool {
+    slots::update(index, run_id, |s| {
+        let running = !s.state.finished();
+        s.cancel |= running;
+        running
+    })
+    .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker process
+
+/// A worker's guest stops when PostgreSQL wants it to (cancel, terminate) or its run was cancelled.
+pub fn stop_requested() -> bool {
+    // SAFETY: set once in dj_worker_main, before any guest runs.
+    let (index, run_id) = unsafe { MINE };
+    interrupts::stop_requested() || slots::get(index, run_id).is_none_or(|s| s.cancel)
+}
+
+/// PostgreSQL's own signal handlers, as C functions (pgrx's bindings wrap them as Rust functions,
+/// which `pqsignal` cannot take).
+mod postgres {
+    unsafe extern "C-unwind" {
+        pub fn die(signal: std::ffi::c_int);
+        pub fn SignalHandlerForConfigReload(signal: std::ffi::c_int);
+    }
+}
+
+/// The run this process works for (slot, run id), for the exit callback.
+static mut MINE: (usize, i64) = (usize::MAX, 0);
+
+/// Entry point of a pool worker (`bgw_function_name`): `arg` is the run's slot, `bgw_extra` its id.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn dj_worker_main(arg: pg_sys::Datum) {
+    // SAFETY: signal setup before signals are unblocked, as PostgreSQL's own workers do: SIGTERM
+    // is PostgreSQL's `die` (so a terminate reaches CHECK_FOR_INTERRUPTS and the guest's epoch
+    // check), SIGINT stays the statement-cancel handler the postmaster installed, SIGHUP reloads.
+    unsafe {
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres::die));
+        pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(postgres::SignalHandlerForConfigReload));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
+    let index = arg.value();
+    let run_id: i64 = BackgroundWorker::get_extra().parse().unwrap_or(0);
+    let Some(slot) = slots::get(index, run_id) else { return };
+    let attached = slots::update(index, run_id, |s| {
+        if s.state.finished() || s.closing {
+            return false;
+        }
+        match s.pids.iter_mut().find(|p| **p == 0) {
+            Some(free) => {
+                // SAFETY: this process's pid.
+                *free = unsafe { pg_sys::MyProcPid };
+                s.live += 1;
+                true
+            }
+            None => false,
+        }
+    });
+    if attached != Some(true) {
+        return;
+    }
+    // SAFETY: plain globals of this process; the callback runs at exit, on this thread.
+    unsafe {
+        MINE = (index, run_id);
+        pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
+        // As the bootstrap superuser: each key then runs as the role that asked (pool::as_role).
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(
+            pg_sys::Oid::from(slot.spec.database),
+            pg_sys::InvalidOid,
+            0,
+        );
+    }
+    pool::work(index, run_id);
+}
+
+/// At exit, however the worker ends (a FATAL from a terminate included): the slot forgets its pid;
+/// the last worker to go ends a run nobody finished as interrupted (dj._runs learns it lazily).
+#[pg_guard]
+unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+    // SAFETY: set once in dj_worker_main.
+    let (index, run_id) = unsafe { MINE };
+    // SAFETY: this process's pid.
+    let pid = unsafe { pg_sys::MyProcPid };
+    slots::update(index, run_id, |s| {
+        // A worker that left the run normally is no longer listed: nothing to do.
+        let Some(p) = s.pids.iter_mut().find(|p| **p == pid) else { return };
+        *p = 0;
+        s.live = s.live.saturating_sub(1);
+        s.broken = true;
+        if s.live == 0 && !s.state.finished() {
+            s.state = if s.cancel { State::Cancelled } else { State::Interrupted };
+            s.finished = slots::now();
+        }
+    });
+}
