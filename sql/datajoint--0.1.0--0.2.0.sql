@@ -10,7 +10,8 @@
 --     exclude, the views dj.pipeline_tables and dj.pipeline_columns, dj.diagram(text).
 --   * The worker pool and DataJoint's job queue: dj.populate(..., workers => n), dj.populate_async,
 --     dj.wait, dj.cancel, the view dj.runs (dj._runs keeps the runs that ended), dj.jobs,
---     dj.jobs_refresh, dj.jobs_ignore, dj.jobs_clear_errors.
+--     dj.jobs_refresh, dj.jobs_ignore, dj.jobs_clear_errors, dj.jobs_reserve; under
+--     dj.enforce_tiers a session holding job reservations may write those keys' rows.
 \echo Use "ALTER EXTENSION datajoint UPDATE TO '0.2.0'" to load this file. \quit
 
 -- Module versions, by content (as in sql/catalog.sql).
@@ -403,9 +404,10 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'jobs_reserve_wrapper';
 COMMENT ON FUNCTION dj.populate(text, text, bigint, boolean, text, boolean, integer) IS 'Runs the table''s make function once per missing key as the calling role: in this session, one subtransaction per key, or with workers => n in the worker pool, one transaction per key, waited for; returns done, errors, remaining.';
-CREATE VIEW dj.runs AS
+CREATE VIEW dj.runs WITH (security_barrier = true) AS
 SELECT coalesce(l.id, r.id) AS id,
-       coalesce(pg_catalog.format('%I.%I', r.schema_name, r.table_name), l.target::pg_catalog.regclass::pg_catalog.text) AS table_name,
+       CASE WHEN r.id IS NULL THEN l.target::pg_catalog.regclass::pg_catalog.text
+            ELSE pg_catalog.format('%I.%I', r.schema_name, r.table_name) END AS table_name,
        coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)) AS role_name,
        coalesce(l.workers, r.workers) AS workers,
        coalesce(l.state, CASE WHEN r.state OPERATOR(pg_catalog.=) ANY ('{starting,running}') THEN 'interrupted' ELSE r.state END) AS state,
@@ -430,3 +432,67 @@ COMMENT ON FUNCTION dj.jobs_refresh(text, text, integer, double precision) IS 'B
 COMMENT ON FUNCTION dj.jobs_ignore(text, text) IS 'Marks missing keys ignore: no populate takes them.';
 COMMENT ON FUNCTION dj.jobs_clear_errors(text, text) IS 'Deletes error rows so the next populate or refresh queues those keys again.';
 COMMENT ON FUNCTION dj.jobs_reserve(text, text) IS 'Reserves the next due pending key for this session (as a pool worker does) and returns it, or NULL.';
+
+-- Under dj.enforce_tiers, a session holding job reservations may insert and update the rows of
+-- those keys (datajoint-python's populate(reserve_jobs=True)): row triggers check every key.
+CREATE FUNCTION dj."_holds_reservation"(
+	"table" oid /* pg_sys :: Oid */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL RESTRICTED 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'holds_reservation_wrapper';
+CREATE FUNCTION dj."_reserved_rows_sql"(
+	"table" oid, /* pg_sys :: Oid */
+	"rows" TEXT /* & str */
+) RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'reserved_rows_sql_wrapper';
+CREATE OR REPLACE FUNCTION dj._tier_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
+BEGIN
+    IF NOT dj._pipeline_write_allowed(TG_RELID, TG_OP) THEN
+        -- A session holding job reservations (datajoint-python's populate(reserve_jobs=True))
+        -- may insert and update; the row triggers then check that it holds every row's key.
+        IF TG_OP OPERATOR(pg_catalog.=) ANY ('{INSERT,UPDATE}') THEN
+            IF dj._holds_reservation(TG_RELID) THEN
+                RETURN NULL;
+            END IF;
+        END IF;
+        RAISE EXCEPTION '% on %.% is not allowed: the schema enforces DataJoint tiers', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Computed, Imported and Part tables are written by dj.populate and cleared with dj.delete (or by a session holding the key''s reservation in the jobs table). The schema owner can turn this off with dj.enforce_tiers(schema, false).';
+    END IF;
+    RETURN NULL;
+END
+$guard$;
+COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables, but inserts and updates of a session holding job reservations (checked row by row).';
+-- The second trigger: after an insert let through for a session's reservations, every row's key
+-- must be one it holds. The query it runs is built from catalog names, all qualified; the
+-- transition table shadows any relation of the same name.
+CREATE FUNCTION dj._tier_guard_rows() RETURNS trigger LANGUAGE plpgsql AS $guard$
+DECLARE
+    reserved boolean;
+BEGIN
+    IF dj._pipeline_write_allowed(TG_RELID, TG_OP) THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE dj._reserved_rows_sql(TG_RELID, 'dj_new_rows') INTO reserved;
+    IF reserved AND TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        EXECUTE dj._reserved_rows_sql(TG_RELID, 'dj_old_rows') INTO reserved;
+    END IF;
+    IF reserved IS NOT TRUE THEN
+        RAISE EXCEPTION '% on %.% is not allowed: the schema enforces DataJoint tiers and this session does not hold the reservation of every key written', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Reserve the key in the table''s jobs table first (datajoint-python''s populate(reserve_jobs=True) does), or let dj.populate make it.';
+    END IF;
+    RETURN NULL;
+END
+$guard$;
+COMMENT ON FUNCTION dj._tier_guard_rows() IS 'Trigger of tier-enforcing schemas: an insert or update let through for a session''s job reservations may write only keys that session reserved.';
+COMMENT ON FUNCTION dj._holds_reservation(oid) IS 'Internal: whether this session holds a reservation in the jobs table of the table''s master (and the table checks inserted rows against them).';
+COMMENT ON FUNCTION dj._reserved_rows_sql(oid, text) IS 'Internal: the query by which the row guard checks inserted keys against this session''s reservations.';
+-- Tables already guarded get the row triggers.
+SELECT dj._guard_table(c.oid) FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  JOIN dj.schema_settings s ON s.schema_name OPERATOR(pg_catalog.=) n.nspname AND s.enforce_tiers
+ WHERE c.relkind OPERATOR(pg_catalog.=) 'r';

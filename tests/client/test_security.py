@@ -209,6 +209,13 @@ def every_public_function(c) -> dict:
         "_guard_table": "SELECT dj._guard_table('sec_path.__outcome'::pg_catalog.regclass)",
         # Trigger and event-trigger functions, through what fires them.
         "_tier_guard": "INSERT INTO sec_path.__outcome SELECT 99, 1",
+        "_holds_reservation": "SELECT dj._holds_reservation('sec_path.__outcome'::pg_catalog.regclass)",
+        "_reserved_rows_sql": "SELECT dj._reserved_rows_sql('sec_path.__outcome'::pg_catalog.regclass, 'dj_new_rows')",
+        # An insert of a key this session reserved passes the guard; the row guard checks it.
+        "_tier_guard_rows": "INSERT INTO sec_path.case VALUES (7, 'ok', 7); "
+                            "SELECT dj.jobs_refresh('sec_path.Outcome'); "
+                            "SELECT dj.jobs_reserve('sec_path.Outcome', 'case_id = 7'); "
+                            "INSERT INTO sec_path.__outcome (case_id, value) VALUES (7, 14)",
         "_guard_new_tables": "CREATE TABLE sec_path.__moved (id int)",
         "_names_table": "ALTER TABLE sec_path.__moved RENAME TO __renamed",
         "_forget_dropped_tables": "DROP TABLE sec_path.__renamed",

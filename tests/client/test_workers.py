@@ -327,7 +327,7 @@ def test_callers_and_datajoint_python_share_one_queue(pipeline, cluster, server_
     # datajoint-python's Table.jobs is our queue.
     seen = subprocess.run([sys.executable, "-c", script, "jobs"], capture_output=True, text=True, timeout=120)
     assert seen.returncode == 0, seen.stderr[-3000:]
-    assert seen.stdout.split() == [str(n), str(n)]
+    assert seen.stdout.splitlines()[-1].split() == [str(n), str(n)], seen.stdout
     python = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]
     callers = [connect() for _ in range(3)]
@@ -349,3 +349,43 @@ def test_callers_and_datajoint_python_share_one_queue(pipeline, cluster, server_
     assert count(cluster, f"SELECT count(*) FROM {SCHEMA}.\"~~outcome\" WHERE status <> 'pending'") == 0
     for c in callers:
         c.close()
+
+
+def test_under_enforced_tiers_a_reservation_lets_its_holder_write_its_keys(pipeline, cluster, server_log):
+    n = 1500
+    pipeline.fill([(i, "ok", i) for i in range(1, n + 1)])
+    pipeline.execute(f"SELECT dj.enforce_tiers('{SCHEMA}')")
+    try:
+        client = as_role()
+        insert = f"INSERT INTO {SCHEMA}.__outcome (case_id, value) VALUES (%s, %s)"
+        with pytest.raises(errors.InsufficientPrivilege, match="enforces DataJoint tiers"):
+            client.execute(insert, (1, 2))
+        client.execute(f"SELECT dj.jobs_refresh('{SCHEMA}.Outcome')")
+        assert client.execute(f"SELECT dj.jobs_reserve('{SCHEMA}.Outcome', 'case_id = 1')").fetchone() == ({"case_id": 1},)
+        # The holder of key 1 may write key 1, not key 2 (nor both at once).
+        with pytest.raises(errors.InsufficientPrivilege, match="does not hold the reservation"):
+            client.execute(insert, (2, 4))
+        with pytest.raises(errors.InsufficientPrivilege, match="does not hold the reservation"):
+            client.execute(f"INSERT INTO {SCHEMA}.__outcome (case_id, value) VALUES (1, 2), (2, 4)")
+        client.execute(insert, (1, 2))
+        client.execute(f'DELETE FROM {SCHEMA}."~~outcome" WHERE case_id = 1')
+        # Other writes stay refused, reservation or not.
+        with pytest.raises(errors.InsufficientPrivilege):
+            client.execute(f"UPDATE {SCHEMA}.__outcome SET value = 0")
+        client.close()
+        # datajoint-python's populate(reserve_jobs=True) side by side with our workers.
+        script = DJPY_WORKER.format(client=str(REPO / "tests" / "client"), schema=SCHEMA)
+        python = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for _ in range(2)]
+        until(lambda: count(cluster, f"SELECT count(*) FROM {SCHEMA}.__outcome") >= 50, seconds=60,
+              what="datajoint-python making keys")
+        ours = pipeline.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Outcome', workers => 2)").fetchone()
+        for p in python:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+        assert ours[1] == 0
+        assert count(cluster, f"SELECT count(*) FROM {SCHEMA}.__outcome WHERE value = 2 * case_id") == n
+        by_python = count(cluster, f"SELECT count(*) FROM {SCHEMA}.__outcome WHERE _job_version IS NULL OR _job_version = ''")
+        assert by_python >= 50 and ours[0] > 0 and ours[0] + by_python == n, (ours, by_python)
+    finally:
+        pipeline.execute(f"SELECT dj.enforce_tiers('{SCHEMA}', false)")

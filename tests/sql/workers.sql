@@ -17,6 +17,10 @@ SELECT dj.populate_async('wrk.Outcome', workers => 17);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT dj.populate_async('wrk.Outcome', retries => -1);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT dj.populate_async('wrk.Outcome', priority => 256);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT dj.populate_async('wrk.Outcome', max_calls => -1);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT dj.populate_async('wrk.Outcome', "order" => 'sideways');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT dj.populate_async('wrk.Outcome.Detail');
@@ -60,10 +64,12 @@ SELECT key, status, "user_name", connection_id = pg_backend_pid() AS mine FROM d
 SELECT * FROM dj.jobs_refresh('wrk.Outcome');
 SELECT dj.jobs_clear_errors('wrk.Outcome') AS cleared;
 
--- Workers see only committed rows: inside a transaction that changed upstream rows, a warning.
+-- Workers see only committed rows: not from a transaction that has written (they could not see
+-- its rows, and could wait for its locks while it waits for them).
 BEGIN;
 INSERT INTO wrk.case VALUES (7, 'ok', 7);
 SELECT * FROM dj.populate('wrk.Outcome', 'case_id = 7', workers => 1);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ROLLBACK;
 
 DROP SCHEMA wrk CASCADE;

@@ -69,10 +69,18 @@ pub fn repend_errors_sql(jobs: &Table, key: &[String], keys_sql: &str) -> String
 }
 
 /// Removes the `pending` and `error` rows whose key left the key source (`keys_sql`: every key
-/// of the source, made or not) or is made already, as datajoint-python's refresh does.
-pub fn prune_sql(jobs: &Table, target: &Table, key: &[String], keys_sql: &str) -> String {
+/// of the source, made or not) or is made already, as datajoint-python's refresh does; only rows
+/// the checked `condition` admits (a refresh of part of the keys leaves the others alone).
+pub fn prune_sql(
+    jobs: &Table,
+    target: &Table,
+    key: &[String],
+    keys_sql: &str,
+    condition: Option<&str>,
+) -> String {
+    let filter = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
     format!(
-        "DELETE FROM {jobs} AS \"j\" WHERE \"j\".\"status\" OPERATOR(pg_catalog.=) ANY ('{{pending,error}}') \
+        "DELETE FROM {jobs} AS \"j\" WHERE \"j\".\"status\" OPERATOR(pg_catalog.=) ANY ('{{pending,error}}'){filter} \
          AND (NOT EXISTS (SELECT FROM ({keys_sql}) AS \"k\" WHERE {on_k}) \
               OR EXISTS (SELECT FROM {target} AS \"t\" WHERE {on_t}))",
         jobs = jobs.qualified(),
@@ -104,14 +112,14 @@ pub fn reserve_sql(jobs: &Table, key: &[String], condition: Option<&str>) -> Str
     )
 }
 
-/// Seconds until the next `pending` row that `condition` admits is due (0 if one is due now), or
-/// NULL when there is none.
+/// Seconds until the next `pending` row that `condition` admits and no other session is taking
+/// is due (0 or less if one is due now), or no row when there is none.
 pub fn next_due_sql(jobs: &Table, condition: Option<&str>) -> String {
     let filter = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
     format!(
-        "SELECT pg_catalog.date_part('epoch', pg_catalog.min(\"scheduled_time\") \
-         OPERATOR(pg_catalog.-) LOCALTIMESTAMP(3))::pg_catalog.float8 FROM {jobs} \
-         WHERE \"status\" OPERATOR(pg_catalog.=) 'pending'{filter}",
+        "SELECT pg_catalog.date_part('epoch', \"scheduled_time\" OPERATOR(pg_catalog.-) LOCALTIMESTAMP(3))::pg_catalog.float8 \
+         FROM {jobs} WHERE \"status\" OPERATOR(pg_catalog.=) 'pending'{filter} \
+         ORDER BY \"scheduled_time\" LIMIT 1 FOR UPDATE SKIP LOCKED",
         jobs = jobs.qualified(),
     )
 }
@@ -238,8 +246,18 @@ mod tests {
         assert!(
             sql.contains("ON CONFLICT (\"a\") DO NOTHING RETURNING 1) SELECT pg_catalog.count(*) FROM added")
         );
-        let prune = prune_sql(&jobs, &Table::new("lab", "__pair"), &names(&["a"]), "SELECT 1 AS \"a\"");
+        let prune = prune_sql(
+            &jobs,
+            &Table::new("lab", "__pair"),
+            &names(&["a"]),
+            "SELECT 1 AS \"a\"",
+            Some("(\"a\" > 1)"),
+        );
         assert!(prune.contains("\"t\".\"a\" OPERATOR(pg_catalog.=) \"j\".\"a\""), "{prune}");
+        assert!(
+            prune.contains("ANY ('{pending,error}') AND (\"a\" > 1) AND"),
+            "only the refreshed keys: {prune}"
+        );
     }
 
     #[test]

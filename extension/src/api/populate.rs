@@ -431,13 +431,19 @@ fn run_in_pool(
     workers: i32,
 ) -> DjResult<(i64, i64, i64)> {
     let source = source_of(catalog::resolve(table)?, restriction)?;
-    let (_, sha256) = make_of(&source.name)?;
-    if recompute_stale && host::describe(&source.name)?.has_job_version() {
-        let scope = Scope::of(&*catalog::dependencies()?, &source.name);
-        let _permit = PipelineWrite::begin("INSERT", &scope.writable())?;
-        delete::delete_where(&source.name, &populate::stale_condition(&sha256))?;
-    }
-    let spec = worker::spec(&source, restriction, max_calls, suppress_errors, order, workers, 0, 5)?;
+    make_of(&source.name)?;
+    // (The first worker deletes the stale rows: in this transaction they would stay for the workers.)
+    let spec = worker::spec(
+        &source,
+        restriction,
+        max_calls,
+        suppress_errors,
+        recompute_stale,
+        order,
+        workers,
+        0,
+        5,
+    )?;
     let (done, errors) = worker::run_and_wait(spec, &source.name.qualified())?;
     Ok((done, errors, source.count(true)?))
 }

@@ -50,6 +50,7 @@ fn populate_async(
             restriction,
             max_calls,
             suppress_errors,
+            false,
             order,
             workers,
             retries,
@@ -62,14 +63,14 @@ fn populate_async(
 }
 
 /// The run's slot, if the caller may see it (a member of the role that asked, or a superuser).
-fn visible_run(run: i64) -> DjResult<Option<(usize, slots::Slot)>> {
-    let Some((index, slot)) = slots::find(run) else { return Ok(None) };
+fn visible_run(run: i64) -> DjResult<Option<slots::Handle>> {
+    let Some((h, slot)) = slots::find(run) else { return Ok(None) };
     let may = catalog::read_one::<bool>(
         "SELECT pg_catalog.pg_has_role($1::pg_catalog.oid, 'USAGE')",
         &[pg_sys::Oid::from(slot.spec.role).into()],
     )?
     .unwrap_or(false);
-    Ok(may.then_some((index, slot)))
+    Ok(may.then_some(h))
 }
 
 fn unknown_run(run: i64) -> DjError {
@@ -105,35 +106,18 @@ fn wait(
 > {
     const FN: &str = "dj.wait";
     let _pin = security::pin();
-    if let Some((index, _)) = visible_run(run).or_raise(FN) {
-        loop {
-            match slots::get(index, run) {
-                Some(s) if s.state.finished() => break,
-                Some(_) => {
-                    // SAFETY: waits on this backend's latch; interrupts are handled after.
-                    unsafe {
-                        pg_sys::WaitLatch(
-                            pg_sys::MyLatch,
-                            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                            20,
-                            pg_sys::PG_WAIT_EXTENSION,
-                        );
-                        pg_sys::ResetLatch(pg_sys::MyLatch);
-                    }
-                    pgrx::check_for_interrupts!();
-                }
-                None => break,
-            }
-        }
+    if let Some(h) = visible_run(run).or_raise(FN) {
+        // A cancel of this statement ends the wait, not the run.
+        worker::wait(h, None);
     }
     let row = ended(run).or_raise(FN).unwrap_or_else(|| unknown_run(run).raise(FN));
     TableIterator::once(row)
 }
 
-/// How run `run` ended, from dj.runs.
+/// How run `run` ended, from dj.runs, read with a fresh snapshot.
 fn ended(run: i64) -> DjResult<Option<RunRow>> {
-    Ok(Spi::connect(|client| {
-        let rows = client.select(
+    Ok(Spi::connect_mut(|client| {
+        let rows = client.update(
             "SELECT state, done, errors, remaining, last_error FROM dj.runs WHERE id OPERATOR(pg_catalog.=) $1",
             Some(1),
             &[run.into()],
@@ -159,7 +143,7 @@ fn cancel(run: i64) -> bool {
     const FN: &str = "dj.cancel";
     let _pin = security::pin();
     match visible_run(run).or_raise(FN) {
-        Some((index, _)) => worker::cancel(index, run),
+        Some(h) => worker::cancel(h),
         None => {
             if ended(run).or_raise(FN).is_none() {
                 unknown_run(run).raise(FN);
@@ -264,7 +248,7 @@ fn jobs_refresh(
         let removed = count(
             &format!(
                 "WITH removed AS ({} RETURNING 1) SELECT pg_catalog.count(*) FROM removed",
-                queue::prune_sql(&jobs, &source.name, &source.key, &all)
+                queue::prune_sql(&jobs, &source.name, &source.key, &all, source.condition.as_deref())
             ),
             &[],
         )?;
@@ -420,9 +404,10 @@ fn job_rows(table: &str) -> DjResult<Vec<JobRow>> {
 
 extension_sql!(
     r#"
-CREATE VIEW dj.runs AS
+CREATE VIEW dj.runs WITH (security_barrier = true) AS
 SELECT coalesce(l.id, r.id) AS id,
-       coalesce(pg_catalog.format('%I.%I', r.schema_name, r.table_name), l.target::pg_catalog.regclass::pg_catalog.text) AS table_name,
+       CASE WHEN r.id IS NULL THEN l.target::pg_catalog.regclass::pg_catalog.text
+            ELSE pg_catalog.format('%I.%I', r.schema_name, r.table_name) END AS table_name,
        coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)) AS role_name,
        coalesce(l.workers, r.workers) AS workers,
        coalesce(l.state, CASE WHEN r.state OPERATOR(pg_catalog.=) ANY ('{starting,running}') THEN 'interrupted' ELSE r.state END) AS state,

@@ -1,9 +1,11 @@
 //! Server-enforced tiers: with `dj.enforce_tiers(schema)`, Computed, Imported and Part tables of
 //! the schema accept writes only from DataJoint's own operations (populate, dj.delete), never
 //! from a direct INSERT, UPDATE, DELETE or TRUNCATE. Off by default, so datajoint-python clients,
-//! which write those tables themselves, keep working.
+//! which write those tables themselves, keep working. A session holding job reservations (as
+//! datajoint-python's `populate(reserve_jobs=True)` does) may insert the rows of the keys it holds.
 
 use datajoint_core::naming::{self, Tier};
+use datajoint_core::populate;
 use pgrx::prelude::*;
 
 use crate::catalog;
@@ -19,6 +21,87 @@ fn pipeline_write_allowed(table: pg_sys::Oid, operation: &str) -> bool {
 }
 
 const GUARD: &str = "dj_tier_guard";
+/// The guard's row triggers: check the rows a session holding job reservations inserted or
+/// updated (datajoint-python's populate inserts a key's rows, then updates their `_job_*`
+/// columns).
+const ROWS_GUARD: &str = "dj_tier_guard_rows";
+const UPDATES_GUARD: &str = "dj_tier_guard_updates";
+
+/// The master of a part table (the table itself otherwise): whose jobs table holds its keys.
+fn master_of(name: &Table) -> Table {
+    match naming::split_part(&name.name) {
+        Some((master, _)) => Table::new(name.schema.clone(), master.to_string()),
+        None => name.clone(),
+    }
+}
+
+/// Read by the guard trigger: whether this session holds a reservation in the jobs table of
+/// `table`'s master (datajoint-python's `populate(reserve_jobs=True)` does, while it makes a key),
+/// and the table has the trigger that checks each inserted row's key against those reservations.
+#[pg_extern(volatile, parallel_restricted, name = "_holds_reservation")]
+fn holds_reservation(table: pg_sys::Oid) -> bool {
+    let _pin = security::pin();
+    holds(table).unwrap_or(false)
+}
+
+fn holds(table: pg_sys::Oid) -> DjResult<bool> {
+    let Some(name) = catalog::table_name_of(table)? else { return Ok(false) };
+    let checked = catalog::read_one::<bool>(
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t WHERE t.tgrelid OPERATOR(pg_catalog.=) $1 \
+                          AND t.tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
+        &[table.into(), ROWS_GUARD.into()],
+    )?;
+    let jobs = populate::jobs::jobs_table(&master_of(&name));
+    if checked != Some(true)
+        || !catalog::table_exists(&jobs.schema, &jobs.name)?
+        || !catalog::may_select(&jobs)?
+    {
+        return Ok(false);
+    }
+    Ok(catalog::read_one::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT FROM {} WHERE \"status\" OPERATOR(pg_catalog.=) 'reserved' \
+             AND \"connection_id\" OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid())",
+            jobs.qualified()
+        ),
+        &[],
+    )?
+    .unwrap_or(false))
+}
+
+/// Read by the guard's row triggers: a query over the trigger's transition table `rows`
+/// (`dj_new_rows` or `dj_old_rows`) that is true when every row's key is reserved by this session
+/// in the jobs table of the table's master.
+#[pg_extern(stable, parallel_safe, name = "_reserved_rows_sql")]
+fn reserved_rows_sql(table: pg_sys::Oid, rows: &str) -> String {
+    let _pin = security::pin();
+    if rows != "dj_new_rows" && rows != "dj_old_rows" {
+        return "SELECT false".into();
+    }
+    let sql = (|| {
+        let Some(name) = catalog::table_name_of(table)? else { return Ok(None) };
+        let master = master_of(&name);
+        let key: Vec<String> =
+            catalog::columns(&master)?.into_iter().filter(|c| c.in_key).map(|c| c.name).collect();
+        let jobs = populate::jobs::jobs_table(&master);
+        if key.is_empty() || !catalog::table_exists(&jobs.schema, &jobs.name)? {
+            return Ok(None);
+        }
+        let on: Vec<String> = key
+            .iter()
+            .map(|k| format!("j.{c} OPERATOR(pg_catalog.=) n.{c}", c = datajoint_core::sql::ident(k)))
+            .collect();
+        Ok::<_, crate::error::DjError>(Some(format!(
+            "SELECT NOT EXISTS (SELECT FROM {rows} AS n WHERE NOT EXISTS (SELECT FROM {} AS j WHERE {} \
+             AND j.\"status\" OPERATOR(pg_catalog.=) 'reserved' \
+             AND j.\"connection_id\" OPERATOR(pg_catalog.=) pg_catalog.pg_backend_pid()))",
+            jobs.qualified(),
+            on.join(" AND ")
+        )))
+    })()
+    .or_raise("dj._reserved_rows_sql");
+    sql.unwrap_or_else(|| "SELECT false".into())
+}
 
 /// Computed and Imported tables and their parts (parts of Manual and Lookup masters are entered
 /// by hand like their masters).
@@ -38,13 +121,20 @@ pub fn guard(name: &Table) -> DjResult<bool> {
     if !guarded_tier(&name.name) {
         return Ok(false);
     }
-    let present = catalog::read_one::<bool>(
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger t \
+    // The row guard's function is new in 0.2.0: a catalog not yet updated (the new library, before
+    // ALTER EXTENSION UPDATE) gets the statement guard alone, which lets no reservation through.
+    let rows_guard = catalog::read_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('dj._tier_guard_rows()') IS NOT NULL",
+        &[],
+    )?
+    .unwrap_or(false);
+    let present = catalog::read_one::<i64>(
+        "SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t \
                         WHERE t.tgrelid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass \
-                          AND t.tgname OPERATOR(pg_catalog.=) $2::pg_catalog.name)",
-        &[name.qualified().into(), GUARD.into()],
+                          AND t.tgname OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.name[])",
+        &[name.qualified().into(), vec![GUARD, ROWS_GUARD, UPDATES_GUARD].into()],
     )?;
-    if present == Some(true) {
+    if present == Some(if rows_guard { 3 } else { 1 }) {
         return Ok(true);
     }
     Spi::run(&format!(
@@ -52,6 +142,16 @@ pub fn guard(name: &Table) -> DjResult<bool> {
          FOR EACH STATEMENT EXECUTE FUNCTION dj._tier_guard()",
         name.qualified()
     ))?;
+    if rows_guard {
+        Spi::run(&format!(
+            "CREATE OR REPLACE TRIGGER {ROWS_GUARD} AFTER INSERT ON {t} REFERENCING NEW TABLE AS dj_new_rows \
+             FOR EACH STATEMENT EXECUTE FUNCTION dj._tier_guard_rows(); \
+             CREATE OR REPLACE TRIGGER {UPDATES_GUARD} AFTER UPDATE ON {t} \
+             REFERENCING OLD TABLE AS dj_old_rows NEW TABLE AS dj_new_rows \
+             FOR EACH STATEMENT EXECUTE FUNCTION dj._tier_guard_rows()",
+            t = name.qualified()
+        ))?;
+    }
     Ok(true)
 }
 
@@ -134,7 +234,11 @@ fn set_enforcement(schema: &str, enforce: bool) -> DjResult<i64> {
         if enforce {
             guard(&name)?;
         } else {
-            Spi::run(&format!("DROP TRIGGER IF EXISTS {GUARD} ON {}", name.qualified()))?;
+            Spi::run(&format!(
+                "DROP TRIGGER IF EXISTS {GUARD} ON {t}; DROP TRIGGER IF EXISTS {ROWS_GUARD} ON {t}; \
+                 DROP TRIGGER IF EXISTS {UPDATES_GUARD} ON {t}",
+                t = name.qualified()
+            ))?;
         }
         count += 1;
     }
@@ -149,14 +253,46 @@ extension_sql!(
 CREATE FUNCTION dj._tier_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
 BEGIN
     IF NOT dj._pipeline_write_allowed(TG_RELID, TG_OP) THEN
+        -- A session holding job reservations (datajoint-python's populate(reserve_jobs=True))
+        -- may insert and update; the row triggers then check that it holds every row's key.
+        IF TG_OP OPERATOR(pg_catalog.=) ANY ('{INSERT,UPDATE}') THEN
+            IF dj._holds_reservation(TG_RELID) THEN
+                RETURN NULL;
+            END IF;
+        END IF;
         RAISE EXCEPTION '% on %.% is not allowed: the schema enforces DataJoint tiers', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = 'Computed, Imported and Part tables are written by dj.populate and cleared with dj.delete. The schema owner can turn this off with dj.enforce_tiers(schema, false).';
+                  HINT = 'Computed, Imported and Part tables are written by dj.populate and cleared with dj.delete (or by a session holding the key''s reservation in the jobs table). The schema owner can turn this off with dj.enforce_tiers(schema, false).';
     END IF;
     RETURN NULL;
 END
 $guard$;
-COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables.';
+COMMENT ON FUNCTION dj._tier_guard() IS 'Trigger of tier-enforcing schemas: refuses direct writes to Computed, Imported and Part tables, but inserts and updates of a session holding job reservations (checked row by row).';
+-- The second trigger: after an insert let through for a session's reservations, every row's key
+-- must be one it holds. The query it runs is built from catalog names, all qualified; the
+-- transition table shadows any relation of the same name.
+CREATE FUNCTION dj._tier_guard_rows() RETURNS trigger LANGUAGE plpgsql AS $guard$
+DECLARE
+    reserved boolean;
+BEGIN
+    IF dj._pipeline_write_allowed(TG_RELID, TG_OP) THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE dj._reserved_rows_sql(TG_RELID, 'dj_new_rows') INTO reserved;
+    IF reserved AND TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        EXECUTE dj._reserved_rows_sql(TG_RELID, 'dj_old_rows') INTO reserved;
+    END IF;
+    IF reserved IS NOT TRUE THEN
+        RAISE EXCEPTION '% on %.% is not allowed: the schema enforces DataJoint tiers and this session does not hold the reservation of every key written', TG_OP, TG_TABLE_SCHEMA, TG_TABLE_NAME
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Reserve the key in the table''s jobs table first (datajoint-python''s populate(reserve_jobs=True) does), or let dj.populate make it.';
+    END IF;
+    RETURN NULL;
+END
+$guard$;
+COMMENT ON FUNCTION dj._tier_guard_rows() IS 'Trigger of tier-enforcing schemas: an insert or update let through for a session''s job reservations may write only keys that session reserved.';
+COMMENT ON FUNCTION dj._holds_reservation(oid) IS 'Internal: whether this session holds a reservation in the jobs table of the table''s master (and the table checks inserted rows against them).';
+COMMENT ON FUNCTION dj._reserved_rows_sql(oid, text) IS 'Internal: the query by which the row guard checks inserted keys against this session''s reservations.';
 COMMENT ON FUNCTION dj._pipeline_write_allowed(oid, text) IS 'Internal: whether a DataJoint operation running in this backend (populate, dj.delete) may do this operation on this table.';
 COMMENT ON FUNCTION dj._guard_table(oid) IS 'Internal: add the tier guard to a new table of a tier-enforcing schema.';
 COMMENT ON FUNCTION dj._names_table(pg_ddl_command) IS 'Internal: whether a DDL command creates a table, renames it or moves it to another schema.';
@@ -204,5 +340,12 @@ COMMENT ON FUNCTION dj.enforce_tiers(text, boolean) IS
   'Turn server-enforced tiers on (default) or off for a schema: direct INSERT, UPDATE, DELETE and TRUNCATE on its Computed, Imported and Part tables are refused outside populate and dj.delete. Returns the number of tables affected.';
 "#,
     name = "tier_guard",
-    requires = [pipeline_write_allowed, enforce_tiers, guard_table, names_table]
+    requires = [
+        pipeline_write_allowed,
+        holds_reservation,
+        reserved_rows_sql,
+        enforce_tiers,
+        guard_table,
+        names_table
+    ]
 );

@@ -21,37 +21,50 @@ use crate::{catalog, gucs, interrupts, preload, security};
 
 mod pool;
 pub mod slots;
+mod txn;
 
-pub use slots::{Slot, Spec, State};
+pub use slots::{Handle, Slot, Spec, State};
 
 /// How often a waiting caller reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// What a run of `source` asks for, with the caller's identity and make limits.
+/// What a run of `source` asks for, with the caller's identity and make limits. The caller must
+/// not have written anything in its transaction: the workers could not see it (and could wait for
+/// its locks while it waits for them, a deadlock no detector sees).
 #[allow(clippy::too_many_arguments)]
 pub fn spec(
     source: &Source,
     restriction: Option<&str>,
     max_calls: Option<i64>,
     suppress_errors: bool,
+    recompute_stale: bool,
     order: Order,
     workers: i32,
     retries: i32,
     priority: i32,
 ) -> DjResult<Spec> {
+    let invalid =
+        |what: String, hint: &str| DjError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, what, hint);
     if !(1..=slots::MAX_RUN_WORKERS as i32).contains(&workers) {
-        return Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        return Err(invalid(
             format!("workers is {workers}"),
-            format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
+            &format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
         ));
     }
     if retries < 0 {
-        return Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        return Err(invalid(
             format!("retries is {retries}"),
             "Pass how many times a failed key is tried again (0: never).",
         ));
+    }
+    if !(0..=255).contains(&priority) {
+        return Err(invalid(
+            format!("priority is {priority}"),
+            "Priorities go from 0 (most urgent) to 255; the default is 5.",
+        ));
+    }
+    if let Some(n) = max_calls.filter(|n| *n < 0) {
+        return Err(invalid(format!("max_calls is {n}"), "Pass a number of keys >= 0, or NULL for all."));
     }
     let text = restriction.unwrap_or("");
     if text.len() > slots::RESTRICTION_BYTES {
@@ -65,12 +78,16 @@ pub fn spec(
             "Restrict by fewer values, or populate without workers.",
         ));
     }
-    // SAFETY: plain globals of this backend.
+    // SAFETY: this backend's transaction state.
     if unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId {
-        pgrx::warning!(
-            "populate {}: the workers run in their own transactions and do not see this transaction's uncommitted changes",
-            source.name.qualified()
-        );
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!(
+                "populate {} with workers in a transaction that has written: the workers could not see its changes",
+                source.name.qualified()
+            ),
+            "Commit first, or populate without workers (in this transaction).",
+        ));
     }
     let mut restriction = [0u8; slots::RESTRICTION_BYTES];
     restriction[..text.len()].copy_from_slice(text.as_bytes());
@@ -83,6 +100,7 @@ pub fn spec(
         workers: workers as u32,
         max_calls: max_calls.unwrap_or(-1),
         suppress_errors,
+        recompute_stale,
         order: match order {
             Order::Original => 0,
             Order::Reverse => 1,
@@ -98,42 +116,86 @@ pub fn spec(
     })
 }
 
+/// How a run ended, from the slot or (once the slot went to another run) from dj._runs.
+pub struct Ended {
+    pub state: String,
+    pub done: i64,
+    pub errors: i64,
+    pub sqlstate: Option<[u8; 5]>,
+    pub error: Option<String>,
+}
+
+/// How run `run_id` of this database ended, read from dj._runs with a fresh snapshot.
+pub fn ended_from_catalog(run_id: i64) -> DjResult<Option<Ended>> {
+    let row = security::as_extension_owner(|| {
+        Ok(pgrx::Spi::connect_mut(|client| {
+            let rows = client.update(
+                "SELECT state, done, errors, last_error FROM dj._runs WHERE id OPERATOR(pg_catalog.=) $1",
+                Some(1),
+                &[run_id.into()],
+            )?;
+            if rows.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let r = rows.first();
+            Ok(Some(Ended {
+                state: r.get::<String>(1)?.unwrap_or_default(),
+                done: r.get::<i64>(2)?.unwrap_or(0),
+                errors: r.get::<i64>(3)?.unwrap_or(0),
+                sqlstate: None,
+                error: r.get::<String>(4)?,
+            }))
+        })?)
+    })?;
+    Ok(row)
+}
+
 /// Runs `spec` through the pool and waits for it: (done, errors), or the error that ended it.
 pub fn run_and_wait(spec: Spec, target: &str) -> DjResult<(i64, i64)> {
-    let (index, run_id) = start(spec, target)?;
-    let Some(slot) = wait(index, run_id, Some(target)) else {
-        return Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            format!("run {run_id} ended out of sight"),
-            "SELECT * FROM dj.runs WHERE id = the run shows how it ended.",
-        ));
+    let (h, run_id) = start(spec, target)?;
+    let ended = match wait(h, Some(target)) {
+        Some(slot) => Ended {
+            state: slot.state.name().to_string(),
+            done: slot.done,
+            errors: slot.errors,
+            sqlstate: Some(slot.sqlstate),
+            error: slot.error(),
+        },
+        None => ended_from_catalog(run_id)?.ok_or_else(|| {
+            DjError::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("run {run_id} ended out of sight"),
+                "SELECT * FROM dj.runs shows the runs.",
+            )
+        })?,
     };
-    match slot.state {
-        State::Done => Ok((slot.done, slot.errors)),
-        State::Cancelled => Err(DjError::new(
+    let code = ended.sqlstate.map_or(PgSqlErrorCode::ERRCODE_OPERATOR_INTERVENTION, pool::sqlstate_code);
+    match ended.state.as_str() {
+        "done" => Ok((ended.done, ended.errors)),
+        "cancelled" => Err(DjError::new(
             PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
-            format!("run {run_id} of {target} was cancelled after {} key(s)", slot.done),
+            format!("run {run_id} of {target} was cancelled after {} key(s)", ended.done),
             "The keys made so far are kept; populate again to go on.",
         )),
-        State::Failed => Err(DjError::new(
-            pool::sqlstate_code(slot.sqlstate),
-            slot.error().unwrap_or_default(),
+        "failed" => Err(DjError::new(
+            code,
+            ended.error.unwrap_or_default(),
             "The failed key is recorded in the jobs table; populate with suppress_errors => true to go past failures.",
         )),
         _ => Err(DjError::new(
             PgSqlErrorCode::ERRCODE_OPERATOR_INTERVENTION,
             format!(
                 "run {run_id} of {target} was interrupted after {} key(s): {}",
-                slot.done,
-                slot.error().unwrap_or_else(|| "its workers ended".into())
+                ended.done,
+                ended.error.unwrap_or_else(|| "its workers ended".into())
             ),
             "The keys made so far are kept; populate again to go on.",
         )),
     }
 }
 
-/// Starts run `spec` (its `workers` is what the caller asked for): returns the slot and the run id.
-pub fn start(mut spec: Spec, target: &str) -> DjResult<(usize, i64)> {
+/// Starts run `spec` (its `workers` is what the caller asked for): its slot and run id.
+pub fn start(mut spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
     if !slots::available() {
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -141,18 +203,7 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(usize, i64)> {
             preload::HINT,
         ));
     }
-    let max = gucs::max_workers();
-    let busy = slots::live_workers();
-    let n = spec.workers.min(max.saturating_sub(busy)).min(slots::MAX_RUN_WORKERS as u32);
-    if n == 0 {
-        return Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!("all {max} workers of the pool are busy (dj.max_workers)"),
-            "Wait for a run to end (SELECT * FROM dj.runs), cancel one (dj.cancel), or have a superuser raise dj.max_workers.",
-        ));
-    }
     let asked = spec.workers;
-    spec.workers = n;
     spec.run_id = security::as_extension_owner(|| {
         Ok(catalog::write_one::<i64>(
             "SELECT pg_catalog.nextval('dj._runs_id_seq'::pg_catalog.regclass)",
@@ -161,13 +212,20 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(usize, i64)> {
         .unwrap_or(0))
     })?;
     let run_id = spec.run_id;
-    let Some(index) = slots::create(spec) else {
-        return Err(DjError::new(
+    let max = gucs::max_workers();
+    let (h, slot) = slots::create(spec, max).map_err(|refused| match refused {
+        slots::Refused::Busy => DjError::new(
+            PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            format!("all {max} workers of the pool are busy (dj.max_workers)"),
+            "Wait for a run to end (SELECT * FROM dj.runs), cancel one (dj.cancel), or have a superuser raise dj.max_workers.",
+        ),
+        slots::Refused::Full => DjError::new(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             format!("{} runs are under way, the most the pool holds", slots::SLOTS),
             "Wait for a run to end (SELECT * FROM dj.runs).",
-        ));
-    };
+        ),
+    })?;
+    let n = slot.spec.workers;
     let mut started = 0u32;
     for _ in 0..n {
         let worker = BackgroundWorkerBuilder::new(&format!("datajoint worker for run {run_id}"))
@@ -175,18 +233,19 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(usize, i64)> {
             .set_library("datajoint")
             .set_function("dj_worker_main")
             .enable_spi_access()
-            .set_argument(Some(pg_sys::Datum::from(index)))
-            .set_extra(&run_id.to_string())
+            .set_argument(Some(pg_sys::Datum::from(h.index)))
+            .set_extra(&h.generation.to_string())
             // SAFETY: this backend's pid, a plain global.
             .set_notify_pid(unsafe { pg_sys::MyProcPid })
             .load_dynamic();
-        match worker {
-            Ok(w) if w.wait_for_startup().is_ok() => started += 1,
+        match worker.map(|w| w.wait_for_startup()) {
+            // (Stopped: it started, and is done already.)
+            Ok(Ok(_)) | Ok(Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)) => started += 1,
             _ => break,
         }
     }
     if started == 0 {
-        slots::update(index, run_id, |s| s.state = State::Free);
+        slots::update(h, |s| s.state = State::Free);
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             "no background worker could be started: every max_worker_processes slot is in use",
@@ -196,11 +255,11 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(usize, i64)> {
             ),
         ));
     }
-    slots::update(index, run_id, |s| s.spec.workers = started);
+    slots::update(h, |s| s.spec.workers = started);
     if started < asked {
         pgrx::notice!("populate {target}: running with {started} of the {asked} workers asked for");
     }
-    Ok((index, run_id))
+    Ok((h, run_id))
 }
 
 fn current_setting(name: &str) -> String {
@@ -215,19 +274,21 @@ fn current_setting(name: &str) -> String {
     }
 }
 
-/// Waits until run `run_id` (in slot `index`) ends; reports progress as NOTICEs when `report`.
-/// A cancel of this statement (Ctrl-C, statement_timeout, terminate) cancels the run first.
-/// None when the slot went to another run (read the end from dj._runs).
-pub fn wait(index: usize, run_id: i64, report: Option<&str>) -> Option<Slot> {
+/// Waits until the run ends; reports progress as NOTICEs when `report` names the target. A
+/// cancel of this statement (Ctrl-C, statement_timeout, terminate) cancels the run first. None
+/// when the slot went to another run (read the end from dj._runs).
+pub fn wait(h: Handle, report: Option<&str>) -> Option<Slot> {
     let started = Instant::now();
     let mut last_report = Instant::now();
     loop {
-        let slot = slots::get(index, run_id)?;
+        let slot = slots::get(h)?;
         if slot.state.finished() {
             return Some(slot);
         }
         if interrupts::stop_requested() {
-            cancel(index, run_id);
+            if report.is_some() {
+                cancel(h);
+            }
             pgrx::check_for_interrupts!();
         }
         if let Some(target) = report {
@@ -256,11 +317,11 @@ pub fn wait(index: usize, run_id: i64, report: Option<&str>) -> Option<Slot> {
     }
 }
 
-/// Asks run `run_id` to stop: no worker takes another key, and the guests in flight stop at their
+/// Asks the run to stop: no worker takes another key, and the guests in flight stop at their
 /// next epoch check (the workers poll the flag there, see [`stop_requested`]); their keys go back
 /// to pending. Whether it was running.
-pub fn cancel(index: usize, run_id: i64) -> bool {
-    slots::update(index, run_id, |s| {
+pub fn cancel(h: Handle) -> bool {
+    slots::update(h, |s| {
         let running = !s.state.finished();
         s.cancel |= running;
         running
@@ -274,8 +335,8 @@ pub fn cancel(index: usize, run_id: i64) -> bool {
 /// A worker's guest stops when PostgreSQL wants it to (cancel, terminate) or its run was cancelled.
 pub fn stop_requested() -> bool {
     // SAFETY: set once in dj_worker_main, before any guest runs.
-    let (index, run_id) = unsafe { MINE };
-    interrupts::stop_requested() || slots::get(index, run_id).is_none_or(|s| s.cancel)
+    let h = unsafe { MINE };
+    interrupts::stop_requested() || slots::stopping(h)
 }
 
 /// PostgreSQL's own signal handlers, as C functions (pgrx's bindings wrap them as Rust functions,
@@ -287,10 +348,11 @@ mod postgres {
     }
 }
 
-/// The run this process works for (slot, run id), for the exit callback.
-static mut MINE: (usize, i64) = (usize::MAX, 0);
+/// The run this process works for, for the exit callback and the guest's stop check.
+static mut MINE: Handle = Handle { index: usize::MAX, generation: 0 };
 
-/// Entry point of a pool worker (`bgw_function_name`): `arg` is the run's slot, `bgw_extra` its id.
+/// Entry point of a pool worker (`bgw_function_name`): `arg` is the run's slot, `bgw_extra` the
+/// slot's generation.
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn dj_worker_main(arg: pg_sys::Datum) {
@@ -302,54 +364,46 @@ pub extern "C-unwind" fn dj_worker_main(arg: pg_sys::Datum) {
         pg_sys::pqsignal(pg_sys::SIGHUP as i32, Some(postgres::SignalHandlerForConfigReload));
         pg_sys::BackgroundWorkerUnblockSignals();
     }
-    let index = arg.value();
-    let run_id: i64 = BackgroundWorker::get_extra().parse().unwrap_or(0);
-    let Some(slot) = slots::get(index, run_id) else { return };
-    let attached = slots::update(index, run_id, |s| {
+    let h = Handle { index: arg.value(), generation: BackgroundWorker::get_extra().parse().unwrap_or(0) };
+    let attached = slots::update(h, |s| {
         if s.state.finished() || s.closing {
-            return false;
+            return None;
         }
-        match s.pids.iter_mut().find(|p| **p == 0) {
-            Some(free) => {
-                // SAFETY: this process's pid.
-                *free = unsafe { pg_sys::MyProcPid };
-                s.live += 1;
-                true
-            }
-            None => false,
-        }
+        let free = s.pids.iter_mut().find(|p| **p == 0)?;
+        // SAFETY: this process's pid.
+        *free = unsafe { pg_sys::MyProcPid };
+        s.live += 1;
+        Some(s.spec.database)
     });
-    if attached != Some(true) {
-        return;
-    }
+    let Some(Some(database)) = attached else { return };
     // SAFETY: plain globals of this process; the callback runs at exit, on this thread.
     unsafe {
-        MINE = (index, run_id);
+        MINE = h;
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0));
         // As the bootstrap superuser: each key then runs as the role that asked (pool::as_role).
-        pg_sys::BackgroundWorkerInitializeConnectionByOid(
-            pg_sys::Oid::from(slot.spec.database),
-            pg_sys::InvalidOid,
-            0,
-        );
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(pg_sys::Oid::from(database), pg_sys::InvalidOid, 0);
     }
-    pool::work(index, run_id);
+    pool::work(h);
 }
 
-/// At exit, however the worker ends (a FATAL from a terminate included): the slot forgets its pid;
-/// the last worker to go ends a run nobody finished as interrupted (dj._runs learns it lazily).
+/// At exit, however the worker ends (a FATAL from a terminate included): a worker still listed
+/// leaves the run broken; the last one, or the one that was ending the run, ends it as
+/// interrupted (or cancelled) if nobody did (dj._runs learns it lazily).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
     // SAFETY: set once in dj_worker_main.
-    let (index, run_id) = unsafe { MINE };
+    let h = unsafe { MINE };
     // SAFETY: this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
-    slots::update(index, run_id, |s| {
-        // A worker that left the run normally is no longer listed: nothing to do.
-        let Some(p) = s.pids.iter_mut().find(|p| **p == pid) else { return };
-        *p = 0;
-        s.live = s.live.saturating_sub(1);
-        s.broken = true;
+    slots::update(h, |s| {
+        if let Some(p) = s.pids.iter_mut().find(|p| **p == pid) {
+            *p = 0;
+            s.live = s.live.saturating_sub(1);
+            s.broken = true;
+        } else if s.closer != pid {
+            // Left the run normally, and another worker is ending it.
+            return;
+        }
         if s.live == 0 && !s.state.finished() {
             s.state = if s.cancel { State::Cancelled } else { State::Interrupted };
             s.finished = slots::now();

@@ -2,7 +2,6 @@
 //! reserved in a transaction of its own (committed at once, so others see it `reserved`), then
 //! made in a second transaction that also deletes its job row, as the role that asked for the run.
 
-use std::ffi::CString;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,37 +13,40 @@ use datajoint_core::populate::{self, queue, Class, KeyRun, Order, Progress, Sett
 use pgrx::prelude::*;
 use pgrx::{PgMemoryContexts, PgSqlErrorCode};
 
-use super::slots::{self, Spec, State};
+use super::slots::{self, Handle, Slot, Spec, State};
+use super::txn::{self, begin, commit, identity, transaction, transaction_as, Identity};
 use crate::catalog;
 use crate::error::{DjError, DjResult};
 use crate::gucs;
 use crate::make::source::{make_of, source_of, Source};
 use crate::make::{self as host, Failure, Plans, Run};
-use crate::pipeline::tables;
 use crate::pipeline::writes::PipelineWrite;
-use crate::security::{self, Pinned};
+use crate::pipeline::{delete, tables};
+use crate::security;
 
-/// Runs the worker's part of run `run_id`, then leaves it (the last worker ends the run).
-pub fn work(index: usize, run_id: i64) {
-    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| run(index, run_id)))
+/// Runs the worker's part of the run, then leaves it (the last worker ends the run).
+pub fn work(h: Handle) {
+    let outcome = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| run(h)))
         .catch_others(|e| Err(Failure::Caught(e)))
         .execute();
     if let Err(failure) = outcome {
         // SAFETY: ends whatever transaction the error left (SPI and snapshots with it).
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
         let (code, message, ..) = failure.parts();
-        pgrx::log!("datajoint worker for run {run_id} stopped: {message}");
-        slots::update(index, run_id, |s| {
+        pgrx::log!("datajoint worker (slot {}) stopped: {message}", h.index);
+        slots::update(h, |s| {
             s.broken = true;
+            // An error before the queue was filled is the run's: it fails with it.
+            s.failed |= !s.ready;
             s.set_error(sqlstate(code), &message);
         });
     }
-    leave(index, run_id);
+    leave(h);
 }
 
 fn sqlstate(code: PgSqlErrorCode) -> [u8; 5] {
     let mut out = *b"XX000";
-    // SAFETY: unpacks PostgreSQL's encoding of a SQLSTATE (6 bits per character).
+    // PostgreSQL's encoding of a SQLSTATE: 6 bits per character.
     let raw = code as i32;
     for (i, c) in out.iter_mut().enumerate() {
         *c = (((raw >> (6 * i)) & 0x3f) + b'0' as i32) as u8;
@@ -59,125 +61,6 @@ pub fn sqlstate_code(state: [u8; 5]) -> PgSqlErrorCode {
         .enumerate()
         .fold(0i32, |acc, (i, c)| acc | (((*c as i32 - b'0' as i32) & 0x3f) << (6 * i)));
     PgSqlErrorCode::from(raw as isize)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Transactions and identity
-
-/// Starts a transaction with SPI connected and a snapshot.
-fn begin() {
-    // SAFETY: a worker between transactions, as PostgreSQL's own workers start one.
-    unsafe {
-        pg_sys::SetCurrentStatementStartTimestamp();
-        pg_sys::StartTransactionCommand();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        pg_sys::SPI_connect();
-    }
-}
-
-/// Commits the transaction [`begin`] started.
-fn commit() {
-    // SAFETY: pairs with `begin`.
-    unsafe {
-        pg_sys::SPI_finish();
-        pg_sys::PopActiveSnapshot();
-        pg_sys::CommitTransactionCommand();
-        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, std::ptr::null());
-    }
-}
-
-/// Runs `f` in a transaction of its own, committed when it returns Ok.
-fn transaction<T>(f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
-    begin();
-    let out = f();
-    match out {
-        Ok(_) => commit(),
-        // SAFETY: ends the transaction `begin` started.
-        Err(_) => unsafe { pg_sys::AbortCurrentTransaction() },
-    }
-    out
-}
-
-/// The role that asked for the run, for as long as this lives: as a security-restricted
-/// operation (no SET ROLE, no temporary objects), so nothing run meanwhile gets the worker's own
-/// identity back. The abort of a transaction restores the identity too.
-struct AsRole(pg_sys::Oid, i32);
-
-fn as_role(role: u32) -> AsRole {
-    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: the calls PostgreSQL makes to run maintenance as a table's owner.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(role),
-            context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-    }
-    AsRole(user, context)
-}
-
-impl Drop for AsRole {
-    fn drop(&mut self) {
-        // SAFETY: restores what GetUserIdAndSecContext returned.
-        unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-    }
-}
-
-/// What a transaction run as the role holds: dropped before it commits.
-struct Identity {
-    _pin: Pinned,
-    _role: AsRole,
-}
-
-fn identity(role: u32) -> Identity {
-    let _role = as_role(role);
-    Identity { _pin: security::pin(), _role }
-}
-
-fn set_local(name: &std::ffi::CStr, value: &std::ffi::CStr) {
-    // SAFETY: SET LOCAL, inside a transaction.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_LOCAL,
-            true,
-            0,
-            false,
-        );
-    }
-}
-
-/// What the process title and pg_stat_activity show.
-fn show(activity: &str) {
-    let text = CString::new(activity.replace('\0', "")).unwrap_or_default();
-    // SAFETY: both copy the string.
-    unsafe {
-        pg_sys::set_ps_display(text.as_ptr());
-        pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, text.as_ptr());
-    }
-}
-
-fn wait_a_little(ms: i64) {
-    // SAFETY: waits on this process's latch; interrupts (and barriers) are handled after.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-        if pg_sys::ConfigReloadPending != 0 {
-            pg_sys::ConfigReloadPending = 0;
-            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
-        }
-    }
-    pgrx::check_for_interrupts!();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,18 +80,15 @@ fn order_of(spec: &Spec) -> Order {
     }
 }
 
-fn run(index: usize, run_id: i64) -> Result<(), Failure> {
-    let Some(slot) = slots::get(index, run_id) else { return Ok(()) };
+fn run(h: Handle) -> Result<(), Failure> {
+    let Some(slot) = slots::get(h) else { return Ok(()) };
     let spec = slot.spec;
     let restriction = slot.restriction();
-    let filler = slots::update(index, run_id, |s| !std::mem::replace(&mut s.filling, true)).unwrap_or(false);
+    let filler = slots::update(h, |s| !std::mem::replace(&mut s.filling, true)).unwrap_or(false);
     if filler {
-        let total = transaction(|| {
-            record_start(index, run_id)?;
-            let _as = identity(spec.role);
-            fill(&spec, restriction.as_deref())
-        })?;
-        slots::update(index, run_id, |s| {
+        transaction(|| record_start(&slot))?;
+        let total = transaction_as(spec.role, || fill(&spec, restriction.as_deref()))?;
+        slots::update(h, |s| {
             s.total = total;
             s.ready = true;
             if s.state == State::Starting {
@@ -217,19 +97,19 @@ fn run(index: usize, run_id: i64) -> Result<(), Failure> {
         });
     } else {
         loop {
-            match slots::get(index, run_id) {
+            match slots::get(h) {
                 Some(s) if s.ready => break,
                 // The first worker could not fill the queue (its error is the run's), or the
                 // run was cancelled meanwhile.
                 Some(s) if s.broken || s.cancel => return Ok(()),
-                Some(s) if !s.state.finished() => wait_a_little(10),
+                Some(s) if !s.state.finished() => txn::wait_a_little(10),
                 _ => return Ok(()),
             }
         }
     }
     // The run's code and statements, kept across the keys' transactions.
     begin();
-    let _as = identity(spec.role);
+    let as_role = identity(spec.role);
     let source = source_of(table_of(spec.target)?, restriction.as_deref())?;
     let (_, sha256) = make_of(&source.name)?;
     let prepared = host::prepared(&sha256)?;
@@ -247,9 +127,9 @@ fn run(index: usize, run_id: i64) -> Result<(), Failure> {
     .for_queue()
     .with_limits(limits)
     .with_stop_check(super::stop_requested);
-    drop(_as);
+    drop(as_role);
     commit();
-    let mut pool = PoolRun::new(index, run_id, spec, inner, &source);
+    let mut pool = PoolRun::new(h, spec, inner, &source);
     let outcome = populate::run(
         &mut pool,
         Settings { total: 0, suppress_errors: true, report_every: Duration::from_secs(3600) },
@@ -257,10 +137,17 @@ fn run(index: usize, run_id: i64) -> Result<(), Failure> {
     pool.end(outcome)
 }
 
-/// Fills the queue for the run (as its role): orphaned reservations back to pending, a pending
-/// row for each missing key, the run's failed keys pending again. Returns the keys queued.
+/// Fills the queue for the run (as its role): the stale rows deleted if asked, orphaned
+/// reservations back to pending, a pending row for each missing key, the run's failed keys
+/// pending again. Returns the keys queued.
 fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
     let source = source_of(table_of(spec.target)?, restriction)?;
+    if spec.recompute_stale && host::describe(&source.name)?.has_job_version() {
+        let (_, sha256) = make_of(&source.name)?;
+        let scope = Scope::of(&*catalog::dependencies()?, &source.name);
+        let _permit = PipelineWrite::begin("INSERT", &scope.writable())?;
+        delete::delete_where(&source.name, &populate::stale_condition(&sha256))?;
+    }
     tables::ensure_jobs_table(&source.name)?;
     let jobs = populate::jobs::jobs_table(&source.name);
     catalog::write_one::<i64>(&queue::release_orphans_sql(&jobs), &[])?;
@@ -278,9 +165,8 @@ fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
 
 /// The run's row in dj._runs (as the worker's own identity: only the extension writes it); runs
 /// of an earlier server life, or whose workers all died, are marked interrupted.
-fn record_start(index: usize, run_id: i64) -> Result<(), Failure> {
+fn record_start(slot: &Slot) -> Result<(), Failure> {
     let _pin = security::pin();
-    let Some(slot) = slots::get(index, run_id) else { return Ok(()) };
     let live: Vec<i64> =
         slots::of_this_database().iter().filter(|s| !s.state.finished()).map(|s| s.spec.run_id).collect();
     Spi::run_with_args(
@@ -291,10 +177,9 @@ fn record_start(index: usize, run_id: i64) -> Result<(), Failure> {
     let table = table_of(slot.spec.target)?;
     Spi::run_with_args(
         "INSERT INTO dj._runs (id, schema_name, table_name, role_name, workers, state, started, restriction) \
-         VALUES ($1, $2, $3, pg_catalog.pg_get_userbyid($4), $5, 'running', \
-                 pg_catalog.to_timestamp($6), $7)",
+         VALUES ($1, $2, $3, pg_catalog.pg_get_userbyid($4), $5, 'running', pg_catalog.to_timestamp($6), $7)",
         &[
-            run_id.into(),
+            slot.spec.run_id.into(),
             table.schema.as_str().into(),
             table.name.as_str().into(),
             pg_sys::Oid::from(slot.spec.role).into(),
@@ -307,65 +192,77 @@ fn record_start(index: usize, run_id: i64) -> Result<(), Failure> {
 }
 
 /// This worker leaves the run; the last one out ends it: remaining keys counted, dj._runs
-/// written, the slot's state final.
-fn leave(index: usize, run_id: i64) {
+/// written, the slot's state final. (If it dies meanwhile, its exit callback ends the run.)
+fn leave(h: Handle) {
     // SAFETY: this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
-    let last = slots::update(index, run_id, |s| {
+    let last = slots::update(h, |s| {
         if let Some(p) = s.pids.iter_mut().find(|p| **p == pid) {
             *p = 0;
             s.live = s.live.saturating_sub(1);
         }
-        s.closing |= s.live == 0;
-        s.live == 0 && !s.state.finished()
+        let last = s.live == 0 && !s.state.finished() && !s.closing;
+        if last {
+            s.closing = true;
+            s.closer = pid;
+        }
+        last
     });
     if last != Some(true) {
         return;
     }
-    let ended = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| finish(index, run_id)))
+    let ended = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| finish(h)))
         .catch_others(|e| Err(Failure::Caught(e)))
         .execute();
     if let Err(failure) = ended {
         // SAFETY: ends the transaction the error left.
         unsafe { pg_sys::AbortOutOfAnyTransaction() };
-        pgrx::log!("datajoint worker for run {run_id} could not record the run's end: {}", failure.parts().1);
+        pgrx::log!(
+            "datajoint worker (slot {}) could not record the run's end: {}",
+            h.index,
+            failure.parts().1
+        );
+        slots::update(h, |s| {
+            if !s.state.finished() {
+                s.state = final_state(s, s.remaining);
+                s.finished = slots::now();
+            }
+        });
     }
-    slots::update(index, run_id, |s| {
-        if !s.state.finished() {
-            s.state = final_state(s);
-        }
-        s.finished = slots::now();
-    });
 }
 
-fn final_state(s: &slots::Slot) -> State {
+/// How a run whose workers are all gone ended.
+fn final_state(s: &Slot, remaining: i64) -> State {
     if s.cancel {
         State::Cancelled
     } else if s.failed {
         State::Failed
-    } else if s.broken {
+    } else if s.broken && remaining != 0 {
         State::Interrupted
     } else {
         State::Done
     }
 }
 
-fn finish(index: usize, run_id: i64) -> Result<(), Failure> {
-    let Some(slot) = slots::get(index, run_id) else { return Ok(()) };
-    let remaining = transaction(|| {
-        let _as = identity(slot.spec.role);
-        let source = source_of(table_of(slot.spec.target)?, slot.restriction().as_deref())?;
-        Ok(source.count(true)?)
+fn finish(h: Handle) -> Result<(), Failure> {
+    let Some(slot) = slots::get(h) else { return Ok(()) };
+    // The keys still missing (-1 if they cannot be counted: a privilege lost, a lock timeout).
+    let remaining = transaction_as(slot.spec.role, || {
+        Ok(host::in_subtransaction(|| {
+            let source = source_of(table_of(slot.spec.target)?, slot.restriction().as_deref())?;
+            source.count(true)
+        })
+        .unwrap_or(-1))
     })
     .unwrap_or(-1);
-    let state = final_state(&slot);
+    let state = final_state(&slot, remaining);
     transaction(|| {
         let _pin = security::pin();
         Spi::run_with_args(
             "UPDATE dj._runs SET state = $2, finished = pg_catalog.now(), done = $3, errors = $4, \
              remaining = $5, last_error = $6, workers = $7 WHERE id OPERATOR(pg_catalog.=) $1",
             &[
-                run_id.into(),
+                slot.spec.run_id.into(),
                 state.name().into(),
                 slot.done.into(),
                 slot.errors.into(),
@@ -376,9 +273,10 @@ fn finish(index: usize, run_id: i64) -> Result<(), Failure> {
         )?;
         Ok(())
     })?;
-    slots::update(index, run_id, |s| {
+    slots::update(h, |s| {
         s.remaining = remaining;
         s.state = state;
+        s.finished = slots::now();
     });
     Ok(())
 }
@@ -388,8 +286,7 @@ fn finish(index: usize, run_id: i64) -> Result<(), Failure> {
 
 struct PoolRun<'p> {
     inner: Run<'p>,
-    index: usize,
-    run_id: i64,
+    h: Handle,
     spec: Spec,
     reserve: Statement,
     next_due: String,
@@ -407,7 +304,7 @@ struct PoolRun<'p> {
 }
 
 impl<'p> PoolRun<'p> {
-    fn new(index: usize, run_id: i64, spec: Spec, inner: Run<'p>, source: &Source) -> PoolRun<'p> {
+    fn new(h: Handle, spec: Spec, inner: Run<'p>, source: &Source) -> PoolRun<'p> {
         let jobs = inner.jobs().clone();
         let key: Vec<core_host::Column> = inner.session().target.key().into_iter().cloned().collect();
         let text = |name: &str, type_id: pg_sys::Oid| core_host::Column {
@@ -430,8 +327,7 @@ impl<'p> PoolRun<'p> {
             release: statement(queue::release_sql(&jobs, &source.key), key),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
             inner,
-            index,
-            run_id,
+            h,
             spec,
             open: None,
             current: None,
@@ -442,25 +338,28 @@ impl<'p> PoolRun<'p> {
     }
 
     fn cancelled(&self) -> bool {
-        slots::get(self.index, self.run_id).is_none_or(|s| s.cancel || s.failed)
+        slots::stopping(self.h)
     }
 
-    /// Commits the key's transaction, if one is open.
-    fn end_key(&mut self) {
+    /// Commits the key's transaction, if one is open (its deferred triggers fired as the role).
+    fn end_key(&mut self) -> Result<(), Failure> {
         if let Some(identity) = self.open.take() {
+            txn::fire_deferred()?;
             drop(identity);
             commit();
             if std::mem::take(&mut self.made) {
-                slots::update(self.index, self.run_id, |s| s.done += 1);
+                slots::update(self.h, |s| s.done += 1);
             }
         }
         self.current = None;
+        Ok(())
     }
 
-    /// A ticket for one more key (max_calls): false when the run has taken all it may.
+    /// A ticket for one more key (max_calls): false when the run has taken all it may. `take`
+    /// false gives one back.
     fn ticket(&self, take: bool) -> bool {
         let max = self.spec.max_calls;
-        slots::update(self.index, self.run_id, |s| {
+        slots::update(self.h, |s| {
             if !take {
                 s.taken -= 1;
                 true
@@ -480,11 +379,10 @@ impl<'p> PoolRun<'p> {
             (Value::Text(self.host.clone()), Value::Text(self.inner.session().version.clone()));
         let plans = self.inner.plans().clone();
         let statement = &self.reserve;
-        transaction(|| {
-            let _as = identity(self.spec.role);
+        transaction_as(self.spec.role, || {
             // A reservation lost in a crash only returns the key to pending: no need to wait for
             // its commit record to reach the disk.
-            set_local(c"synchronous_commit", c"off");
+            txn::set_local(c"synchronous_commit", c"off");
             let datums = host::datums(statement, &[&host, &version])?;
             let mut rows = plans.returning(statement, &datums)?;
             Ok(rows.pop().map(|mut row| {
@@ -500,37 +398,30 @@ impl<'p> PoolRun<'p> {
     /// Seconds until the run's next scheduled key is due, if any is.
     fn next_due(&self) -> Result<Option<f64>, Failure> {
         let sql = &self.next_due;
-        transaction(|| {
-            let _as = identity(self.spec.role);
-            Ok(catalog::read_one::<f64>(sql, &[])?)
-        })
+        transaction_as(self.spec.role, || Ok(catalog::write_one::<f64>(sql, &[])?))
     }
 
-    /// After the loop: a cancelled run's key in flight goes back to pending; the transaction ends.
+    /// After the loop: the key in flight of a stopped worker goes back to pending; the
+    /// transaction ends.
     fn end(mut self, outcome: Result<populate::Summary, Stop<Failure>>) -> Result<(), Failure> {
         match outcome {
-            Ok(_) => {
-                self.end_key();
-                Ok(())
-            }
+            Ok(_) => self.end_key(),
             Err(Stop::Error(error)) | Err(Stop::KeyFailed { error, .. }) => {
-                let cancelled = self.class(&error) == Class::Cancel;
                 if let (Some(key), true) = (self.current.clone(), self.open.is_some()) {
                     let args = self.inner.session().key_values(&key);
                     let datums = host::datums(&self.release, &args)?;
                     self.inner.plans().execute(&self.release, &datums)?;
                 }
                 self.made = false;
-                self.end_key();
+                self.end_key()?;
                 if !self.cancelled() {
                     // This worker alone was stopped (pg_cancel_backend) or could not go on.
                     let (code, message, ..) = error.parts();
-                    slots::update(self.index, self.run_id, |s| {
+                    slots::update(self.h, |s| {
                         s.broken = true;
                         s.set_error(sqlstate(code), &message);
                     });
                 }
-                let _ = cancelled;
                 Ok(())
             }
         }
@@ -541,7 +432,7 @@ impl KeyRun for PoolRun<'_> {
     type Error = Failure;
 
     fn next_batch(&mut self) -> Result<Vec<Row>, Failure> {
-        self.end_key();
+        self.end_key()?;
         loop {
             if self.stopped || self.cancelled() || !self.ticket(true) {
                 return Ok(Vec::new());
@@ -557,7 +448,7 @@ impl KeyRun for PoolRun<'_> {
             // Nothing due now: wait for a key due within the idle timeout (a retry), or end.
             let idle = gucs::worker_idle_timeout().as_secs_f64();
             match self.next_due()? {
-                Some(due) if due <= idle => wait_a_little(((due * 1000.0) as i64).clamp(10, 500)),
+                Some(due) if due <= idle => txn::wait_a_little(((due * 1000.0) as i64).clamp(10, 500)),
                 _ => return Ok(Vec::new()),
             }
         }
@@ -572,7 +463,7 @@ impl KeyRun for PoolRun<'_> {
     }
 
     fn make(&mut self, key: &Row) -> Result<(), Failure> {
-        show(&format!("populate {} key ({})", self.inner.target(), display_row(key)));
+        txn::show(&format!("populate {} key ({})", self.inner.target(), display_row(key)));
         let result = self.inner.make(key);
         self.made = result.is_ok();
         result
@@ -609,13 +500,15 @@ impl KeyRun for PoolRun<'_> {
             args.extend([&delay, &text]);
             let datums = host::datums(&self.retry, &args)?;
             self.inner.plans().execute(&self.retry, &datums)?;
+            // A retry is the same key again: it takes no more of max_calls.
+            self.ticket(false);
             return Ok(());
         }
         self.inner.record_failure(key, error, took)?;
         let text =
             format!("make of {} failed for key ({}): {message}", self.inner.target(), display_row(key));
         let stop = !self.spec.suppress_errors;
-        slots::update(self.index, self.run_id, |s| {
+        slots::update(self.h, |s| {
             s.errors += 1;
             s.set_error(sqlstate(code), &text);
             s.failed |= stop;

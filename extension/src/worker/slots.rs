@@ -56,6 +56,8 @@ pub struct Spec {
     pub workers: u32,
     pub max_calls: i64,
     pub suppress_errors: bool,
+    /// Delete the rows made by another version of the make first (the first worker does).
+    pub recompute_stale: bool,
     pub order: u8,
     pub retries: u32,
     pub priority: i32,
@@ -68,6 +70,8 @@ pub struct Spec {
 
 #[derive(Clone, Copy)]
 pub struct Slot {
+    /// Which run of the slot's life this is (see [`Handle`]).
+    pub generation: u64,
     pub state: State,
     pub spec: Spec,
     /// Unix seconds (float) when the run started and finished.
@@ -79,14 +83,16 @@ pub struct Slot {
     /// The first worker took the job of filling the queue; it is filled.
     pub filling: bool,
     pub ready: bool,
-    /// Its last worker is ending it: no worker may join.
+    /// Its last worker is ending it: no worker may join. `closer` is that worker's pid.
     pub closing: bool,
+    pub closer: i32,
     pub cancel: bool,
     /// A key failed without suppress_errors: no worker takes another key.
     pub failed: bool,
     /// A worker ended before the queue was empty (its own cancel, or an error it could not record).
     pub broken: bool,
-    /// Keys taken (for max_calls), made, failed; keys queued when the run started.
+    /// Keys taken (for max_calls), made, failed; keys queued when the run started; keys missing
+    /// when it ended (-1: not counted).
     pub taken: i64,
     pub done: i64,
     pub errors: i64,
@@ -101,6 +107,7 @@ pub struct Slot {
 #[derive(Clone, Copy)]
 pub struct Runs {
     pub slots: [Slot; SLOTS],
+    pub next_generation: u64,
 }
 
 // SAFETY: plain old data, no pointers.
@@ -108,7 +115,7 @@ unsafe impl PGRXSharedMemory for Runs {}
 
 impl Default for Runs {
     fn default() -> Self {
-        Runs { slots: [Slot::empty(); SLOTS] }
+        Runs { slots: [Slot::empty(); SLOTS], next_generation: 0 }
     }
 }
 
@@ -122,6 +129,7 @@ impl Slot {
             workers: 0,
             max_calls: -1,
             suppress_errors: false,
+            recompute_stale: false,
             order: 0,
             retries: 0,
             priority: 5,
@@ -132,6 +140,7 @@ impl Slot {
             restriction: [0; RESTRICTION_BYTES],
         };
         let slot = Slot {
+            generation: 0,
             state: State::Free,
             spec,
             started: 0.0,
@@ -141,6 +150,7 @@ impl Slot {
             filling: false,
             ready: false,
             closing: false,
+            closer: 0,
             cancel: false,
             failed: false,
             broken: false,
@@ -148,7 +158,7 @@ impl Slot {
             done: 0,
             errors: 0,
             total: 0,
-            remaining: 0,
+            remaining: -1,
             sqlstate: *b"00000",
             error_len: 0,
             error: [0; ERROR_BYTES],
@@ -202,35 +212,80 @@ pub fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Takes a free slot for `spec`; None when every slot holds an unfinished run.
-pub fn create(spec: Spec) -> Option<usize> {
+/// A run's slot: its index and the generation the slot had when the run took it (run ids are
+/// per database; generations are unique in the server's life).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handle {
+    pub index: usize,
+    pub generation: u64,
+}
+
+/// Why no slot was given.
+pub enum Refused {
+    /// Every one of dj.max_workers is taken by unfinished runs.
+    Busy,
+    /// Every slot holds an unfinished run.
+    Full,
+}
+
+/// Takes a slot for `spec`, with as many of its workers as dj.max_workers (`max`) has left over
+/// the unfinished runs (checked and reserved under one lock). The workers granted are in the
+/// slot's `spec.workers`.
+pub fn create(spec: Spec, max: u32) -> Result<(Handle, Slot), Refused> {
     let mut runs = RUNS.exclusive();
-    let index = runs.slots.iter().position(|s| s.state == State::Free).or_else(|| {
-        // The finished run that ended longest ago gives its slot (dj._runs keeps it).
-        runs.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.state.finished() && s.live == 0)
-            .min_by(|a, b| a.1.finished.total_cmp(&b.1.finished))
-            .map(|(i, _)| i)
-    })?;
+    let busy: u32 = runs
+        .slots
+        .iter()
+        .filter(|s| s.state != State::Free && !s.state.finished())
+        .map(|s| s.spec.workers)
+        .sum();
+    let n = spec.workers.min(max.saturating_sub(busy));
+    if n == 0 {
+        return Err(Refused::Busy);
+    }
+    let index = runs
+        .slots
+        .iter()
+        .position(|s| s.state == State::Free)
+        .or_else(|| {
+            // The finished run that ended longest ago gives its slot (dj._runs keeps it).
+            runs.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.state.finished() && s.live == 0)
+                .min_by(|a, b| a.1.finished.total_cmp(&b.1.finished))
+                .map(|(i, _)| i)
+        })
+        .ok_or(Refused::Full)?;
+    runs.next_generation += 1;
     let mut slot = Slot::empty();
+    slot.generation = runs.next_generation;
     slot.state = State::Starting;
     slot.spec = spec;
+    slot.spec.workers = n;
     slot.started = now();
     runs.slots[index] = slot;
-    Some(index)
+    Ok((Handle { index, generation: slot.generation }, slot))
 }
 
-/// A copy of slot `index` if it still holds run `run_id`.
-pub fn get(index: usize, run_id: i64) -> Option<Slot> {
+/// A copy of the run's slot, while it holds the run.
+pub fn get(h: Handle) -> Option<Slot> {
     let runs = RUNS.share();
-    let slot = runs.slots.get(index)?;
-    (slot.spec.run_id == run_id && slot.state != State::Free).then(|| *slot)
+    let slot = runs.slots.get(h.index)?;
+    (slot.generation == h.generation && slot.state != State::Free).then(|| *slot)
 }
 
-/// The slot holding run `run_id` of this database (run ids are per database), if any.
-pub fn find(run_id: i64) -> Option<(usize, Slot)> {
+/// Whether the run was cancelled or failed (or is gone): read without copying the slot, as the
+/// guest's epoch check does.
+pub fn stopping(h: Handle) -> bool {
+    let runs = RUNS.share();
+    runs.slots
+        .get(h.index)
+        .is_none_or(|s| s.generation != h.generation || s.state == State::Free || s.cancel || s.failed)
+}
+
+/// The run `run_id` of this database (run ids are per database), if a slot holds it.
+pub fn find(run_id: i64) -> Option<(Handle, Slot)> {
     // SAFETY: this backend's database.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let runs = RUNS.share();
@@ -238,29 +293,24 @@ pub fn find(run_id: i64) -> Option<(usize, Slot)> {
         .iter()
         .enumerate()
         .find(|(_, s)| s.spec.run_id == run_id && s.spec.database == database && s.state != State::Free)
-        .map(|(i, s)| (i, *s))
-}
-
-/// Every slot in use, of every database.
-pub fn all() -> Vec<Slot> {
-    RUNS.share().slots.iter().filter(|s| s.state != State::Free).copied().collect()
+        .map(|(i, s)| (Handle { index: i, generation: s.generation }, *s))
 }
 
 /// Every slot in use by runs of this database.
 pub fn of_this_database() -> Vec<Slot> {
     // SAFETY: this backend's database.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    all().into_iter().filter(|s| s.spec.database == database).collect()
+    RUNS.share()
+        .slots
+        .iter()
+        .filter(|s| s.state != State::Free && s.spec.database == database)
+        .copied()
+        .collect()
 }
 
-/// Workers running for any run (what dj.max_workers bounds).
-pub fn live_workers() -> u32 {
-    RUNS.share().slots.iter().filter(|s| s.state != State::Free).map(|s| s.live).sum()
-}
-
-/// Changes slot `index` if it still holds run `run_id`; returns what `f` returned.
-pub fn update<T>(index: usize, run_id: i64, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
+/// Changes the run's slot, while it holds the run; returns what `f` returned.
+pub fn update<T>(h: Handle, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
     let mut runs = RUNS.exclusive();
-    let slot = runs.slots.get_mut(index)?;
-    (slot.spec.run_id == run_id && slot.state != State::Free).then(|| f(slot))
+    let slot = runs.slots.get_mut(h.index)?;
+    (slot.generation == h.generation && slot.state != State::Free).then(|| f(slot))
 }
