@@ -14,6 +14,7 @@ import pytest
 from psycopg import errors
 
 from conftest import REPO, connect, execute_in_thread, wait_until_active
+from test_populate import signal_masks
 
 SCHEMA = "client_workers"
 MISBEHAVE = (REPO / "udfs" / "components" / "misbehave.wasm").read_bytes()
@@ -143,6 +144,16 @@ def test_workers_are_datajoint_workers_running_keys_as_the_role_that_asked(pipel
     sha = cluster.execute("SELECT sha256 FROM dj.modules WHERE name = 'misbehave'").fetchone()[0]
     assert all(r[4] == sha[:64] for r in reserved)
     assert run_row(pipeline, run_id)["state"] == "running"
+    # A worker's own threads (wasmtime's epoch ticker, WASI's runtime) take no signal; its main
+    # thread takes SIGTERM (PostgreSQL's die) and SIGINT.
+    pid = seen[0][0]
+    masks = signal_masks(pid)
+    extra = {tid: m for tid, m in masks.items() if tid != pid}
+    assert extra, "a worker running a make has the epoch ticker"
+    for tid, (name, blocked) in extra.items():
+        for sig in (2, 10, 14, 15):
+            assert blocked & (1 << (sig - 1)), f"worker thread {name} ({tid}) may take signal {sig}"
+    assert not masks[pid][1] & ((1 << 14) | (1 << 1)), "the worker's main thread blocks SIGTERM or SIGINT"
     assert pipeline.execute("SELECT state, done, errors, remaining FROM dj.wait(%s)", (run_id,)).fetchone() == ("done", 12, 0, 0)
     assert count(pipeline, f"SELECT count(*) FROM {SCHEMA}.__outcome") == 12
 
@@ -389,3 +400,48 @@ def test_under_enforced_tiers_a_reservation_lets_its_holder_write_its_keys(pipel
         assert by_python >= 50 and ours[0] > 0 and ours[0] + by_python == n, (ours, by_python)
     finally:
         pipeline.execute(f"SELECT dj.enforce_tiers('{SCHEMA}', false)")
+
+
+def test_a_database_with_a_run_under_way_can_still_be_dropped(cluster, server_log):
+    """Workers are connected to their database; DROP DATABASE ... WITH (FORCE) ends them (SIGTERM
+    is PostgreSQL's die, so a running guest stops), and once a run has ended its workers are gone."""
+    cluster.execute("DROP DATABASE IF EXISTS dj_pool_drop")
+    cluster.execute("CREATE DATABASE dj_pool_drop")
+    other = psycopg.connect(dbname="dj_pool_drop", autocommit=True)
+    other.execute("CREATE EXTENSION datajoint")
+    other.execute("SELECT dj.register_module('misbehave', %s)", (MISBEHAVE,))
+    other.execute("SELECT dj.declare('d.Case', 'manual', %s)", ("case_id : int32\n---\nmode : varchar(16)\nn : int64",))
+    other.execute("SELECT dj.declare('d.Outcome', 'computed', %s)", ("-> Case\n---\nvalue : int64",))
+    other.execute("SELECT dj.set_make('d.Outcome', 'misbehave')")
+    other.execute("INSERT INTO d.case SELECT i, 'ok', i FROM generate_series(1, 5) i")
+    assert other.execute("SELECT * FROM dj.populate('d.Outcome', workers => 2)").fetchone() == (5, 0, 0)
+    other.execute("INSERT INTO d.case SELECT i, 'busy', 300 FROM generate_series(6, 40) i")
+    other.execute("SELECT dj.populate_async('d.Outcome', workers => 2)")
+    other.close()
+    until(lambda: [w for w in workers(cluster) if w[1] and "d\".\"__outcome\" key" in w[1]], what="a worker's key")
+    t = time.monotonic()
+    cluster.execute("DROP DATABASE dj_pool_drop WITH (FORCE)")
+    assert time.monotonic() - t < 5
+    until(lambda: not workers(cluster), seconds=5, what="the workers ending")
+
+
+def test_no_free_worker_slot_is_a_clear_error(pipeline, cluster, server_log):
+    """max_worker_processes (16 on the test cluster) runs out before a raised dj.max_workers."""
+    cluster.execute("ALTER SYSTEM SET dj.max_workers = 64")
+    cluster.execute("SELECT pg_reload_conf()")
+    time.sleep(0.3)
+    pipeline.fill([(i, "busy", 500) for i in range(1, 41)])
+    runs = []
+    try:
+        with pytest.raises(errors.ConfigurationLimitExceeded, match="max_worker_processes") as refused:
+            for _ in range(4):
+                runs.append(pipeline.execute(f"SELECT dj.populate_async('{SCHEMA}.Outcome', workers => 16)").fetchone()[0])
+        assert "max_worker_processes" in (refused.value.diag.message_hint or "")
+        assert runs, "the first run got workers"
+    finally:
+        for run_id in runs:
+            pipeline.execute("SELECT dj.cancel(%s)", (run_id,))
+        for run_id in runs:
+            pipeline.execute("SELECT * FROM dj.wait(%s)", (run_id,))
+        cluster.execute("ALTER SYSTEM SET dj.max_workers = 8")
+        cluster.execute("SELECT pg_reload_conf()")

@@ -177,11 +177,15 @@ pub fn run_and_wait(spec: Spec, target: &str) -> DjResult<(i64, i64)> {
             format!("run {run_id} of {target} was cancelled after {} key(s)", ended.done),
             "The keys made so far are kept; populate again to go on.",
         )),
-        "failed" => Err(DjError::new(
-            code,
-            ended.error.unwrap_or_default(),
-            "The failed key is recorded in the jobs table; populate with suppress_errors => true to go past failures.",
-        )),
+        "failed" => {
+            let message = ended.error.unwrap_or_default();
+            let hint = if message.starts_with("make of ") {
+                "The failed key is recorded in the jobs table; populate with suppress_errors => true to go past failures."
+            } else {
+                "The run's first worker could not fill the job queue, as the role that asked for the run."
+            };
+            Err(DjError::new(code, message, hint))
+        }
         _ => Err(DjError::new(
             PgSqlErrorCode::ERRCODE_OPERATOR_INTERVENTION,
             format!(
