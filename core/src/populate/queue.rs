@@ -90,11 +90,13 @@ pub fn prune_sql(
     )
 }
 
-/// Takes one key: the first `pending` row (by priority, then schedule, then the order rows were
-/// added) whose time has come and that `condition` (checked, over the key's attributes) admits,
-/// skipping rows another session is taking. Marks it `reserved` with this session's identity
-/// (`$1` host, `$2` version). Returns the key's attributes and the row's error message (earlier
-/// attempts), or no row.
+/// Takes up to `$3` keys: the first `pending` rows (by priority, then schedule, then the order rows
+/// were added) whose time has come and that `condition` (checked, over the key's attributes)
+/// admits, skipping rows another session is taking. Marks them `reserved` with this session's
+/// identity (`$1` host, `$2` version). Returns each key's attributes and the row's error message
+/// (earlier attempts). Taking several at once matters: the scan for the first pending row steps
+/// over the index entries of every row taken before (until vacuum), so one key per scan would
+/// make a run quadratic in its keys.
 pub fn reserve_sql(jobs: &Table, key: &[String], condition: Option<&str>) -> String {
     let filter = condition.map(|c| format!(" AND {c}")).unwrap_or_default();
     format!(
@@ -102,10 +104,10 @@ pub fn reserve_sql(jobs: &Table, key: &[String], condition: Option<&str>) -> Str
          \"user\" = pg_catalog.left(CURRENT_USER, 255), \"host\" = pg_catalog.left($1, 255), \
          \"pid\" = pg_catalog.pg_backend_pid(), \"connection_id\" = pg_catalog.pg_backend_pid(), \
          \"version\" = pg_catalog.left($2, 64) \
-         WHERE \"j\".ctid OPERATOR(pg_catalog.=) (SELECT \"q\".ctid FROM {jobs} AS \"q\" \
+         WHERE \"j\".ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT \"q\".ctid FROM {jobs} AS \"q\" \
            WHERE \"q\".\"status\" OPERATOR(pg_catalog.=) 'pending' \
            AND \"q\".\"scheduled_time\" OPERATOR(pg_catalog.<=) LOCALTIMESTAMP(3){filter} \
-           ORDER BY \"q\".\"priority\", \"q\".\"scheduled_time\" LIMIT 1 FOR UPDATE SKIP LOCKED) \
+           ORDER BY \"q\".\"priority\", \"q\".\"scheduled_time\" LIMIT $3 FOR UPDATE SKIP LOCKED)) \
          RETURNING {cols}, \"j\".\"error_message\"",
         jobs = jobs.qualified(),
         cols = columns(key, Some("j")),
@@ -233,9 +235,10 @@ mod tests {
         let jobs = Table::new("lab", "~~pair");
         let sql = reserve_sql(&jobs, &names(&["a", "b"]), Some("(\"a\" > 3)"));
         assert!(sql.starts_with("UPDATE \"lab\".\"~~pair\" AS \"j\" SET \"status\" = 'reserved'"), "{sql}");
-        assert!(sql.contains("LOCALTIMESTAMP(3) AND (\"a\" > 3) ORDER BY \"q\".\"priority\", \"q\".\"scheduled_time\" LIMIT 1 FOR UPDATE SKIP LOCKED"));
+        assert!(sql.contains("LOCALTIMESTAMP(3) AND (\"a\" > 3) ORDER BY \"q\".\"priority\", \"q\".\"scheduled_time\" LIMIT $3 FOR UPDATE SKIP LOCKED"));
         assert!(sql.ends_with("RETURNING \"j\".\"a\", \"j\".\"b\", \"j\".\"error_message\""));
         assert!(!reserve_sql(&jobs, &names(&["a"]), None).contains("AND ("));
+        assert!(sql.contains("ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT"), "{sql}");
     }
 
     #[test]

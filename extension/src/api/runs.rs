@@ -305,7 +305,7 @@ fn jobs_reserve(table: &str, restriction: default!(Option<&str>, "NULL")) -> Opt
             "WITH r AS ({}) SELECT pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.-) 'error_message'::pg_catalog.text FROM r",
             queue::reserve_sql(&jobs, &source.key, source.condition.as_deref())
         );
-        catalog::write_one::<JsonB>(&sql, &[host.into(), version.into()])
+        catalog::write_one::<JsonB>(&sql, &[host.into(), version.into(), 1i64.into()])
     })()
     .or_raise(FN)
 }

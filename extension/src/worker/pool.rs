@@ -2,6 +2,7 @@
 //! reserved in a transaction of its own (committed at once, so others see it `reserved`), then
 //! made in a second transaction that also deletes its job row, as the role that asked for the run.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -295,6 +296,8 @@ struct PoolRun<'p> {
     host: String,
     /// The key's transaction, when one is open.
     open: Option<Identity>,
+    /// Keys reserved for this worker and not yet taken up (with their earlier failed attempts).
+    held: VecDeque<(Row, u32)>,
     /// The key in flight, its earlier failed attempts, and whether it was made.
     current: Option<Row>,
     attempts: u32,
@@ -320,7 +323,11 @@ impl<'p> PoolRun<'p> {
         PoolRun {
             reserve: statement(
                 queue::reserve_sql(&jobs, &source.key, source.condition.as_deref()),
-                vec![text("host", pg_sys::TEXTOID), text("version", pg_sys::TEXTOID)],
+                vec![
+                    text("host", pg_sys::TEXTOID),
+                    text("version", pg_sys::TEXTOID),
+                    text("limit", pg_sys::INT8OID),
+                ],
             ),
             next_due: queue::next_due_sql(&jobs, source.condition.as_deref()),
             retry: statement(queue::retry_sql(&jobs, &source.key), retry_params),
@@ -330,6 +337,7 @@ impl<'p> PoolRun<'p> {
             h,
             spec,
             open: None,
+            held: VecDeque::new(),
             current: None,
             attempts: 0,
             made: false,
@@ -355,44 +363,78 @@ impl<'p> PoolRun<'p> {
         Ok(())
     }
 
-    /// A ticket for one more key (max_calls): false when the run has taken all it may. `take`
-    /// false gives one back.
-    fn ticket(&self, take: bool) -> bool {
+    /// Tickets for up to `n` more keys (max_calls): how many the run still grants.
+    fn take_tickets(&self, n: i64) -> i64 {
         let max = self.spec.max_calls;
         slots::update(self.h, |s| {
-            if !take {
-                s.taken -= 1;
-                true
-            } else if max >= 0 && s.taken >= max {
-                false
-            } else {
-                s.taken += 1;
-                true
-            }
+            let granted = if max >= 0 { n.min(max - s.taken).max(0) } else { n };
+            s.taken += granted;
+            granted
         })
-        .unwrap_or(false)
+        .unwrap_or(0)
     }
 
-    /// Reserves the next key (committed at once); its earlier failed attempts with it.
-    fn reserve(&mut self) -> Result<Option<(Row, u32)>, Failure> {
+    fn return_tickets(&self, n: i64) {
+        if n > 0 {
+            slots::update(self.h, |s| s.taken -= n);
+        }
+    }
+
+    /// How many keys to reserve at once: a share of what is left, so that every worker gets some
+    /// to the end, at most 64.
+    fn batch(&self) -> i64 {
+        let left = slots::get(self.h).map_or(1, |s| s.total - s.taken);
+        (left / (4 * i64::from(self.spec.workers.max(1)))).clamp(1, 64)
+    }
+
+    /// Reserves up to `n` keys (committed at once), each with its earlier failed attempts.
+    fn reserve(&mut self, n: i64) -> Result<Vec<(Row, u32)>, Failure> {
         let (host, version) =
             (Value::Text(self.host.clone()), Value::Text(self.inner.session().version.clone()));
+        let limit = Value::Int(n);
         let plans = self.inner.plans().clone();
         let statement = &self.reserve;
         transaction_as(self.spec.role, || {
             // A reservation lost in a crash only returns the key to pending: no need to wait for
             // its commit record to reach the disk.
             txn::set_local(c"synchronous_commit", c"off");
-            let datums = host::datums(statement, &[&host, &version])?;
-            let mut rows = plans.returning(statement, &datums)?;
-            Ok(rows.pop().map(|mut row| {
-                let attempts = match row.pop().map(|f| f.value) {
-                    Some(Value::Text(m)) => queue::attempts_of(&m),
-                    _ => 0,
-                };
-                (row, attempts)
-            }))
+            let datums = host::datums(statement, &[&host, &version, &limit])?;
+            let rows = plans.returning(statement, &datums)?;
+            Ok(rows
+                .into_iter()
+                .map(|mut row| {
+                    let attempts = match row.pop().map(|f| f.value) {
+                        Some(Value::Text(m)) => queue::attempts_of(&m),
+                        _ => 0,
+                    };
+                    (row, attempts)
+                })
+                .collect())
         })
+    }
+
+    /// Puts the keys this worker holds but will not make back to pending (in the open
+    /// transaction, or in one of their own).
+    fn release_held(&mut self) -> Result<(), Failure> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let held: Vec<Row> = self.held.drain(..).map(|(key, _)| key).collect();
+        self.return_tickets(held.len() as i64);
+        let (inner, release) = (&self.inner, &self.release);
+        let release_all = || {
+            for key in &held {
+                let args = inner.session().key_values(key);
+                let datums = host::datums(release, &args)?;
+                inner.plans().execute(release, &datums)?;
+            }
+            Ok(())
+        };
+        if self.open.is_some() {
+            release_all()
+        } else {
+            transaction_as(self.spec.role, release_all)
+        }
     }
 
     /// Seconds until the run's next scheduled key is due, if any is.
@@ -401,12 +443,16 @@ impl<'p> PoolRun<'p> {
         transaction_as(self.spec.role, || Ok(catalog::write_one::<f64>(sql, &[])?))
     }
 
-    /// After the loop: the key in flight of a stopped worker goes back to pending; the
-    /// transaction ends.
+    /// After the loop: the key in flight of a stopped worker, and the keys it held, go back to
+    /// pending; the transaction ends.
     fn end(mut self, outcome: Result<populate::Summary, Stop<Failure>>) -> Result<(), Failure> {
         match outcome {
-            Ok(_) => self.end_key(),
+            Ok(_) => {
+                self.end_key()?;
+                self.release_held()
+            }
             Err(Stop::Error(error)) | Err(Stop::KeyFailed { error, .. }) => {
+                self.release_held()?;
                 if let (Some(key), true) = (self.current.clone(), self.open.is_some()) {
                     let args = self.inner.session().key_values(&key);
                     let datums = host::datums(&self.release, &args)?;
@@ -434,17 +480,26 @@ impl KeyRun for PoolRun<'_> {
     fn next_batch(&mut self) -> Result<Vec<Row>, Failure> {
         self.end_key()?;
         loop {
-            if self.stopped || self.cancelled() || !self.ticket(true) {
+            if self.stopped || self.cancelled() {
+                self.release_held()?;
                 return Ok(Vec::new());
             }
-            if let Some((key, attempts)) = self.reserve()? {
+            if self.held.is_empty() {
+                let granted = self.take_tickets(self.batch());
+                if granted == 0 {
+                    return Ok(Vec::new());
+                }
+                let got = self.reserve(granted)?;
+                self.return_tickets(granted - got.len() as i64);
+                self.held.extend(got);
+            }
+            if let Some((key, attempts)) = self.held.pop_front() {
                 begin();
                 self.open = Some(identity(self.spec.role));
                 self.current = Some(key.clone());
                 self.attempts = attempts;
                 return Ok(vec![key]);
             }
-            self.ticket(false);
             // Nothing due now: wait for a key due within the idle timeout (a retry), or end.
             let idle = gucs::worker_idle_timeout().as_secs_f64();
             match self.next_due()? {
@@ -501,7 +556,7 @@ impl KeyRun for PoolRun<'_> {
             let datums = host::datums(&self.retry, &args)?;
             self.inner.plans().execute(&self.retry, &datums)?;
             // A retry is the same key again: it takes no more of max_calls.
-            self.ticket(false);
+            self.return_tickets(1);
             return Ok(());
         }
         self.inner.record_failure(key, error, took)?;
