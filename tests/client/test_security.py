@@ -241,18 +241,24 @@ def test_no_statement_of_the_extension_resolves_a_callers_shadows(modules, roles
     victim = connect()  # a superuser whose session has the attacker's schema first on the path
     victim.execute("CREATE TABLE sec_path.__renamed_too (id int)")
     victim.execute("SET search_path = dj_mallory_evil, pg_catalog, public")
+    # Pool workers start sessions of their own: the database's default path is the attacker's too.
+    database = victim.info.dbname
+    c.execute(f"ALTER DATABASE {database} SET search_path = dj_mallory_evil, pg_catalog, public")
     victim.execute("SET standard_conforming_strings = off")
-    resolved = {}
-    for name, sql in calls.items():
-        try:
-            victim.execute(sql)
-        except psycopg.errors.InsufficientPrivilege as e:
-            assert name == "_tier_guard", (name, e)  # the guard refuses the direct insert, as it should
-        except psycopg.Error as e:
-            raise AssertionError(f"{name}: {e}") from e
-        rows = mallory.execute("DELETE FROM dj_mallory_evil.calls RETURNING who, what").fetchall()
-        if rows:
-            resolved[name] = rows
+    try:
+        resolved = {}
+        for name, sql in calls.items():
+            try:
+                victim.execute(sql)
+            except psycopg.errors.InsufficientPrivilege as e:
+                assert name == "_tier_guard", (name, e)  # the guard refuses the direct insert, as it should
+            except psycopg.Error as e:
+                raise AssertionError(f"{name}: {e}") from e
+            rows = mallory.execute("DELETE FROM dj_mallory_evil.calls RETURNING who, what").fetchall()
+            if rows:
+                resolved[name] = rows
+    finally:
+        c.execute(f"ALTER DATABASE {database} RESET search_path")
     assert resolved == {}, resolved
     # The shadows are live: the same session resolves them in its own statements.
     victim.execute("SELECT 'a'::text = 'a'::text")

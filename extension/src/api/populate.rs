@@ -348,15 +348,7 @@ fn populate(
 ) -> TableIterator<'static, (name!(done, i64), name!(errors, i64), name!(remaining, i64))> {
     const FN: &str = "dj.populate";
     let _pin = security::pin();
-    let order = Order::parse(order)
-        .ok_or_else(|| {
-            DjError::new(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("\"{order}\" is not a populate order"),
-                "The orders are original, reverse and random.",
-            )
-        })
-        .or_raise(FN);
+    let order = crate::make::source::order(order).or_raise(FN);
     if let Some(n) = max_calls.filter(|n| *n < 0) {
         DjError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

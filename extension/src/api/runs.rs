@@ -14,16 +14,6 @@ use crate::pipeline::tables;
 use crate::security;
 use crate::worker::{self, slots};
 
-fn order_of(order: &str) -> DjResult<Order> {
-    Order::parse(order).ok_or_else(|| {
-        DjError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("\"{order}\" is not a populate order"),
-            "The orders are original, reverse and random.",
-        )
-    })
-}
-
 /// `dj.populate_async(table, ..., workers)`: starts a populate run in the worker pool and returns
 /// its id at once. The run goes on after this session ends; `dj.runs` shows it, `dj.wait` waits
 /// for it, `dj.cancel` stops it.
@@ -42,7 +32,7 @@ fn populate_async(
     const FN: &str = "dj.populate_async";
     let _pin = security::pin();
     let started = (|| {
-        let order = order_of(order)?;
+        let order = crate::make::source::order(order)?;
         let source = source_of(catalog::resolve(table)?, restriction)?;
         crate::make::source::make_of(&source.name)?;
         let spec = worker::spec(

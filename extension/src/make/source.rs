@@ -109,3 +109,14 @@ pub fn auto_populated(name: &Table) -> DjResult<()> {
         )),
     }
 }
+
+/// A populate order given by name (original, reverse, random).
+pub fn order(text: &str) -> DjResult<Order> {
+    Order::parse(text).ok_or_else(|| {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("\"{text}\" is not a populate order"),
+            "The orders are original, reverse and random.",
+        )
+    })
+}
