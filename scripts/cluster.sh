@@ -27,6 +27,9 @@ done
 cmd=${1:-status}; shift || true
 [[ "$name" =~ ^[A-Za-z0-9_-]+$ ]] || { echo "cluster name must be [A-Za-z0-9_-]+" >&2; exit 2; }
 DB=datajoint
+# A server started from a shell with RUST_BACKTRACE set would put a Rust backtrace in every
+# error's DETAIL, and symbolizing it loads the library's debug info (hundreds of MB per backend).
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
 
 # From /, so that the postgres user is never asked to enter a folder it cannot read.
 as_pg() { if [[ $(id -un) == postgres ]]; then (cd / && "$@"); else (cd / && sudo -u postgres -- "$@"); fi; }

@@ -9,8 +9,8 @@ P1  a trivial make (fetch one upstream row, insert one row) over N keys (default
 P2  the worker pool: a CPU-bound make (~10 ms of computing per key, misbehave's busy mode) over 400
     keys with workers => 1 and workers => 2 (target: at least 1.8x on 2 cores), and in this backend;
     the trivial make of P1 over all N keys through the pool (workers => 1) against this backend's
-    populate: the difference per key is what the job queue costs (reserve, delete, two commits per
-    key; target < 100 us).
+    populate: the difference per key is what the job queue costs (the queue filled, keys reserved
+    in batches, each key's own transaction and the deletion of its job row; target < 100 us).
 P4  first compile (dj.register_module with no cached machine code) of the Rust and the Python
     component. (Per-key instantiate + call overhead: `cargo run --release -p datajoint-core
     --example make_overhead`, run by scripts/bench.sh.)

@@ -34,20 +34,26 @@ pub(super) fn commit() {
 /// Fires the triggers deferred to commit now, while the role's identity is in force: a commit
 /// after the identity is dropped would run them as the worker's own (superuser) identity.
 pub(super) fn fire_deferred() -> Result<(), Failure> {
-    Spi::run("SET CONSTRAINTS ALL IMMEDIATE")?;
+    // SAFETY: what COMMIT does first (and finds nothing left to do after this), outside any
+    // query; a trigger's error is raised as a Rust panic by pgrx's guard, as from SPI.
+    unsafe { pg_sys::AfterTriggerFireDeferred() };
     Ok(())
 }
 
 /// Runs `f` as `role` in a transaction of its own, committed (its deferred triggers fired as
 /// the role) when it returns Ok.
 pub(super) fn transaction_as<T>(role: u32, f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
-    transaction(|| {
-        let identity = identity(role);
-        let out = f()?;
-        fire_deferred()?;
-        drop(identity);
-        Ok(out)
-    })
+    transaction(|| run_as(role, f))
+}
+
+/// Runs `f` as `role` in the open transaction, its deferred triggers fired as the role when it
+/// returns Ok.
+pub(super) fn run_as<T>(role: u32, f: impl FnOnce() -> Result<T, Failure>) -> Result<T, Failure> {
+    let identity = identity(role);
+    let out = f()?;
+    fire_deferred()?;
+    drop(identity);
+    Ok(out)
 }
 
 /// Runs `f` in a transaction of its own, committed when it returns Ok (as the worker itself: for
