@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# `make bench`: the populate and query-algebra benchmarks, each side by side with its baseline in
+# `make bench`: the populate, pipeline and query-algebra benchmarks, each side by side with its baseline in
 # one run, on a throwaway "bench" cluster with the release build. Figures go to stdout (quote them
 # with the date and machine they print). BENCH_KEYS (default 100000), BENCH_DJPY_KEYS (default
-# 2000) and BENCH_NEURONS (default 1000000) set the sizes; BENCH_ONLY=populate or algebra runs one.
+# 2000), BENCH_PIPELINE_KEYS (default 20000) and BENCH_NEURONS (default 1000000) set the sizes;
+# BENCH_ONLY=populate, pipeline or algebra runs one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -19,6 +20,9 @@ if [[ ${BENCH_ONLY:-populate} == populate ]]; then
   echo "== P4 per-key overhead of a cached module (no database work)"
   cargo run --quiet --release -p datajoint-core --example make_overhead udfs/components/misbehave.wasm 20000
   echo
+fi
+if [[ ${BENCH_ONLY:-pipeline} == pipeline ]]; then
+  .venv/bin/python tests/bench/pipeline.py
 fi
 if [[ ${BENCH_ONLY:-algebra} == algebra ]]; then
   .venv/bin/python tests/bench/algebra.py

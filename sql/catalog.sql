@@ -118,6 +118,10 @@ BEGIN
      WHERE d.object_type OPERATOR(pg_catalog.=) 'table' AND d.schema_name OPERATOR(pg_catalog.=) m.schema_name
        AND d.object_name OPERATOR(pg_catalog.=) m.table_name;
     PERFORM dj._collect_module_versions();
+    DELETE FROM dj._auto_populate a
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.object_type OPERATOR(pg_catalog.=) 'table' AND d.schema_name OPERATOR(pg_catalog.=) a.schema_name
+       AND d.object_name OPERATOR(pg_catalog.=) a.table_name;
 END
 $forget$;
 REVOKE ALL ON FUNCTION dj._forget_dropped_tables() FROM PUBLIC;
@@ -148,8 +152,34 @@ CREATE TABLE dj._runs (
     errors      bigint NOT NULL DEFAULT 0,
     remaining   bigint,
     last_error  text,
-    restriction text
+    restriction text,
+    pipeline    bigint,  -- the first table's run of a dj.populate_all, for each of its tables
+    auto        boolean NOT NULL DEFAULT false  -- a run of dj.auto_populate
 );
 CREATE SEQUENCE dj._runs_id_seq OWNED BY dj._runs.id;
 REVOKE ALL ON dj._runs, dj._runs_id_seq FROM PUBLIC;
 COMMENT ON TABLE dj._runs IS 'Internal: populate runs of the worker pool, written by its workers; read through dj.runs.';
+
+-- Populate on insert (dj.auto_populate): the tables whose key parents' inserts queue their keys,
+-- the role their makes run as and what their runs ask for. Written only by the extension.
+CREATE TABLE dj._auto_populate (
+    schema_name       text NOT NULL,
+    table_name        text NOT NULL,
+    role_name         name NOT NULL,
+    workers           integer NOT NULL DEFAULT 1,
+    priority          integer NOT NULL DEFAULT 5,
+    retries           integer NOT NULL DEFAULT 0,
+    make_timeout      integer NOT NULL,
+    make_fuel         integer NOT NULL,
+    make_memory_limit integer NOT NULL,
+    enabled           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (schema_name, table_name)
+);
+REVOKE ALL ON dj._auto_populate FROM PUBLIC;
+GRANT SELECT ON dj._auto_populate TO PUBLIC;
+COMMENT ON TABLE dj._auto_populate IS 'Internal: the auto-populated tables (dj.auto_populate), written by the extension; read through dj.auto_populated.';
+SELECT pg_catalog.pg_extension_config_dump('dj._auto_populate', '');
+CREATE VIEW dj.auto_populated AS
+SELECT schema_name, table_name, role_name, workers, priority, retries, enabled FROM dj._auto_populate;
+GRANT SELECT ON dj.auto_populated TO PUBLIC;
+COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, since when.';

@@ -74,6 +74,10 @@ BEGIN
      WHERE d.object_type OPERATOR(pg_catalog.=) 'table' AND d.schema_name OPERATOR(pg_catalog.=) m.schema_name
        AND d.object_name OPERATOR(pg_catalog.=) m.table_name;
     PERFORM dj._collect_module_versions();
+    DELETE FROM dj._auto_populate a
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.object_type OPERATOR(pg_catalog.=) 'table' AND d.schema_name OPERATOR(pg_catalog.=) a.schema_name
+       AND d.object_name OPERATOR(pg_catalog.=) a.table_name;
 END
 $forget$;
 
@@ -279,11 +283,37 @@ CREATE TABLE dj._runs (
     errors      bigint NOT NULL DEFAULT 0,
     remaining   bigint,
     last_error  text,
-    restriction text
+    restriction text,
+    pipeline    bigint,  -- the first table's run of a dj.populate_all, for each of its tables
+    auto        boolean NOT NULL DEFAULT false  -- a run of dj.auto_populate
 );
 CREATE SEQUENCE dj._runs_id_seq OWNED BY dj._runs.id;
 REVOKE ALL ON dj._runs, dj._runs_id_seq FROM PUBLIC;
 COMMENT ON TABLE dj._runs IS 'Internal: populate runs of the worker pool, written by its workers; read through dj.runs.';
+
+-- Populate on insert (dj.auto_populate): the tables whose key parents' inserts queue their keys,
+-- the role their makes run as and what their runs ask for. Written only by the extension.
+CREATE TABLE dj._auto_populate (
+    schema_name       text NOT NULL,
+    table_name        text NOT NULL,
+    role_name         name NOT NULL,
+    workers           integer NOT NULL DEFAULT 1,
+    priority          integer NOT NULL DEFAULT 5,
+    retries           integer NOT NULL DEFAULT 0,
+    make_timeout      integer NOT NULL,
+    make_fuel         integer NOT NULL,
+    make_memory_limit integer NOT NULL,
+    enabled           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (schema_name, table_name)
+);
+REVOKE ALL ON dj._auto_populate FROM PUBLIC;
+GRANT SELECT ON dj._auto_populate TO PUBLIC;
+COMMENT ON TABLE dj._auto_populate IS 'Internal: the auto-populated tables (dj.auto_populate), written by the extension; read through dj.auto_populated.';
+SELECT pg_catalog.pg_extension_config_dump('dj._auto_populate', '');
+CREATE VIEW dj.auto_populated AS
+SELECT schema_name, table_name, role_name, workers, priority, retries, enabled FROM dj._auto_populate;
+GRANT SELECT ON dj.auto_populated TO PUBLIC;
+COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, since when.';
 DROP FUNCTION dj.populate(text, text, bigint, boolean, text, boolean);
 CREATE FUNCTION dj."populate"(
 	"table" TEXT, /* & str */
@@ -301,6 +331,34 @@ CREATE FUNCTION dj."populate"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'populate_wrapper';
+CREATE FUNCTION dj."populate_all"(
+	"items" TEXT[], /* Vec < String > */
+	"suppress_errors" bool DEFAULT false, /* bool */
+	"order" TEXT DEFAULT 'original', /* & str */
+	"workers" INT DEFAULT 1, /* i32 */
+	"retries" INT DEFAULT 0, /* i32 */
+	"priority" INT DEFAULT 5 /* i32 */
+) RETURNS TABLE (
+	"table_name" TEXT,  /* String */
+	"state" TEXT,  /* String */
+	"done" bigint,  /* i64 */
+	"errors" bigint,  /* i64 */
+	"remaining" bigint  /* Option < i64 > */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'populate_all_wrapper';
+CREATE FUNCTION dj."populate_all_async"(
+	"items" TEXT[], /* Vec < String > */
+	"suppress_errors" bool DEFAULT false, /* bool */
+	"order" TEXT DEFAULT 'original', /* & str */
+	"workers" INT DEFAULT 1, /* i32 */
+	"retries" INT DEFAULT 0, /* i32 */
+	"priority" INT DEFAULT 5 /* i32 */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'populate_all_async_wrapper';
 CREATE FUNCTION dj."populate_async"(
 	"table" TEXT, /* & str */
 	"restriction" TEXT DEFAULT NULL, /* Option < & str > */
@@ -343,7 +401,9 @@ CREATE FUNCTION dj."_live_runs"() RETURNS TABLE (
 	"done" bigint,  /* i64 */
 	"errors" bigint,  /* i64 */
 	"remaining" bigint,  /* Option < i64 > */
-	"last_error" TEXT  /* Option < String > */
+	"last_error" TEXT,  /* Option < String > */
+	"pipeline" bigint,  /* Option < i64 > */
+	"auto" bool  /* bool */
 )
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
@@ -416,15 +476,19 @@ SELECT coalesce(l.id, r.id) AS id,
        coalesce(l.done, r.done) AS done,
        coalesce(l.errors, r.errors) AS errors,
        coalesce(l.remaining, r.remaining) AS remaining,
-       coalesce(l.last_error, r.last_error) AS last_error
+       coalesce(l.last_error, r.last_error) AS last_error,
+       coalesce(l.pipeline, r.pipeline) AS pipeline,
+       coalesce(l.auto, r.auto) AS auto
   FROM dj._runs r FULL JOIN dj._live_runs() l ON l.id OPERATOR(pg_catalog.=) r.id
  WHERE CASE WHEN coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)) OPERATOR(pg_catalog.=) ANY (SELECT rolname FROM pg_catalog.pg_roles)
             THEN pg_catalog.pg_has_role(coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)), 'USAGE')
             ELSE (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER) END;
-COMMENT ON VIEW dj.runs IS 'Populate runs in the worker pool (of the roles you are a member of): table, role, workers, state (starting, running, done, failed, cancelled, interrupted), started, finished, keys done, failed and remaining, last error.';
+COMMENT ON VIEW dj.runs IS 'Populate runs in the worker pool (of the roles you are a member of): table, role, workers, state (starting, running, done, failed, cancelled, interrupted), started, finished, keys done, failed and remaining, last error, the pipeline (dj.populate_all) a run is part of, and whether it is an auto populate''s (dj.auto_populate).';
 GRANT SELECT ON dj.runs TO PUBLIC;
 COMMENT ON FUNCTION dj._live_runs() IS 'Internal: the runs in shared memory (of the roles you are a member of), behind the view dj.runs.';
 COMMENT ON FUNCTION dj.populate_async(text, text, bigint, boolean, text, integer, integer, integer) IS 'Starts a populate run in the worker pool and returns its id; the run goes on after the session ends (dj.runs, dj.wait, dj.cancel).';
+COMMENT ON FUNCTION dj.populate_all(text[], boolean, text, integer, integer, integer) IS 'Populates every Computed and Imported table of the named schemas and tables in dependency order in the worker pool, overlapping tables (a key is taken once its upstream rows are there), and waits: each table''s run as it ended.';
+COMMENT ON FUNCTION dj.populate_all_async(text[], boolean, text, integer, integer, integer) IS 'Starts dj.populate_all and returns the pipeline''s id (its first table''s run): dj.runs shows a row per table; dj.wait and dj.cancel take the id.';
 COMMENT ON FUNCTION dj.wait(bigint) IS 'Waits until a run ends; returns its state, keys done, failed and remaining, last error.';
 COMMENT ON FUNCTION dj.cancel(bigint) IS 'Stops a run: no worker takes another key, running guests stop, their keys go back to pending.';
 COMMENT ON FUNCTION dj.jobs(text) IS 'The rows of a table''s jobs table (datajoint-python''s ~~name), keys as jsonb.';
@@ -496,3 +560,18 @@ SELECT dj._guard_table(c.oid) FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
   JOIN dj.schema_settings s ON s.schema_name OPERATOR(pg_catalog.=) n.nspname AND s.enforce_tiers
  WHERE c.relkind OPERATOR(pg_catalog.=) 'r';
+
+-- Populate on insert.
+CREATE FUNCTION dj."auto_populate"(
+	"table" TEXT, /* & str */
+	"enabled" bool DEFAULT true, /* bool */
+	"workers" INT DEFAULT 1, /* i32 */
+	"priority" INT DEFAULT 5, /* i32 */
+	"retries" INT DEFAULT 0 /* i32 */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'auto_populate_wrapper';
+CREATE FUNCTION dj."_auto_populate_trigger"() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'auto_populate_trigger_wrapper';
+COMMENT ON FUNCTION dj.auto_populate(text, boolean, integer, integer, integer) IS 'Populate on insert: with enabled (the default), inserts into the table''s key parents queue the keys they complete as pending jobs in the inserting transaction and the worker pool makes them after its commit, as the caller; deleted parent rows drop their queued keys. Queues the keys missing now and returns how many (0 when turning it off).';
+COMMENT ON FUNCTION dj._auto_populate_trigger() IS 'Internal: the trigger dj.auto_populate puts on a table''s key parents (arguments: the table''s schema and name).';

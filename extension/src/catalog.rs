@@ -88,6 +88,26 @@ pub fn schema_exists(schema: &str) -> DjResult<bool> {
     exists("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[schema])
 }
 
+/// The DataJoint tables `items` name: each a schema (all its tables) or a table, each table once,
+/// in the order named.
+pub fn named_tables(deps: &Dependencies, items: &[String]) -> DjResult<Vec<Table>> {
+    let mut tables: Vec<Table> = Vec::new();
+    for item in items {
+        let found: Vec<&Table> = if !item.contains('.') && schema_exists(item)? {
+            deps.tables().filter(|t| &t.schema == item && t.tier().is_some()).collect()
+        } else {
+            let name = resolve(item)?;
+            deps.tables().filter(|t| t.schema == name.schema && t.name == name.name).collect()
+        };
+        for t in found {
+            if !tables.contains(t) {
+                tables.push(t.clone());
+            }
+        }
+    }
+    Ok(tables)
+}
+
 pub fn table_exists(schema: &str, table: &str) -> DjResult<bool> {
     exists(
         "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

@@ -27,6 +27,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     if preload::check_at_load() {
         worker::slots::init();
+        worker::register_launcher();
     }
 }
 

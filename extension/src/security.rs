@@ -80,6 +80,13 @@ fn extension_owner() -> DjResult<pg_sys::Oid> {
 /// run as the owner. The caller's identity and settings come back on every exit, errors
 /// included. The statements `f` runs name everything with its schema.
 pub fn as_extension_owner<T>(f: impl FnOnce() -> DjResult<T>) -> DjResult<T> {
+    let owner = extension_owner()?;
+    as_role(owner, f)
+}
+
+/// Runs `f` as `role`, as a security-restricted operation with the pinned settings (see
+/// [`as_extension_owner`]); the caller's identity and settings come back on every exit.
+pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     struct Restore(pg_sys::Oid, i32);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -87,7 +94,6 @@ pub fn as_extension_owner<T>(f: impl FnOnce() -> DjResult<T>) -> DjResult<T> {
             unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
         }
     }
-    let owner = extension_owner()?;
     let _pin = pin();
     let mut user = pg_sys::InvalidOid;
     let mut context = 0;
@@ -95,7 +101,7 @@ pub fn as_extension_owner<T>(f: impl FnOnce() -> DjResult<T>) -> DjResult<T> {
     let _restore = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
-            owner,
+            role,
             context
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,

@@ -156,6 +156,9 @@ def every_public_function(c) -> dict:
         "populate": "SELECT * FROM dj.populate('sec_path.Outcome', 'case_id < 5', suppress_errors => true)",
         "populate_async": "SELECT * FROM dj.wait(dj.populate_async('sec_path.Outcome', 'case_id > 0', "
                           "suppress_errors => true, workers => 2))",
+        "populate_all": "SELECT * FROM dj.populate_all(ARRAY['sec_path.Outcome'], suppress_errors => true, workers => 2)",
+        "populate_all_async": "SELECT * FROM dj.wait(dj.populate_all_async(ARRAY['sec_path.Outcome'], "
+                              "suppress_errors => true))",
         "wait": "SELECT * FROM dj.wait((SELECT pg_catalog.max(id) FROM dj.runs))",
         "cancel": "SELECT dj.cancel((SELECT pg_catalog.max(id) FROM dj.runs))",
         "_live_runs": "SELECT * FROM dj.runs",
@@ -220,6 +223,12 @@ def every_public_function(c) -> dict:
         "_names_table": "ALTER TABLE sec_path.__moved RENAME TO __renamed",
         "_forget_dropped_tables": "DROP TABLE sec_path.__renamed",
         "_collect_module_versions": "DROP TABLE sec_path.__renamed_too",
+        # Populate on insert: its triggers queue (and drop) keys, its workers make them.
+        "auto_populate": "SELECT dj.auto_populate('sec_path.Outcome'); SELECT pg_catalog.pg_sleep(0.5)",
+        "_auto_populate_trigger": "BEGIN; INSERT INTO sec_path.case VALUES (8, 'ok', 8); "
+                                  "DELETE FROM sec_path.case WHERE case_id OPERATOR(pg_catalog.=) 8; COMMIT; "
+                                  "INSERT INTO sec_path.case VALUES (9, 'ok', 9); SELECT pg_catalog.pg_sleep(0.5); "
+                                  "SELECT dj.auto_populate('sec_path.Outcome', false)",
     }
     return calls
 

@@ -295,8 +295,10 @@ def test_an_immediate_restart_mid_run_loses_nothing(pipeline, cluster):
     def restart():
         data = subprocess.run([str(REPO / "scripts" / "cluster.sh"), "--name", os.environ.get("DJ_TEST_CLUSTER", "test"), "dir"],
                               check=True, capture_output=True, text=True).stdout.strip()
+        # (su keeps this environment: the server must not get RUST_BACKTRACE, see scripts/cluster.sh.)
+        env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LIB_BACKTRACE")}
         subprocess.run(["su", "postgres", "-c", f"/usr/lib/postgresql/15/bin/pg_ctl -D {data}/data -l {data}/postgres.log -w -m immediate restart"],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, env=env)
 
     c = crash_and_finish(pipeline, cluster, restart, 30)
     c.close()

@@ -9,6 +9,7 @@ use crate::make::{Field, Value};
 use crate::restriction::{self, RestrictionError};
 use crate::sql;
 
+pub mod auto;
 mod driver;
 pub mod jobs;
 pub mod queue;

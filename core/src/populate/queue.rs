@@ -68,6 +68,15 @@ pub fn repend_errors_sql(jobs: &Table, key: &[String], keys_sql: &str) -> String
     )
 }
 
+/// [`repend_errors_sql`] for the `error` rows completed before `$1` (Unix seconds): a refresh
+/// during a run retries the failures of earlier runs, never its own.
+pub fn repend_errors_before_sql(jobs: &Table, key: &[String], keys_sql: &str) -> String {
+    format!(
+        "{} AND \"j\".\"completed_time\" OPERATOR(pg_catalog.<) pg_catalog.to_timestamp($1)::pg_catalog.timestamp",
+        repend_errors_sql(jobs, key, keys_sql)
+    )
+}
+
 /// Removes the `pending` and `error` rows whose key left the key source (`keys_sql`: every key
 /// of the source, made or not) or is made already, as datajoint-python's refresh does; only rows
 /// the checked `condition` admits (a refresh of part of the keys leaves the others alone).
@@ -260,6 +269,17 @@ mod tests {
         assert!(
             prune.contains("ANY ('{pending,error}') AND (\"a\" > 1) AND"),
             "only the refreshed keys: {prune}"
+        );
+    }
+
+    #[test]
+    fn a_refresh_during_a_run_retries_only_earlier_failures() {
+        let jobs = Table::new("lab", "~~pair");
+        let sql = repend_errors_before_sql(&jobs, &names(&["a"]), "SELECT 1 AS \"a\"");
+        assert!(sql.starts_with(&repend_errors_sql(&jobs, &names(&["a"]), "SELECT 1 AS \"a\"")), "{sql}");
+        assert!(
+            sql.ends_with("AND \"j\".\"completed_time\" OPERATOR(pg_catalog.<) pg_catalog.to_timestamp($1)::pg_catalog.timestamp"),
+            "{sql}"
         );
     }
 

@@ -1,6 +1,7 @@
 //! SQL-facing functions, one module per concept.
 
 pub(crate) mod algebra;
+mod auto;
 pub mod declare;
 pub mod delete;
 mod pipeline;

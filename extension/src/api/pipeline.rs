@@ -355,20 +355,8 @@ fn draw(items: &[String], format: &str) -> DjResult<String> {
         )
     })?;
     let deps = catalog::dependencies()?;
-    let mut tables: Vec<&Table> = Vec::new();
-    for item in items {
-        let found: Vec<&Table> = if !item.contains('.') && catalog::schema_exists(item)? {
-            deps.tables().filter(|t| &t.schema == item && t.tier().is_some()).collect()
-        } else {
-            let name = catalog::resolve(item)?;
-            deps.tables().filter(|t| t.schema == name.schema && t.name == name.name).collect()
-        };
-        for t in found {
-            if !tables.contains(&t) {
-                tables.push(t);
-            }
-        }
-    }
+    let named = catalog::named_tables(&deps, items)?;
+    let tables: Vec<&Table> = named.iter().collect();
     Ok(datajoint_core::diagram::Diagram::new(&items.join(", "), &deps, tables).render(format))
 }
 

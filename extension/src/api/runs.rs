@@ -2,6 +2,8 @@
 //! `dj.cancel`, the view `dj.runs`; `dj.jobs`, `dj.jobs_refresh`, `dj.jobs_ignore`,
 //! `dj.jobs_clear_errors`, `dj.jobs_reserve` over a table's `~~name` jobs table (datajoint-python 2.3.5's).
 
+use datajoint_core::dependencies::Table;
+use datajoint_core::naming::Tier;
 use datajoint_core::populate::{self, queue, Order};
 use pgrx::datum::Timestamp;
 use pgrx::prelude::*;
@@ -50,6 +52,125 @@ fn populate_async(
     })()
     .or_raise(FN);
     started.1
+}
+
+/// `dj.populate_all(items, ..., workers)`: populates every Computed and Imported table of the
+/// named schemas and tables in dependency order, in the worker pool, and waits: each table's run
+/// as it ended. The workers overlap the tables: a key is taken as soon as its upstream rows are
+/// there (see worker::pipeline).
+#[pg_extern(volatile, parallel_unsafe)]
+fn populate_all(
+    items: Vec<String>,
+    suppress_errors: default!(bool, false),
+    order: default!(&str, "'original'"),
+    workers: default!(i32, 1),
+    retries: default!(i32, 0),
+    priority: default!(i32, 5),
+) -> TableIterator<
+    'static,
+    (
+        name!(table_name, String),
+        name!(state, String),
+        name!(done, i64),
+        name!(errors, i64),
+        name!(remaining, Option<i64>),
+    ),
+> {
+    const FN: &str = "dj.populate_all";
+    let _pin = security::pin();
+    let ended = (|| {
+        let (specs, upstream, label) =
+            pipeline_of(&items, suppress_errors, order, workers, retries, priority)?;
+        worker::run_group_and_wait(specs, &upstream, &label)
+    })()
+    .or_raise(FN);
+    TableIterator::new(ended.into_iter().map(|e| (e.table, e.state, e.done, e.errors, e.remaining)))
+}
+
+/// `dj.populate_all_async(items, ..., workers)`: starts `dj.populate_all` and returns the
+/// pipeline's id (its first table's run; `dj.runs` shows a row per table, `dj.wait` and
+/// `dj.cancel` take it).
+#[pg_extern(volatile, parallel_unsafe)]
+fn populate_all_async(
+    items: Vec<String>,
+    suppress_errors: default!(bool, false),
+    order: default!(&str, "'original'"),
+    workers: default!(i32, 1),
+    retries: default!(i32, 0),
+    priority: default!(i32, 5),
+) -> i64 {
+    const FN: &str = "dj.populate_all_async";
+    let _pin = security::pin();
+    (|| {
+        let (specs, upstream, label) =
+            pipeline_of(&items, suppress_errors, order, workers, retries, priority)?;
+        Ok::<_, DjError>(worker::start_group(specs, &upstream, &label)?.1[0])
+    })()
+    .or_raise(FN)
+}
+
+/// The runs of a pipeline: a spec per Computed or Imported table `items` names, in dependency
+/// order; for each, which of the others are upstream of it (bit j: table j); a label.
+fn pipeline_of(
+    items: &[String],
+    suppress_errors: bool,
+    order: &str,
+    workers: i32,
+    retries: i32,
+    priority: i32,
+) -> DjResult<(Vec<slots::Spec>, Vec<u16>, String)> {
+    let order = crate::make::source::order(order)?;
+    let deps = catalog::dependencies()?;
+    let named = catalog::named_tables(&deps, items)?;
+    let made: Vec<&Table> = named
+        .iter()
+        .filter(|t| matches!(Tier::of_table(&t.name), Some(Tier::Computed | Tier::Imported)))
+        .collect();
+    let tables = deps.topological(made);
+    if tables.is_empty() {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("no Computed or Imported table in {}", items.join(", ")),
+            "Name schemas or tables whose makes fill them (dj.tables lists the tiers).",
+        ));
+    }
+    if tables.len() > slots::MAX_MEMBERS {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "{} tables to populate; a pipeline run takes at most {}",
+                tables.len(),
+                slots::MAX_MEMBERS
+            ),
+            "Populate the pipeline in parts, upstream tables first.",
+        ));
+    }
+    let mut specs = Vec::with_capacity(tables.len());
+    let mut upstream = Vec::with_capacity(tables.len());
+    for (i, table) in tables.iter().enumerate() {
+        let source = source_of((*table).clone(), None)?;
+        crate::make::source::make_of(&source.name)?;
+        specs.push(worker::spec(
+            &source,
+            None,
+            None,
+            suppress_errors,
+            false,
+            order,
+            workers,
+            retries,
+            priority,
+        )?);
+        let ancestors = deps.ancestors(table);
+        upstream.push(
+            tables[..i]
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| ancestors.contains(t))
+                .fold(0u16, |m, (j, _)| m | 1 << j),
+        );
+    }
+    Ok((specs, upstream, items.join(", ")))
 }
 
 /// The run's slot, if the caller may see it (a member of the role that asked, or a superuser).
@@ -159,10 +280,14 @@ fn live_runs() -> TableIterator<
         name!(errors, i64),
         name!(remaining, Option<i64>),
         name!(last_error, Option<String>),
+        name!(pipeline, Option<i64>),
+        name!(auto, bool),
     ),
 > {
     let _pin = security::pin();
     let runs = if slots::available() { slots::of_this_database() } else { Vec::new() };
+    // (An auto run has no id until its first worker takes one.)
+    let runs: Vec<slots::Slot> = runs.into_iter().filter(|s| s.spec.run_id != 0).collect();
     // Only the runs of roles the caller is a member of.
     let runs: Vec<slots::Slot> = runs
         .into_iter()
@@ -194,6 +319,8 @@ fn live_runs() -> TableIterator<
                 Some((s.total - s.done - s.errors).max(0))
             },
             s.error(),
+            (s.spec.pipeline != 0).then_some(s.spec.pipeline),
+            s.spec.auto,
         )
     }))
 }
@@ -406,15 +533,19 @@ SELECT coalesce(l.id, r.id) AS id,
        coalesce(l.done, r.done) AS done,
        coalesce(l.errors, r.errors) AS errors,
        coalesce(l.remaining, r.remaining) AS remaining,
-       coalesce(l.last_error, r.last_error) AS last_error
+       coalesce(l.last_error, r.last_error) AS last_error,
+       coalesce(l.pipeline, r.pipeline) AS pipeline,
+       coalesce(l.auto, r.auto) AS auto
   FROM dj._runs r FULL JOIN dj._live_runs() l ON l.id OPERATOR(pg_catalog.=) r.id
  WHERE CASE WHEN coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)) OPERATOR(pg_catalog.=) ANY (SELECT rolname FROM pg_catalog.pg_roles)
             THEN pg_catalog.pg_has_role(coalesce(r.role_name, pg_catalog.pg_get_userbyid(l.role)), 'USAGE')
             ELSE (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) CURRENT_USER) END;
-COMMENT ON VIEW dj.runs IS 'Populate runs in the worker pool (of the roles you are a member of): table, role, workers, state (starting, running, done, failed, cancelled, interrupted), started, finished, keys done, failed and remaining, last error.';
+COMMENT ON VIEW dj.runs IS 'Populate runs in the worker pool (of the roles you are a member of): table, role, workers, state (starting, running, done, failed, cancelled, interrupted), started, finished, keys done, failed and remaining, last error, the pipeline (dj.populate_all) a run is part of, and whether it is an auto populate''s (dj.auto_populate).';
 GRANT SELECT ON dj.runs TO PUBLIC;
 COMMENT ON FUNCTION dj._live_runs() IS 'Internal: the runs in shared memory (of the roles you are a member of), behind the view dj.runs.';
 COMMENT ON FUNCTION dj.populate_async(text, text, bigint, boolean, text, integer, integer, integer) IS 'Starts a populate run in the worker pool and returns its id; the run goes on after the session ends (dj.runs, dj.wait, dj.cancel).';
+COMMENT ON FUNCTION dj.populate_all(text[], boolean, text, integer, integer, integer) IS 'Populates every Computed and Imported table of the named schemas and tables in dependency order in the worker pool, overlapping tables (a key is taken once its upstream rows are there), and waits: each table''s run as it ended.';
+COMMENT ON FUNCTION dj.populate_all_async(text[], boolean, text, integer, integer, integer) IS 'Starts dj.populate_all and returns the pipeline''s id (its first table''s run): dj.runs shows a row per table; dj.wait and dj.cancel take the id.';
 COMMENT ON FUNCTION dj.wait(bigint) IS 'Waits until a run ends; returns its state, keys done, failed and remaining, last error.';
 COMMENT ON FUNCTION dj.cancel(bigint) IS 'Stops a run: no worker takes another key, running guests stop, their keys go back to pending.';
 COMMENT ON FUNCTION dj.jobs(text) IS 'The rows of a table''s jobs table (datajoint-python''s ~~name), keys as jsonb.';

@@ -24,8 +24,13 @@ pub struct PipelineWrite(());
 impl PipelineWrite {
     pub fn begin(operation: &'static str, tables: &[Table]) -> DjResult<PipelineWrite> {
         let oids = tables.iter().map(catalog::oid_of).collect::<DjResult<Vec<_>>>()?;
+        Ok(Self::of_oids(operation, oids))
+    }
+
+    /// The same for tables already looked up (outside any transaction too).
+    pub fn of_oids(operation: &'static str, oids: Vec<pg_sys::Oid>) -> PipelineWrite {
         PERMITS.with(|p| p.borrow_mut().push((operation, oids)));
-        Ok(PipelineWrite(()))
+        PipelineWrite(())
     }
 }
 

@@ -19,6 +19,9 @@ use crate::error::{DjError, DjResult};
 use crate::make::source::Source;
 use crate::{catalog, gucs, interrupts, preload, security};
 
+pub mod auto;
+mod launcher;
+mod pipeline;
 mod pool;
 pub mod slots;
 mod txn;
@@ -113,16 +116,22 @@ pub fn spec(
         memory_kb: gucs::MAKE_MEMORY_LIMIT.get(),
         restriction_len: text.len(),
         restriction,
+        pipeline: 0,
+        member: false,
+        auto: false,
     })
 }
 
 /// How a run ended, from the slot or (once the slot went to another run) from dj._runs.
 pub struct Ended {
+    /// The run's table, quoted and schema-qualified.
+    pub table: String,
     pub state: String,
     pub done: i64,
     pub errors: i64,
     pub sqlstate: Option<[u8; 5]>,
     pub error: Option<String>,
+    pub remaining: Option<i64>,
 }
 
 /// How run `run_id` of this database ended, read from dj._runs with a fresh snapshot.
@@ -130,7 +139,8 @@ pub fn ended_from_catalog(run_id: i64) -> DjResult<Option<Ended>> {
     let row = security::as_extension_owner(|| {
         Ok(pgrx::Spi::connect_mut(|client| {
             let rows = client.update(
-                "SELECT state, done, errors, last_error FROM dj._runs WHERE id OPERATOR(pg_catalog.=) $1",
+                "SELECT state, done, errors, last_error, remaining, pg_catalog.format('%I.%I', schema_name, table_name) \
+                 FROM dj._runs WHERE id OPERATOR(pg_catalog.=) $1",
                 Some(1),
                 &[run_id.into()],
             )?;
@@ -139,11 +149,13 @@ pub fn ended_from_catalog(run_id: i64) -> DjResult<Option<Ended>> {
             }
             let r = rows.first();
             Ok(Some(Ended {
+                table: r.get::<String>(6)?.unwrap_or_default(),
                 state: r.get::<String>(1)?.unwrap_or_default(),
                 done: r.get::<i64>(2)?.unwrap_or(0),
                 errors: r.get::<i64>(3)?.unwrap_or(0),
                 sqlstate: None,
                 error: r.get::<String>(4)?,
+                remaining: r.get::<i64>(5)?,
             }))
         })?)
     })?;
@@ -153,13 +165,40 @@ pub fn ended_from_catalog(run_id: i64) -> DjResult<Option<Ended>> {
 /// Runs `spec` through the pool and waits for it: (done, errors), or the error that ended it.
 pub fn run_and_wait(spec: Spec, target: &str) -> DjResult<(i64, i64)> {
     let (h, run_id) = start(spec, target)?;
+    let ended = outcome(h, run_id, target)?;
+    Ok((ended.done, ended.errors))
+}
+
+/// Runs a pipeline (`specs` in its order, `upstream` as [`start_group`] takes it) and waits for
+/// it: how each table's run ended, or the error that ended the pipeline.
+pub fn run_group_and_wait(specs: Vec<Spec>, upstream: &[u16], label: &str) -> DjResult<Vec<Ended>> {
+    let (handles, run_ids) = start_group(specs, upstream, label)?;
+    outcome(handles[0], run_ids[0], label)?;
+    run_ids
+        .iter()
+        .map(|id| {
+            ended_from_catalog(*id)?.ok_or_else(|| {
+                DjError::new(
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                    format!("run {id} ended out of sight"),
+                    "SELECT * FROM dj.runs shows the runs.",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Waits for run `h` and says how it ended: its end if done, else the error that ended it.
+fn outcome(h: Handle, run_id: i64, target: &str) -> DjResult<Ended> {
     let ended = match wait(h, Some(target)) {
         Some(slot) => Ended {
+            table: target.to_string(),
             state: slot.state.name().to_string(),
             done: slot.done,
             errors: slot.errors,
             sqlstate: Some(slot.sqlstate),
             error: slot.error(),
+            remaining: (slot.remaining >= 0).then_some(slot.remaining),
         },
         None => ended_from_catalog(run_id)?.ok_or_else(|| {
             DjError::new(
@@ -171,7 +210,7 @@ pub fn run_and_wait(spec: Spec, target: &str) -> DjResult<(i64, i64)> {
     };
     let code = ended.sqlstate.map_or(PgSqlErrorCode::ERRCODE_OPERATOR_INTERVENTION, pool::sqlstate_code);
     match ended.state.as_str() {
-        "done" => Ok((ended.done, ended.errors)),
+        "done" => Ok(ended),
         "cancelled" => Err(DjError::new(
             PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
             format!("run {run_id} of {target} was cancelled after {} key(s)", ended.done),
@@ -199,7 +238,19 @@ pub fn run_and_wait(spec: Spec, target: &str) -> DjResult<(i64, i64)> {
 }
 
 /// Starts run `spec` (its `workers` is what the caller asked for): its slot and run id.
-pub fn start(mut spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
+pub fn start(spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
+    let (handles, run_ids) = start_group(vec![spec], &[0], target)?;
+    Ok((handles[0], run_ids[0]))
+}
+
+/// Starts a run for each of `specs` (a pipeline when more than one: the first one's workers
+/// work on every member, `upstream` says which members are upstream of which, see
+/// [`slots::create_group`]); their slots and run ids.
+pub fn start_group(
+    mut specs: Vec<Spec>,
+    upstream: &[u16],
+    target: &str,
+) -> DjResult<(Vec<Handle>, Vec<i64>)> {
     if !slots::available() {
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -207,17 +258,24 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
             preload::HINT,
         ));
     }
-    let asked = spec.workers;
-    spec.run_id = security::as_extension_owner(|| {
-        Ok(catalog::write_one::<i64>(
-            "SELECT pg_catalog.nextval('dj._runs_id_seq'::pg_catalog.regclass)",
-            &[],
-        )?
-        .unwrap_or(0))
-    })?;
-    let run_id = spec.run_id;
+    let asked = specs[0].workers;
+    let pipeline = specs.len() > 1;
+    let mut run_ids = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.iter_mut().enumerate() {
+        spec.run_id = security::as_extension_owner(|| {
+            Ok(catalog::write_one::<i64>(
+                "SELECT pg_catalog.nextval('dj._runs_id_seq'::pg_catalog.regclass)",
+                &[],
+            )?
+            .unwrap_or(0))
+        })?;
+        run_ids.push(spec.run_id);
+        spec.pipeline = if pipeline { run_ids[0] } else { 0 };
+        spec.member = i > 0;
+    }
+    let run_id = run_ids[0];
     let max = gucs::max_workers();
-    let (h, slot) = slots::create(spec, max).map_err(|refused| match refused {
+    let (handles, slot) = slots::create_group(&specs, upstream, max).map_err(|refused| match refused {
         slots::Refused::Busy => DjError::new(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             format!("all {max} workers of the pool are busy (dj.max_workers)"),
@@ -225,10 +283,11 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
         ),
         slots::Refused::Full => DjError::new(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-            format!("{} runs are under way, the most the pool holds", slots::SLOTS),
+            format!("{} runs are under way, the most the pool holds (a pipeline takes one per table)", slots::SLOTS),
             "Wait for a run to end (SELECT * FROM dj.runs).",
         ),
     })?;
+    let h = handles[0];
     let n = slot.spec.workers;
     let mut started = 0u32;
     for _ in 0..n {
@@ -249,7 +308,9 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
         }
     }
     if started == 0 {
-        slots::update(h, |s| s.state = State::Free);
+        for h in &handles {
+            slots::update(*h, |s| s.state = State::Free);
+        }
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             "no background worker could be started: every max_worker_processes slot is in use",
@@ -259,11 +320,13 @@ pub fn start(mut spec: Spec, target: &str) -> DjResult<(Handle, i64)> {
             ),
         ));
     }
-    slots::update(h, |s| s.spec.workers = started);
+    for h in &handles {
+        slots::update(*h, |s| s.spec.workers = started);
+    }
     if started < asked {
         pgrx::notice!("populate {target}: running with {started} of the {asked} workers asked for");
     }
-    Ok((h, run_id))
+    Ok((handles, run_ids))
 }
 
 fn current_setting(name: &str) -> String {
@@ -298,11 +361,19 @@ pub fn wait(h: Handle, report: Option<&str>) -> Option<Slot> {
         if let Some(target) = report {
             if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
+                // A pipeline's progress is its tables' together.
+                let runs: Vec<Slot> = if slot.members.len > 0 {
+                    slot.members.slots[..slot.members.len].iter().filter_map(|m| slots::get(*m)).collect()
+                } else {
+                    vec![slot]
+                };
+                let (done, errors, total) =
+                    runs.iter().fold((0, 0, 0), |(d, e, t), s| (d + s.done, e + s.errors, t + s.total));
                 let progress = Progress {
-                    done: slot.done,
-                    errors: slot.errors,
-                    seen: (slot.done + slot.errors) as usize,
-                    total: slot.total as usize,
+                    done,
+                    errors,
+                    seen: (done + errors) as usize,
+                    total: total as usize,
                     elapsed: started.elapsed(),
                 };
                 pgrx::notice!("{}", progress.describe(target));
@@ -321,10 +392,33 @@ pub fn wait(h: Handle, report: Option<&str>) -> Option<Slot> {
     }
 }
 
+/// From `_PG_init` (preloaded): the launcher that resumes auto populate after a server start.
+pub fn register_launcher() {
+    launcher::register();
+}
+
+/// Stops the unfinished auto runs of table `target` in this database (`dj.auto_populate(...,
+/// false)`); their keys go back to pending.
+pub fn cancel_auto(target: u32) {
+    // SAFETY: this backend's database.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    for i in 0..slots::SLOTS {
+        let Some(s) = slots::get_any(i) else { continue };
+        if s.spec.auto && s.spec.target == target && s.spec.database == database && !s.state.finished() {
+            cancel(slots::Handle { index: i, generation: s.generation });
+        }
+    }
+}
+
 /// Asks the run to stop: no worker takes another key, and the guests in flight stop at their
 /// next epoch check (the workers poll the flag there, see [`stop_requested`]); their keys go back
 /// to pending. Whether it was running.
 pub fn cancel(h: Handle) -> bool {
+    // A pipeline's tables are cancelled together, through its first table's run.
+    let h = match slots::get(h) {
+        Some(s) if s.spec.member => slots::find(s.spec.pipeline).map_or(h, |(first, _)| first),
+        _ => h,
+    };
     slots::update(h, |s| {
         let running = !s.state.finished();
         s.cancel |= running;
@@ -413,4 +507,5 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
             s.finished = slots::now();
         }
     });
+    slots::end_members(h);
 }

@@ -73,7 +73,7 @@ fn table_of(oid: u32) -> DjResult<Table> {
     })
 }
 
-fn order_of(spec: &Spec) -> Order {
+pub(super) fn order_of(spec: &Spec) -> Order {
     match spec.order {
         1 => Order::Reverse,
         2 => Order::Random,
@@ -83,19 +83,35 @@ fn order_of(spec: &Spec) -> Order {
 
 fn run(h: Handle) -> Result<(), Failure> {
     let Some(slot) = slots::get(h) else { return Ok(()) };
-    let spec = slot.spec;
-    let restriction = slot.restriction();
+    // A pipeline's runs, its first table's included, or this run alone.
+    let members: Vec<Handle> =
+        if slot.members.len > 0 { slot.members.slots[..slot.members.len].to_vec() } else { vec![h] };
     let filler = slots::update(h, |s| !std::mem::replace(&mut s.filling, true)).unwrap_or(false);
     if filler {
-        transaction(|| record_start(&slot))?;
-        let total = transaction_as(spec.role, || fill(&spec, restriction.as_deref()))?;
-        slots::update(h, |s| {
-            s.total = total;
-            s.ready = true;
-            if s.state == State::Starting {
-                s.state = State::Running;
+        // In the pipeline's order (upstream first); the first run is ready once all are.
+        for m in &members {
+            let Some(mut member) = slots::get(*m) else { return Ok(()) };
+            if member.spec.auto {
+                // An auto run was started where no statement could take its id.
+                let id = transaction(next_run_id)?;
+                slots::update(*m, |s| s.spec.run_id = id);
+                member.spec.run_id = id;
             }
-        });
+            transaction(|| record_start(&member))?;
+            let total = if member.spec.auto {
+                transaction_as(member.spec.role, || fill_auto(&member.spec))?
+            } else {
+                transaction_as(member.spec.role, || fill(&member.spec, member.restriction().as_deref()))?
+            };
+            slots::update(*m, |s| {
+                s.total = total;
+                s.ready = *m != h;
+                if s.state == State::Starting {
+                    s.state = State::Running;
+                }
+            });
+        }
+        slots::update(h, |s| s.ready = true);
     } else {
         loop {
             match slots::get(h) {
@@ -108,29 +124,20 @@ fn run(h: Handle) -> Result<(), Failure> {
             }
         }
     }
+    if members.len() > 1 {
+        return super::pipeline::work(h, &members);
+    }
+    let Some(slot) = slots::get(h) else { return Ok(()) };
+    let spec = slot.spec;
+    let restriction = slot.restriction();
     // The run's code and statements, kept across the keys' transactions.
     begin();
     let as_role = identity(spec.role);
-    let source = source_of(table_of(spec.target)?, restriction.as_deref())?;
-    let (_, sha256) = make_of(&source.name)?;
-    let prepared = host::prepared(&sha256)?;
-    let scope = Scope::of(&*catalog::dependencies()?, &source.name);
-    let _permit = PipelineWrite::begin("INSERT", &scope.writable())?;
-    let info = host::describe(&source.name)?;
-    let parts = scope.parts.iter().map(host::describe).collect::<DjResult<Vec<_>>>()?;
-    let session = Arc::new(Session::new(scope, info, parts, sha256));
-    let limits = gucs::limits(spec.timeout_ms, spec.fuel_millions, spec.memory_kb);
-    // Memory that lives as long as the run: the key contexts are reset per key.
-    let inner = unsafe {
-        PgMemoryContexts::TopMemoryContext
-            .switch_to(|_| Run::new(session, &prepared, Rc::new(Plans::default()), std::ptr::null_mut()))
-    }?
-    .for_queue()
-    .with_limits(limits)
-    .with_stop_check(super::stop_requested);
+    let setup = Setup::new(&spec, restriction.as_deref())?;
+    let _permit = PipelineWrite::of_oids("INSERT", setup.writable.clone());
+    let mut pool = PoolRun::open(h, h, spec, &setup)?;
     drop(as_role);
     commit();
-    let mut pool = PoolRun::new(h, spec, inner, &source);
     let outcome = populate::run(
         &mut pool,
         Settings { total: 0, suppress_errors: true, report_every: Duration::from_secs(3600) },
@@ -138,8 +145,34 @@ fn run(h: Handle) -> Result<(), Failure> {
     pool.end(outcome)
 }
 
+/// What a run's keys are made with: its key source, the module's machine code, the session of
+/// checked statements, the tables it writes (looked up as the role, in a transaction).
+pub(super) struct Setup {
+    pub source: Source,
+    prepared: Rc<datajoint_core::make::Prepared<host::SpiHost>>,
+    session: Arc<Session>,
+    pub writable: Vec<pg_sys::Oid>,
+    limits: datajoint_core::sandbox::Limits,
+}
+
+impl Setup {
+    pub fn new(spec: &Spec, restriction: Option<&str>) -> Result<Setup, Failure> {
+        let source = source_of(table_of(spec.target)?, restriction)?;
+        let (_, sha256) = make_of(&source.name)?;
+        let prepared = host::prepared(&sha256)?;
+        let scope = Scope::of(&*catalog::dependencies()?, &source.name);
+        let writable = scope.writable().iter().map(catalog::oid_of).collect::<DjResult<Vec<_>>>()?;
+        let info = host::describe(&source.name)?;
+        let parts = scope.parts.iter().map(host::describe).collect::<DjResult<Vec<_>>>()?;
+        let session = Arc::new(Session::new(scope, info, parts, sha256));
+        let limits = gucs::limits(spec.timeout_ms, spec.fuel_millions, spec.memory_kb);
+        Ok(Setup { source, prepared, session, writable, limits })
+    }
+}
+
 /// Fills the queue for the run (as its role): the stale rows deleted if asked, orphaned
-/// reservations back to pending, a pending row for each missing key, the run's failed keys
+/// reservations back to pending, rows of keys no longer to make removed, a pending row for each
+/// missing key, the run's failed keys
 /// pending again. Returns the keys queued.
 fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
     let source = source_of(table_of(spec.target)?, restriction)?;
@@ -152,6 +185,10 @@ fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
     tables::ensure_jobs_table(&source.name)?;
     let jobs = populate::jobs::jobs_table(&source.name);
     catalog::write_one::<i64>(&queue::release_orphans_sql(&jobs), &[])?;
+    // Rows of keys that left the key source (their upstream rows deleted since they were
+    // queued) or were made meanwhile go, as a refresh does: a worker must not take them.
+    let all = source.keys(false, Order::Original, None);
+    Spi::run(&queue::prune_sql(&jobs, &source.name, &source.key, &all, source.condition.as_deref()))?;
     let keys = source.keys(true, order_of(spec), None);
     catalog::write_one::<i64>(
         &queue::refresh_sql(&jobs, &source.key, &keys),
@@ -162,6 +199,25 @@ fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
         catalog::read_one::<i64>(&queue::pending_count_sql(&jobs, source.condition.as_deref()), &[])?
             .unwrap_or(0);
     Ok(if spec.max_calls >= 0 { pending.min(spec.max_calls) } else { pending })
+}
+
+/// A run id, from the sequence of dj._runs (the worker's own identity).
+fn next_run_id() -> Result<i64, Failure> {
+    let _pin = security::pin();
+    Ok(catalog::write_one::<i64>("SELECT pg_catalog.nextval('dj._runs_id_seq'::pg_catalog.regclass)", &[])?
+        .unwrap_or(0))
+}
+
+/// Readies the queue of an auto run (as its role): orphaned reservations back to pending, rows
+/// of keys no longer to make removed. The triggers queued its keys. Returns the keys pending.
+fn fill_auto(spec: &Spec) -> Result<i64, Failure> {
+    let source = source_of(table_of(spec.target)?, None)?;
+    tables::ensure_jobs_table(&source.name)?;
+    let jobs = populate::jobs::jobs_table(&source.name);
+    catalog::write_one::<i64>(&queue::release_orphans_sql(&jobs), &[])?;
+    let all = source.keys(false, Order::Original, None);
+    Spi::run(&queue::prune_sql(&jobs, &source.name, &source.key, &all, None))?;
+    Ok(catalog::read_one::<i64>(&queue::pending_count_sql(&jobs, None), &[])?.unwrap_or(0))
 }
 
 /// The run's row in dj._runs (as the worker's own identity: only the extension writes it); runs
@@ -177,8 +233,8 @@ fn record_start(slot: &Slot) -> Result<(), Failure> {
     )?;
     let table = table_of(slot.spec.target)?;
     Spi::run_with_args(
-        "INSERT INTO dj._runs (id, schema_name, table_name, role_name, workers, state, started, restriction) \
-         VALUES ($1, $2, $3, pg_catalog.pg_get_userbyid($4), $5, 'running', pg_catalog.to_timestamp($6), $7)",
+        "INSERT INTO dj._runs (id, schema_name, table_name, role_name, workers, state, started, restriction, pipeline, auto) \
+         VALUES ($1, $2, $3, pg_catalog.pg_get_userbyid($4), $5, 'running', pg_catalog.to_timestamp($6), $7, $8, $9)",
         &[
             slot.spec.run_id.into(),
             table.schema.as_str().into(),
@@ -187,6 +243,8 @@ fn record_start(slot: &Slot) -> Result<(), Failure> {
             (slot.spec.workers as i32).into(),
             slot.started.into(),
             slot.restriction().into(),
+            (slot.spec.pipeline != 0).then_some(slot.spec.pipeline).into(),
+            slot.spec.auto.into(),
         ],
     )?;
     Ok(())
@@ -212,7 +270,7 @@ fn leave(h: Handle) {
     if last != Some(true) {
         return;
     }
-    let ended = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| finish(h)))
+    let ended = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| finish_members(h).and_then(|_| finish(h))))
         .catch_others(|e| Err(Failure::Caught(e)))
         .execute();
     if let Err(failure) = ended {
@@ -245,7 +303,25 @@ fn final_state(s: &Slot, remaining: i64) -> State {
     }
 }
 
-fn finish(h: Handle) -> Result<(), Failure> {
+/// A pipeline's runs not ended yet end as its first run does (cancelled, failed, interrupted),
+/// before it.
+fn finish_members(first: Handle) -> Result<(), Failure> {
+    let Some(slot) = slots::get(first) else { return Ok(()) };
+    for m in slot.members.slots[..slot.members.len].iter().skip(1) {
+        let open = slots::update(*m, |s| {
+            // (A failed key fails its own run; the tables it left undone were interrupted.)
+            s.cancel |= slot.cancel;
+            s.broken |= slot.broken || slot.failed || !s.membership.complete;
+            !s.state.finished()
+        });
+        if open == Some(true) {
+            finish(*m)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn finish(h: Handle) -> Result<(), Failure> {
     let Some(slot) = slots::get(h) else { return Ok(()) };
     // The keys still missing (-1 if they cannot be counted: a privilege lost, a lock timeout).
     let remaining = transaction_as(slot.spec.role, || {
@@ -291,9 +367,14 @@ const BATCH_WORK: Duration = Duration::from_millis(250);
 const BATCH_MAX: i64 = 1024;
 const BATCH_FIRST: i64 = 4;
 
-struct PoolRun<'p> {
+pub(super) struct PoolRun<'p> {
     inner: Run<'p>,
     h: Handle,
+    /// The pipeline's first run (`h` itself for a run alone): its cancel or failure stops this.
+    group: Handle,
+    /// Visits (a pipeline's): one reservation, its keys made, then back to the pipeline's loop.
+    visiting: bool,
+    reserved: Option<usize>,
     spec: Spec,
     reserve: Statement,
     next_due: String,
@@ -315,10 +396,36 @@ struct PoolRun<'p> {
     key_started: Option<Instant>,
     keys_timed: u32,
     keys_time: Duration,
+    /// An auto run: the wakes seen before the last reservation.
+    seen_wakes: u64,
 }
 
 impl<'p> PoolRun<'p> {
-    fn new(h: Handle, spec: Spec, inner: Run<'p>, source: &Source) -> PoolRun<'p> {
+    /// The keys of run `h` (a member of pipeline `group`, or `h` itself), made with `setup`.
+    pub(super) fn open(
+        h: Handle,
+        group: Handle,
+        spec: Spec,
+        setup: &'p Setup,
+    ) -> Result<PoolRun<'p>, Failure> {
+        // Memory that lives as long as the run: the key contexts are reset per key.
+        let inner = unsafe {
+            PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                Run::new(
+                    setup.session.clone(),
+                    &setup.prepared,
+                    Rc::new(Plans::default()),
+                    std::ptr::null_mut(),
+                )
+            })
+        }?
+        .for_queue()
+        .with_limits(setup.limits.clone())
+        .with_stop_check(super::stop_requested);
+        Ok(Self::new(h, group, spec, inner, &setup.source))
+    }
+
+    fn new(h: Handle, group: Handle, spec: Spec, inner: Run<'p>, source: &Source) -> PoolRun<'p> {
         let jobs = inner.jobs().clone();
         let key: Vec<core_host::Column> = inner.session().target.key().into_iter().cloned().collect();
         let text = |name: &str, type_id: pg_sys::Oid| core_host::Column {
@@ -346,6 +453,7 @@ impl<'p> PoolRun<'p> {
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string(),
             inner,
             h,
+            group,
             spec,
             open: None,
             held: VecDeque::new(),
@@ -353,14 +461,17 @@ impl<'p> PoolRun<'p> {
             attempts: 0,
             made: false,
             stopped: false,
+            visiting: false,
+            reserved: None,
             key_started: None,
             keys_timed: 0,
             keys_time: Duration::ZERO,
+            seen_wakes: 0,
         }
     }
 
     fn cancelled(&self) -> bool {
-        slots::stopping(self.h)
+        slots::stopping(self.h) || (self.group != self.h && slots::stopping(self.group))
     }
 
     /// Commits the key's transaction, if one is open (its deferred triggers fired as the role).
@@ -476,19 +587,61 @@ impl<'p> PoolRun<'p> {
         }
     }
 
+    /// An auto run's worker with nothing to take: waits until a commit queues keys for the run
+    /// (it sets this worker's latch), a failed key's retry falls due, or the idle timeout passes
+    /// (then it leaves, unless woken meanwhile). Whether there may be keys to take.
+    fn wait_for_keys(&mut self) -> Result<bool, Failure> {
+        let idle = gucs::worker_idle_timeout();
+        let started = Instant::now();
+        let retry = self.next_due()?.map(|due| Duration::from_secs_f64(due.max(0.0)));
+        loop {
+            if self.cancelled() {
+                return Ok(false);
+            }
+            if slots::wakes(self.h) != self.seen_wakes || retry.is_some_and(|due| started.elapsed() >= due) {
+                return Ok(true);
+            }
+            let waited = started.elapsed();
+            if waited >= idle {
+                return Ok(!slots::retire_unless_woken(self.h, self.seen_wakes));
+            }
+            let left = (idle - waited).min(retry.map_or(Duration::MAX, |due| due.saturating_sub(waited)));
+            txn::wait_a_little(left.as_millis().clamp(1, 1000) as i64);
+        }
+    }
+
     /// Seconds until the run's next scheduled key is due, if any is.
-    fn next_due(&self) -> Result<Option<f64>, Failure> {
+    pub(super) fn next_due(&self) -> Result<Option<f64>, Failure> {
         let sql = &self.next_due;
         transaction_as(self.spec.role, || Ok(catalog::write_one::<f64>(sql, &[])?))
     }
 
-    /// After the loop: the key in flight of a stopped worker, and the keys it held, go back to
-    /// pending; the transaction ends.
+    /// The end of a run alone (see [`Self::settle`]).
     fn end(mut self, outcome: Result<populate::Summary, Stop<Failure>>) -> Result<(), Failure> {
+        self.settle(outcome).map(|_| ())
+    }
+
+    /// One visit of a pipeline's worker: one reservation (of a batch sized as [`Self::batch`]
+    /// says) and its keys made. How many keys it reserved, or None when this worker must stop.
+    pub(super) fn visit(&mut self) -> Result<Option<usize>, Failure> {
+        self.visiting = true;
+        self.reserved = None;
+        let outcome = populate::run(
+            self,
+            Settings { total: 0, suppress_errors: true, report_every: Duration::from_secs(3600) },
+        );
+        let go_on = self.settle(outcome)?;
+        Ok(go_on.then(|| self.reserved.unwrap_or(0)))
+    }
+
+    /// After the loop (or a visit): the key in flight of a stopped worker, and the keys it held,
+    /// go back to pending; the transaction ends. Whether the worker may go on.
+    fn settle(&mut self, outcome: Result<populate::Summary, Stop<Failure>>) -> Result<bool, Failure> {
         match outcome {
             Ok(_) => {
                 self.end_key()?;
-                self.release_held()
+                self.release_held()?;
+                Ok(true)
             }
             Err(Stop::Error(error)) | Err(Stop::KeyFailed { error, .. }) => {
                 self.release_held()?;
@@ -502,12 +655,14 @@ impl<'p> PoolRun<'p> {
                 if !self.cancelled() {
                     // This worker alone was stopped (pg_cancel_backend) or could not go on.
                     let (code, message, ..) = error.parts();
-                    slots::update(self.h, |s| {
-                        s.broken = true;
-                        s.set_error(sqlstate(code), &message);
-                    });
+                    for h in [self.h, self.group] {
+                        slots::update(h, |s| {
+                            s.broken = true;
+                            s.set_error(sqlstate(code), &message);
+                        });
+                    }
                 }
-                Ok(())
+                Ok(false)
             }
         }
     }
@@ -523,13 +678,20 @@ impl KeyRun for PoolRun<'_> {
                 self.release_held()?;
                 return Ok(Vec::new());
             }
+            if self.held.is_empty() && self.visiting && self.reserved.is_some() {
+                return Ok(Vec::new());
+            }
             if self.held.is_empty() {
                 let granted = self.take_tickets(self.batch());
                 if granted == 0 {
                     return Ok(Vec::new());
                 }
+                if self.spec.auto {
+                    self.seen_wakes = slots::wakes(self.h);
+                }
                 let got = self.reserve(granted)?;
                 self.return_tickets(granted - got.len() as i64);
+                self.reserved = Some(got.len());
                 self.held.extend(got);
             }
             if let Some((key, attempts)) = self.held.pop_front() {
@@ -539,6 +701,16 @@ impl KeyRun for PoolRun<'_> {
                 self.current = Some(key.clone());
                 self.attempts = attempts;
                 return Ok(vec![key]);
+            }
+            if self.visiting {
+                return Ok(Vec::new());
+            }
+            if self.spec.auto {
+                // Nothing queued: wait for more keys, or leave.
+                if self.wait_for_keys()? {
+                    continue;
+                }
+                return Ok(Vec::new());
             }
             // Nothing due now: wait for a key due within the idle timeout (a retry), or end.
             let idle = gucs::worker_idle_timeout().as_secs_f64();
@@ -608,6 +780,13 @@ impl KeyRun for PoolRun<'_> {
             s.set_error(sqlstate(code), &text);
             s.failed |= stop;
         });
+        if stop && self.group != self.h {
+            // A pipeline stops at its first failed key, as a run alone does.
+            slots::update(self.group, |s| {
+                s.set_error(sqlstate(code), &text);
+                s.failed = true;
+            });
+        }
         self.stopped |= stop;
         Ok(())
     }

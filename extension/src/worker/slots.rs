@@ -9,6 +9,8 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 pub const SLOTS: usize = 32;
 /// Workers one run may have.
 pub const MAX_RUN_WORKERS: usize = 16;
+/// Tables one pipeline run (`dj.populate_all`) populates.
+pub const MAX_MEMBERS: usize = 16;
 /// Bytes of a run's restriction (its checked text).
 pub const RESTRICTION_BYTES: usize = 4096;
 const ERROR_BYTES: usize = 1024;
@@ -66,6 +68,37 @@ pub struct Spec {
     pub memory_kb: i32,
     pub restriction_len: usize,
     pub restriction: [u8; RESTRICTION_BYTES],
+    /// The pipeline run (`dj.populate_all`) this table's run belongs to: its first table's run
+    /// id (0: none). A member other than the first has no workers of its own: the pipeline's
+    /// work on every member.
+    pub pipeline: i64,
+    pub member: bool,
+    /// A run of an auto-populated table (`dj.auto_populate`): its first worker takes a run id
+    /// and queues nothing (the triggers did); its workers wait for more keys until the idle
+    /// timeout passes without any.
+    pub auto: bool,
+}
+
+/// The tables of a pipeline run, in its first table's slot: each member's slot, and which members
+/// are upstream of it (bit j: member j).
+#[derive(Clone, Copy)]
+pub struct Members {
+    pub len: usize,
+    pub slots: [Handle; MAX_MEMBERS],
+    pub upstream: [u16; MAX_MEMBERS],
+}
+
+/// Where a pipeline member stands: workers taking keys of it now; done (its queue is empty and
+/// every table upstream of it done too); its queue being refreshed, how many keys its upstream
+/// members had made at the last refresh (and when), and how many refreshes there were.
+#[derive(Clone, Copy, Default)]
+pub struct Membership {
+    pub busy: u32,
+    pub complete: bool,
+    pub refreshing: bool,
+    pub refreshed: i64,
+    pub refreshed_at: f64,
+    pub refreshes: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -102,6 +135,12 @@ pub struct Slot {
     pub sqlstate: [u8; 5],
     pub error_len: usize,
     pub error: [u8; ERROR_BYTES],
+    pub members: Members,
+    pub membership: Membership,
+    /// An auto run: how many times committed writes queued keys for it, and how many of its
+    /// workers left for want of keys (it takes no more wakes once all did).
+    pub wakes: u64,
+    pub retired: u32,
 }
 
 #[derive(Clone, Copy)]
@@ -120,7 +159,7 @@ impl Default for Runs {
 }
 
 impl Slot {
-    fn empty() -> Slot {
+    pub fn empty() -> Slot {
         let spec = Spec {
             run_id: 0,
             database: 0,
@@ -138,6 +177,9 @@ impl Slot {
             memory_kb: 0,
             restriction_len: 0,
             restriction: [0; RESTRICTION_BYTES],
+            pipeline: 0,
+            member: false,
+            auto: false,
         };
         let slot = Slot {
             generation: 0,
@@ -162,6 +204,14 @@ impl Slot {
             sqlstate: *b"00000",
             error_len: 0,
             error: [0; ERROR_BYTES],
+            members: Members {
+                len: 0,
+                slots: [Handle { index: 0, generation: 0 }; MAX_MEMBERS],
+                upstream: [0; MAX_MEMBERS],
+            },
+            membership: Membership::default(),
+            wakes: 0,
+            retired: 0,
         };
         slot
     }
@@ -214,7 +264,7 @@ pub fn now() -> f64 {
 
 /// A run's slot: its index and the generation the slot had when the run took it (run ids are
 /// per database; generations are unique in the server's life).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Handle {
     pub index: usize,
     pub generation: u64,
@@ -228,44 +278,123 @@ pub enum Refused {
     Full,
 }
 
-/// Takes a slot for `spec`, with as many of its workers as dj.max_workers (`max`) has left over
-/// the unfinished runs (checked and reserved under one lock). The workers granted are in the
-/// slot's `spec.workers`.
-pub fn create(spec: Spec, max: u32) -> Result<(Handle, Slot), Refused> {
-    let mut runs = RUNS.exclusive();
+/// Takes a slot for each of `specs` under one lock, with as many of the first one's workers as
+/// dj.max_workers (`max`) has left over the unfinished runs (checked and reserved under the same
+/// lock; granted in each slot's `spec.workers`). The first one's workers work for all of them; with more than one, the first slot lists the others as its
+/// members, with `upstream` (bit j of member i: member j is upstream of it). Returns the slots
+/// and a copy of the first.
+pub fn create_group(specs: &[Spec], upstream: &[u16], max: u32) -> Result<(Vec<Handle>, Slot), Refused> {
+    create_in(&mut RUNS.exclusive(), specs, upstream, max)
+}
+
+fn create_in(
+    runs: &mut Runs,
+    specs: &[Spec],
+    upstream: &[u16],
+    max: u32,
+) -> Result<(Vec<Handle>, Slot), Refused> {
     let busy: u32 = runs
         .slots
         .iter()
-        .filter(|s| s.state != State::Free && !s.state.finished())
+        .filter(|s| s.state != State::Free && !s.state.finished() && !s.spec.member)
         .map(|s| s.spec.workers)
         .sum();
-    let n = spec.workers.min(max.saturating_sub(busy));
+    let n = specs[0].workers.min(max.saturating_sub(busy));
     if n == 0 {
         return Err(Refused::Busy);
     }
-    let index = runs
+    let mut indexes: Vec<usize> =
+        runs.slots.iter().enumerate().filter(|(_, s)| s.state == State::Free).map(|(i, _)| i).collect();
+    // Then the finished runs that ended longest ago give their slots (dj._runs keeps them).
+    let mut finished: Vec<(usize, f64)> = runs
         .slots
         .iter()
-        .position(|s| s.state == State::Free)
-        .or_else(|| {
-            // The finished run that ended longest ago gives its slot (dj._runs keeps it).
-            runs.slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.state.finished() && s.live == 0)
-                .min_by(|a, b| a.1.finished.total_cmp(&b.1.finished))
-                .map(|(i, _)| i)
-        })
-        .ok_or(Refused::Full)?;
-    runs.next_generation += 1;
-    let mut slot = Slot::empty();
-    slot.generation = runs.next_generation;
-    slot.state = State::Starting;
-    slot.spec = spec;
-    slot.spec.workers = n;
-    slot.started = now();
-    runs.slots[index] = slot;
-    Ok((Handle { index, generation: slot.generation }, slot))
+        .enumerate()
+        .filter(|(_, s)| s.state.finished() && s.live == 0)
+        .map(|(i, s)| (i, s.finished))
+        .collect();
+    finished.sort_by(|a, b| a.1.total_cmp(&b.1));
+    indexes.extend(finished.into_iter().map(|(i, _)| i));
+    if indexes.len() < specs.len() {
+        return Err(Refused::Full);
+    }
+    let mut handles = Vec::with_capacity(specs.len());
+    for (spec, &index) in specs.iter().zip(&indexes) {
+        runs.next_generation += 1;
+        let mut slot = Slot::empty();
+        slot.generation = runs.next_generation;
+        slot.state = State::Starting;
+        slot.spec = *spec;
+        slot.spec.workers = n;
+        slot.started = now();
+        runs.slots[index] = slot;
+        handles.push(Handle { index, generation: slot.generation });
+    }
+    if specs.len() > 1 {
+        let first = &mut runs.slots[handles[0].index];
+        first.members.len = handles.len();
+        first.members.slots[..handles.len()].copy_from_slice(&handles);
+        first.members.upstream[..handles.len()].copy_from_slice(upstream);
+    }
+    Ok((handles, runs.slots[indexes[0]]))
+}
+
+/// What [`wake_or_create_auto`] did.
+pub enum Woken {
+    /// The table's auto run was woken: its workers' pids (0: none), whose latches to set.
+    Poked([i32; MAX_RUN_WORKERS]),
+    /// A new auto run took this slot, with this many workers to start.
+    Created(Handle, u32),
+    Refused(Refused),
+}
+
+/// Under one lock: wakes the unfinished auto run of `spec`'s table and database that still takes
+/// wakes (adding `added` keys to its total), or creates one.
+pub fn wake_or_create_auto(spec: &Spec, added: i64, max: u32) -> Woken {
+    let mut runs = RUNS.exclusive();
+    let live = runs.slots.iter_mut().find(|s| {
+        s.state != State::Free
+            && !s.state.finished()
+            && s.spec.auto
+            && s.spec.database == spec.database
+            && s.spec.target == spec.target
+            && !s.closing
+            && !s.cancel
+            && s.retired < s.spec.workers
+    });
+    if let Some(s) = live {
+        s.wakes += 1;
+        s.total += added;
+        return Woken::Poked(s.pids);
+    }
+    match create_in(&mut runs, &[*spec], &[0], max) {
+        Ok((handles, slot)) => Woken::Created(handles[0], slot.spec.workers),
+        Err(refused) => Woken::Refused(refused),
+    }
+}
+
+/// How many times the auto run was woken.
+pub fn wakes(h: Handle) -> u64 {
+    let runs = RUNS.share();
+    runs.slots.get(h.index).filter(|s| s.generation == h.generation).map_or(0, |s| s.wakes)
+}
+
+/// An idle worker of an auto run leaves unless the run was woken since it saw `seen` wakes
+/// (under the lock the wakers take): whether it may leave.
+pub fn retire_unless_woken(h: Handle, seen: u64) -> bool {
+    update(h, |s| {
+        let unwoken = s.wakes == seen;
+        if unwoken {
+            s.retired += 1;
+        }
+        unwoken
+    })
+    .unwrap_or(true)
+}
+
+/// A copy of slot `index`, whatever it holds.
+pub fn get_any(index: usize) -> Option<Slot> {
+    RUNS.share().slots.get(index).copied()
 }
 
 /// A copy of the run's slot, while it holds the run.
@@ -292,7 +421,9 @@ pub fn find(run_id: i64) -> Option<(Handle, Slot)> {
     runs.slots
         .iter()
         .enumerate()
-        .find(|(_, s)| s.spec.run_id == run_id && s.spec.database == database && s.state != State::Free)
+        .find(|(_, s)| {
+            run_id != 0 && s.spec.run_id == run_id && s.spec.database == database && s.state != State::Free
+        })
         .map(|(i, s)| (Handle { index: i, generation: s.generation }, *s))
 }
 
@@ -313,4 +444,36 @@ pub fn update<T>(h: Handle, f: impl FnOnce(&mut Slot) -> T) -> Option<T> {
     let mut runs = RUNS.exclusive();
     let slot = runs.slots.get_mut(h.index)?;
     (slot.generation == h.generation && slot.state != State::Free).then(|| f(slot))
+}
+
+/// After the workers of a pipeline died (see the worker's exit callback): its runs still open end
+/// as its first one ended.
+pub fn end_members(h: Handle) {
+    let mut runs = RUNS.exclusive();
+    let Some(first) = runs.slots.get(h.index).copied().filter(|s| s.generation == h.generation) else {
+        return;
+    };
+    if !first.state.finished() {
+        return;
+    }
+    for m in first.members.slots.iter().take(first.members.len).skip(1) {
+        let s = &mut runs.slots[m.index];
+        if s.generation == m.generation && s.state != State::Free && !s.state.finished() {
+            s.state = if first.cancel { State::Cancelled } else { State::Interrupted };
+            s.finished = now();
+        }
+    }
+}
+
+/// A pipeline's members as one lock saw them: each one's keys made and membership.
+pub fn memberships(members: &[Handle]) -> Vec<(i64, Membership)> {
+    let runs = RUNS.share();
+    members
+        .iter()
+        .map(|m| match runs.slots.get(m.index) {
+            Some(s) if s.generation == m.generation => (s.done, s.membership),
+            // Gone (cannot happen while the pipeline's workers live): nothing left to wait for.
+            _ => (0, Membership { complete: true, ..Membership::default() }),
+        })
+        .collect()
 }

@@ -36,6 +36,7 @@
 //! | `nul-restriction` | fetches `Case` with a restriction holding a NUL character |
 //! | `infinity` | inserts `value` = timestamp +infinity (`i64::MAX`), which PostgreSQL stores |
 //! | `copy` | fetches the key's row of `Source` (an ancestor) and inserts its attributes into `Outcome` as they came |
+//! | `parts` | inserts `value = n` and `n` rows into the part `Outcome.Detail` (`detail` 0..n), master and parts in one make |
 
 use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query, Value};
 use std::hint::black_box;
@@ -136,6 +137,12 @@ impl Make for Misbehave {
                     }
                 }
                 insert1("Outcome", row);
+            }
+            "parts" => {
+                insert1("Outcome", outcome(n));
+                for detail in 0..n {
+                    insert1("Detail", key.clone().with("detail", detail as i32));
+                }
             }
             other => return Err(format!("case {id}: unknown mode {other:?}")),
         }

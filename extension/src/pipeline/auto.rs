@@ -1,0 +1,313 @@
+//! Populate on insert (`dj.auto_populate`): turning it on and off for a table, and the trigger on
+//! each of the table's key parents that queues the keys new rows complete (or drops the pending
+//! keys of deleted rows) in the writing transaction, as the role that turned it on. The runs that
+//! make the queued keys are the worker pool's (`worker::auto`).
+
+use datajoint_core::dependencies::Table;
+use datajoint_core::populate::{self, auto, queue, Order};
+use datajoint_core::sql;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::catalog;
+use crate::error::{DjError, DjResult};
+use crate::gucs;
+use crate::make::in_subtransaction;
+use crate::make::source::{make_of, source_of};
+use crate::pipeline::tables;
+use crate::security;
+use crate::worker::auto::{want, Wanted};
+use crate::worker::slots;
+
+/// A table's auto populate: the role its makes run as, and what its runs ask for.
+pub struct Config {
+    pub target: pg_sys::Oid,
+    pub role: pg_sys::Oid,
+    pub role_name: String,
+    pub workers: i32,
+    pub priority: i32,
+    pub retries: i32,
+    pub timeout_ms: i32,
+    pub fuel_millions: i32,
+    pub memory_kb: i32,
+}
+
+impl Config {
+    fn wanted(&self, added: i64) -> Wanted {
+        Wanted {
+            target: self.target.to_u32(),
+            role: self.role.to_u32(),
+            workers: self.workers as u32,
+            priority: self.priority,
+            retries: self.retries as u32,
+            timeout_ms: self.timeout_ms,
+            fuel_millions: self.fuel_millions,
+            memory_kb: self.memory_kb,
+            added,
+        }
+    }
+}
+
+/// The auto populate of `target`, if it is on.
+pub fn config_of(target: &Table) -> DjResult<Option<Config>> {
+    Ok(Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT c.oid, r.oid, a.role_name::pg_catalog.text, a.workers, a.priority, a.retries, a.make_timeout, \
+                    a.make_fuel, a.make_memory_limit \
+             FROM dj._auto_populate a \
+             JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) a.schema_name \
+             JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
+                  AND c.relname OPERATOR(pg_catalog.=) a.table_name \
+             JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role_name \
+             WHERE a.schema_name OPERATOR(pg_catalog.=) $1 AND a.table_name OPERATOR(pg_catalog.=) $2",
+            Some(1),
+            &[target.schema.as_str().into(), target.name.as_str().into()],
+        )?;
+        if rows.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(None);
+        }
+        let r = rows.first();
+        Ok(Some(Config {
+            target: r.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+            role: r.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+            role_name: r.get::<String>(3)?.unwrap_or_default(),
+            workers: r.get::<i32>(4)?.unwrap_or(1),
+            priority: r.get::<i32>(5)?.unwrap_or(5),
+            retries: r.get::<i32>(6)?.unwrap_or(0),
+            timeout_ms: r.get::<i32>(7)?.unwrap_or(0),
+            fuel_millions: r.get::<i32>(8)?.unwrap_or(0),
+            memory_kb: r.get::<i32>(9)?.unwrap_or(0),
+        }))
+    })?)
+}
+
+/// The key parents of `target` (the tables its key source joins), each with its (child
+/// attribute, parent attribute) pairs.
+fn key_parents(target: &Table) -> DjResult<Vec<(Table, Vec<(String, String)>)>> {
+    let deps = catalog::dependencies()?;
+    Ok(deps
+        .parents(target)
+        .into_iter()
+        .filter(|(_, r)| r.primary)
+        .map(|(p, r)| (p.clone(), r.attributes.clone()))
+        .collect())
+}
+
+fn invalid(what: String, hint: &str) -> DjError {
+    DjError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, what, hint)
+}
+
+/// Whether the caller may change the auto populate of `target`, turned on by `role` (None: off):
+/// a member of that role, or of the table's owner.
+fn may_change(target: &Table, role: Option<&str>) -> DjResult<bool> {
+    let owner = catalog::read_one::<bool>(
+        "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') FROM pg_catalog.pg_class c \
+         WHERE c.oid OPERATOR(pg_catalog.=) $1",
+        &[catalog::oid_of(target)?.into()],
+    )?
+    .unwrap_or(false);
+    let member = match role {
+        Some(r) => catalog::read_one::<bool>(
+            "SELECT pg_catalog.pg_has_role(r.oid, 'USAGE') FROM pg_catalog.pg_roles r \
+             WHERE r.rolname OPERATOR(pg_catalog.=) $1",
+            &[r.into()],
+        )?
+        .unwrap_or(true),
+        None => false,
+    };
+    Ok(owner || member)
+}
+
+/// `dj.auto_populate(table, true, ...)`: from now on the target's keys are queued as its key
+/// parents' rows are inserted, and made by the pool as the caller. The keys missing now are
+/// queued at once; the run starts when this transaction commits. Returns them.
+pub fn enable(table: &str, workers: i32, priority: i32, retries: i32) -> DjResult<i64> {
+    let target = catalog::resolve(table)?;
+    let source = source_of(target.clone(), None)?;
+    make_of(&target)?;
+    if !(1..=slots::MAX_RUN_WORKERS as i32).contains(&workers) {
+        return Err(invalid(
+            format!("workers is {workers}"),
+            &format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
+        ));
+    }
+    if !(0..=255).contains(&priority) {
+        return Err(invalid(
+            format!("priority is {priority}"),
+            "Priorities go from 0 (most urgent) to 255; the default is 5.",
+        ));
+    }
+    if retries < 0 {
+        return Err(invalid(
+            format!("retries is {retries}"),
+            "Pass how many times a failed key is tried again (0: never).",
+        ));
+    }
+    if !slots::available() {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "auto populate needs the datajoint library preloaded",
+            crate::preload::HINT,
+        ));
+    }
+    let qualified = target.qualified();
+    let may_insert = catalog::read_one::<bool>(
+        "SELECT pg_catalog.has_table_privilege($1::pg_catalog.regclass, 'INSERT')",
+        &[qualified.as_str().into()],
+    )?;
+    let earlier = config_of(&target)?;
+    if may_insert != Some(true)
+        || (earlier.is_some() && !may_change(&target, earlier.as_ref().map(|c| c.role_name.as_str()))?)
+    {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to auto populate {qualified}"),
+            "Its makes run as the role that turns auto populate on, which needs INSERT on the table; \
+             once on, only a member of that role or of the table's owner may change it.",
+        ));
+    }
+    tables::ensure_jobs_table(&target)?;
+    let caller = security::current_role();
+    security::as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO dj._auto_populate (schema_name, table_name, role_name, workers, priority, retries, \
+                                            make_timeout, make_fuel, make_memory_limit) \
+             VALUES ($1, $2, $9, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (schema_name, table_name) DO UPDATE SET role_name = EXCLUDED.role_name, \
+                 workers = EXCLUDED.workers, priority = EXCLUDED.priority, retries = EXCLUDED.retries, \
+                 make_timeout = EXCLUDED.make_timeout, make_fuel = EXCLUDED.make_fuel, \
+                 make_memory_limit = EXCLUDED.make_memory_limit, enabled = pg_catalog.now()",
+            &[
+                target.schema.as_str().into(),
+                target.name.as_str().into(),
+                workers.into(),
+                priority.into(),
+                retries.into(),
+                gucs::MAKE_TIMEOUT.get().into(),
+                gucs::MAKE_FUEL.get().into(),
+                gucs::MAKE_MEMORY_LIMIT.get().into(),
+                caller.as_str().into(),
+            ],
+        )?;
+        Ok(())
+    })?;
+    // The triggers, as the caller: creating a trigger on a parent needs its TRIGGER privilege.
+    let args = format!("{}, {}", sql::literal(&target.schema), sql::literal(&target.name));
+    for (parent, _) in key_parents(&target)? {
+        let parent = parent.qualified();
+        Spi::run(&format!(
+            "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {parent} REFERENCING NEW TABLE AS {} \
+             FOR EACH STATEMENT EXECUTE FUNCTION dj._auto_populate_trigger({args})",
+            sql::ident(&auto::trigger_name(&target, "insert")),
+            sql::ident(auto::NEW_ROWS),
+        ))?;
+        Spi::run(&format!(
+            "CREATE OR REPLACE TRIGGER {} AFTER DELETE ON {parent} REFERENCING OLD TABLE AS {} \
+             FOR EACH STATEMENT EXECUTE FUNCTION dj._auto_populate_trigger({args})",
+            sql::ident(&auto::trigger_name(&target, "delete")),
+            sql::ident(auto::OLD_ROWS),
+        ))?;
+    }
+    // The keys missing now.
+    let jobs = populate::jobs::jobs_table(&target);
+    let added = catalog::write_one::<i64>(
+        &queue::refresh_sql(&jobs, &source.key, &source.keys(true, Order::Original, None)),
+        &[priority.into(), 0.0f64.into()],
+    )?
+    .unwrap_or(0);
+    let config = config_of(&target)?.ok_or_else(|| {
+        DjError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the auto populate just recorded is gone", "")
+    })?;
+    want(config.wanted(added.max(1)));
+    Ok(added)
+}
+
+/// `dj.auto_populate(table, false)`: no more keys are queued on insert and the table's auto run
+/// stops (its keys stay queued for the next populate). Whether it was on.
+pub fn disable(table: &str) -> DjResult<bool> {
+    let target = catalog::resolve(table)?;
+    let Some(config) = config_of(&target)? else { return Ok(false) };
+    if !may_change(&target, Some(&config.role_name))? {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied to turn off the auto populate of {}", target.qualified()),
+            format!("Only a member of {} (who turned it on) or of the table's owner may.", config.role_name),
+        ));
+    }
+    let parents = key_parents(&target)?;
+    security::as_extension_owner(|| {
+        Spi::run_with_args(
+            "DELETE FROM dj._auto_populate WHERE schema_name OPERATOR(pg_catalog.=) $1 \
+             AND table_name OPERATOR(pg_catalog.=) $2",
+            &[target.schema.as_str().into(), target.name.as_str().into()],
+        )?;
+        // The extension's own triggers (dropping needs the parent's ownership).
+        for (parent, _) in &parents {
+            for op in ["insert", "delete"] {
+                Spi::run(&format!(
+                    "DROP TRIGGER IF EXISTS {} ON {}",
+                    sql::ident(&auto::trigger_name(&target, op)),
+                    parent.qualified()
+                ))?;
+            }
+        }
+        Ok(())
+    })?;
+    crate::worker::cancel_auto(config.target.to_u32());
+    Ok(true)
+}
+
+/// The trigger on a key parent of an auto-populated table (`args`: its schema and name): queues
+/// the keys the inserted rows complete, or drops the pending keys of the deleted rows, as the
+/// role that turned auto populate on. A failure (that role lost a privilege, say) is a WARNING,
+/// not the writer's error: the keys are then queued by the table's next populate.
+pub fn on_parent_write(
+    data: *mut pg_sys::TriggerData,
+    parent: pg_sys::Oid,
+    args: &[String],
+    insert: bool,
+) -> DjResult<()> {
+    let [schema, name] = args else { return Ok(()) };
+    let target = Table::new(schema.clone(), name.clone());
+    let Some(config) = config_of(&target)? else { return Ok(()) };
+    let Some(parent) = catalog::table_name_of(parent)? else { return Ok(()) };
+    let Some((_, pairs)) = key_parents(&target)?.into_iter().find(|(p, _)| *p == parent) else {
+        return Ok(());
+    };
+    let source = source_of(target.clone(), None)?;
+    let jobs = populate::jobs::jobs_table(&target);
+    let sql = if insert {
+        auto::keys_of_rows(&source.sql, &target, &source.key, &pairs, auto::NEW_ROWS)
+            .map(|keys| queue::refresh_sql(&jobs, &source.key, &keys))
+    } else {
+        auto::drop_pending_sql(&jobs, &source.key, &pairs, auto::OLD_ROWS)
+    };
+    let Some(sql) = sql else { return Ok(()) };
+    let outcome = Spi::connect_mut(|client| {
+        // SAFETY: the trigger's own data, for this SPI connection's statements.
+        unsafe { pg_sys::SPI_register_trigger_data(data) };
+        security::as_role(config.role, || {
+            in_subtransaction(|| {
+                let args = if insert { vec![config.priority.into(), 0.0f64.into()] } else { vec![] };
+                Ok(client.update(&sql, None, &args)?.first().get::<i64>(1)?.unwrap_or(0))
+            })
+        })
+    });
+    match outcome {
+        Ok(added) if insert && added > 0 => want(config.wanted(added)),
+        Ok(_) => {}
+        Err(failure) => {
+            if crate::interrupts::stop_requested() {
+                pgrx::check_for_interrupts!();
+            }
+            let message = failure.parts().1;
+            pgrx::warning!(
+                "auto populate of {} could not {} keys as {}: {message}",
+                target.qualified(),
+                if insert { "queue" } else { "drop" },
+                config.role_name
+            );
+        }
+    }
+    Ok(())
+}
