@@ -173,6 +173,8 @@ CREATE TABLE dj._auto_populate (
     make_fuel         integer NOT NULL,
     make_memory_limit integer NOT NULL,
     enabled           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    every             interval,     -- the schedule's interval (NULL: none)
+    scheduled         timestamptz,  -- when the schedule last refreshed the queue
     PRIMARY KEY (schema_name, table_name)
 );
 REVOKE ALL ON dj._auto_populate FROM PUBLIC;
@@ -180,6 +182,6 @@ GRANT SELECT ON dj._auto_populate TO PUBLIC;
 COMMENT ON TABLE dj._auto_populate IS 'Internal: the auto-populated tables (dj.auto_populate), written by the extension; read through dj.auto_populated.';
 SELECT pg_catalog.pg_extension_config_dump('dj._auto_populate', '');
 CREATE VIEW dj.auto_populated AS
-SELECT schema_name, table_name, role_name, workers, priority, retries, enabled FROM dj._auto_populate;
+SELECT schema_name, table_name, role_name, workers, priority, retries, every, scheduled, enabled FROM dj._auto_populate;
 GRANT SELECT ON dj.auto_populated TO PUBLIC;
-COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, since when.';
+COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, their schedule (every) and when it last refreshed the queue, since when.';

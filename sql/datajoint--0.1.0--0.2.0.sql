@@ -304,6 +304,8 @@ CREATE TABLE dj._auto_populate (
     make_fuel         integer NOT NULL,
     make_memory_limit integer NOT NULL,
     enabled           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    every             interval,     -- the schedule's interval (NULL: none)
+    scheduled         timestamptz,  -- when the schedule last refreshed the queue
     PRIMARY KEY (schema_name, table_name)
 );
 REVOKE ALL ON dj._auto_populate FROM PUBLIC;
@@ -311,9 +313,9 @@ GRANT SELECT ON dj._auto_populate TO PUBLIC;
 COMMENT ON TABLE dj._auto_populate IS 'Internal: the auto-populated tables (dj.auto_populate), written by the extension; read through dj.auto_populated.';
 SELECT pg_catalog.pg_extension_config_dump('dj._auto_populate', '');
 CREATE VIEW dj.auto_populated AS
-SELECT schema_name, table_name, role_name, workers, priority, retries, enabled FROM dj._auto_populate;
+SELECT schema_name, table_name, role_name, workers, priority, retries, every, scheduled, enabled FROM dj._auto_populate;
 GRANT SELECT ON dj.auto_populated TO PUBLIC;
-COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, since when.';
+COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, their schedule (every) and when it last refreshed the queue, since when.';
 DROP FUNCTION dj.populate(text, text, bigint, boolean, text, boolean);
 CREATE FUNCTION dj."populate"(
 	"table" TEXT, /* & str */
@@ -567,11 +569,12 @@ CREATE FUNCTION dj."auto_populate"(
 	"enabled" bool DEFAULT true, /* bool */
 	"workers" INT DEFAULT 1, /* i32 */
 	"priority" INT DEFAULT 5, /* i32 */
-	"retries" INT DEFAULT 0 /* i32 */
+	"retries" INT DEFAULT 0, /* i32 */
+	"every" interval DEFAULT NULL /* Option < pgrx :: datum :: Interval > */
 ) RETURNS bigint /* i64 */
-STRICT VOLATILE PARALLEL UNSAFE
+VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'auto_populate_wrapper';
 CREATE FUNCTION dj."_auto_populate_trigger"() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'auto_populate_trigger_wrapper';
-COMMENT ON FUNCTION dj.auto_populate(text, boolean, integer, integer, integer) IS 'Populate on insert: with enabled (the default), inserts into the table''s key parents queue the keys they complete as pending jobs in the inserting transaction and the worker pool makes them after its commit, as the caller; deleted parent rows drop their queued keys. Queues the keys missing now and returns how many (0 when turning it off).';
+COMMENT ON FUNCTION dj.auto_populate(text, boolean, integer, integer, integer, interval) IS 'Populate on insert: with enabled (the default), inserts into the table''s key parents queue the keys they complete as pending jobs in the inserting transaction and the worker pool makes them after its commit, as the caller; deleted parent rows drop their queued keys; with every, the queue is also refreshed on that schedule (missing keys queued, failed keys tried again). Queues the keys missing now and returns how many (0 when turning it off).';
 COMMENT ON FUNCTION dj._auto_populate_trigger() IS 'Internal: the trigger dj.auto_populate puts on a table''s key parents (arguments: the table''s schema and name).';

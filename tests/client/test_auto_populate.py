@@ -14,31 +14,11 @@ import pytest
 from psycopg import errors
 
 from conftest import REPO, connect
+from test_workers import reconnect, until
 
 MISBEHAVE = (REPO / "udfs" / "components" / "misbehave.wasm").read_bytes()
 ROLE = "dj_auto_user"
 OTHER = "dj_auto_other"
-
-
-def until(condition, seconds: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {seconds} s")
-
-
-def reconnect(**kw) -> psycopg.Connection:
-    for _ in range(300):
-        try:
-            c = connect(**kw)
-            c.execute("SELECT 1")
-            return c
-        except psycopg.OperationalError:
-            time.sleep(0.1)
-    raise AssertionError("the server did not come back")
 
 
 def as_role(name=ROLE) -> psycopg.Connection:
@@ -233,3 +213,19 @@ def test_auto_populate_under_enforced_tiers_and_its_refusals(owner):
         owner.execute("DELETE FROM dj._auto_populate")
     writer.close()
     su.close()
+
+
+def test_a_schedule_refreshes_the_queue_and_tries_failed_keys_again(owner):
+    owner.execute("SELECT dj.auto_populate('ap1.Outcome', every => '1 second')")
+    owner.execute("INSERT INTO ap1.case VALUES (1, 'err', 1), (2, 'ok', 2)")
+    until(lambda: made(owner) == [2] and count(owner, "SELECT count(*) FROM ap1.\"~~outcome\" WHERE status = 'error'") == 1,
+          what="key 2 made, key 1 failed")
+    # An UPDATE queues nothing; the schedule tries the failed key again.
+    owner.execute("UPDATE ap1.case SET mode = 'ok' WHERE case_id = 1")
+    until(lambda: made(owner) == [1, 2], seconds=15, what="the schedule trying the failed key again")
+    every, scheduled = owner.execute(
+        "SELECT every, scheduled IS NOT NULL FROM dj.auto_populated WHERE schema_name = 'ap1'"
+    ).fetchone()
+    assert every.total_seconds() == 1 and scheduled
+    with pytest.raises(errors.InvalidParameterValue, match="every"):
+        owner.execute("SELECT dj.auto_populate('ap1.Outcome', every => '10 milliseconds')")

@@ -55,6 +55,16 @@ pub fn refresh_sql(jobs: &Table, key: &[String], keys_sql: &str) -> String {
     )
 }
 
+/// The keys `keys_sql` gives that have no row in the jobs table (in any status), in its order: a
+/// refresh that adds only those tries no insert of a key already queued.
+pub fn unqueued_sql(jobs: &Table, key: &[String], keys_sql: &str) -> String {
+    format!(
+        "SELECT * FROM ({keys_sql}) AS \"q\" WHERE NOT EXISTS (SELECT FROM {} AS \"j\" WHERE {})",
+        jobs.qualified(),
+        matched(key, "\"j\"", "\"q\"")
+    )
+}
+
 /// Puts the `error` rows of the keys `keys_sql` gives back to `pending` (a populate run retries
 /// the keys that failed before, as an in-backend populate does; `ignore` rows stay).
 pub fn repend_errors_sql(jobs: &Table, key: &[String], keys_sql: &str) -> String {
@@ -269,6 +279,16 @@ mod tests {
         assert!(
             prune.contains("ANY ('{pending,error}') AND (\"a\" > 1) AND"),
             "only the refreshed keys: {prune}"
+        );
+    }
+
+    #[test]
+    fn a_pipelines_refresh_leaves_out_keys_already_queued() {
+        let jobs = Table::new("lab", "~~pair");
+        let sql = unqueued_sql(&jobs, &names(&["a", "b"]), "SELECT 1 AS \"a\", 2 AS \"b\"");
+        assert!(
+            sql.ends_with("WHERE NOT EXISTS (SELECT FROM \"lab\".\"~~pair\" AS \"j\" WHERE \"j\".\"a\" OPERATOR(pg_catalog.=) \"q\".\"a\" AND \"j\".\"b\" OPERATOR(pg_catalog.=) \"q\".\"b\")"),
+            "{sql}"
         );
     }
 

@@ -7,11 +7,13 @@ use crate::error::{DjResult, OrRaise};
 use crate::pipeline::auto;
 use crate::security;
 
-/// `dj.auto_populate(table, enabled, workers, priority, retries)`: with `enabled` (the default),
-/// an insert into any of the table's key parents queues the keys it completes as pending jobs,
-/// in the inserting transaction, and the worker pool makes them after its commit (as the caller,
-/// with the caller's make limits); a deleted parent row drops its queued keys. The keys missing
-/// now are queued at once. Returns the keys queued (0 when turning it off).
+/// `dj.auto_populate(table, enabled, workers, priority, retries, every)`: with `enabled` (the
+/// default), an insert into any of the table's key parents queues the keys it completes as
+/// pending jobs, in the inserting transaction, and the worker pool makes them after its commit
+/// (as the caller, with the caller's make limits); a deleted parent row drops its queued keys.
+/// The keys missing now are queued at once. With `every`, the table's queue is also refreshed on
+/// that schedule (missing keys queued, failed keys tried again), as a populate run would. Returns
+/// the keys queued (0 when turning it off).
 #[pg_extern(volatile, parallel_unsafe)]
 fn auto_populate(
     table: &str,
@@ -19,10 +21,11 @@ fn auto_populate(
     workers: default!(i32, 1),
     priority: default!(i32, 5),
     retries: default!(i32, 0),
+    every: default!(Option<pgrx::datum::Interval>, "NULL"),
 ) -> i64 {
     let _pin = security::pin();
     let out: DjResult<i64> = if enabled {
-        auto::enable(table, workers, priority, retries)
+        auto::enable(table, workers, priority, retries, every)
     } else {
         auto::disable(table).map(|_| 0)
     };
@@ -48,7 +51,7 @@ fn auto_populate_trigger<'a>(
 
 extension_sql!(
     r#"
-COMMENT ON FUNCTION dj.auto_populate(text, boolean, integer, integer, integer) IS 'Populate on insert: with enabled (the default), inserts into the table''s key parents queue the keys they complete as pending jobs in the inserting transaction and the worker pool makes them after its commit, as the caller; deleted parent rows drop their queued keys. Queues the keys missing now and returns how many (0 when turning it off).';
+COMMENT ON FUNCTION dj.auto_populate(text, boolean, integer, integer, integer, interval) IS 'Populate on insert: with enabled (the default), inserts into the table''s key parents queue the keys they complete as pending jobs in the inserting transaction and the worker pool makes them after its commit, as the caller; deleted parent rows drop their queued keys; with every, the queue is also refreshed on that schedule (missing keys queued, failed keys tried again). Queues the keys missing now and returns how many (0 when turning it off).';
 COMMENT ON FUNCTION dj._auto_populate_trigger() IS 'Internal: the trigger dj.auto_populate puts on a table''s key parents (arguments: the table''s schema and name).';
 "#,
     name = "auto_populate_comments",

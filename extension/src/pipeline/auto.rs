@@ -16,7 +16,7 @@ use crate::make::in_subtransaction;
 use crate::make::source::{make_of, source_of};
 use crate::pipeline::tables;
 use crate::security;
-use crate::worker::auto::{want, Wanted};
+use crate::worker::auto::{reschedule, want, Wanted};
 use crate::worker::slots;
 
 /// A table's auto populate: the role its makes run as, and what its runs ask for.
@@ -121,27 +121,29 @@ fn may_change(target: &Table, role: Option<&str>) -> DjResult<bool> {
 /// `dj.auto_populate(table, true, ...)`: from now on the target's keys are queued as its key
 /// parents' rows are inserted, and made by the pool as the caller. The keys missing now are
 /// queued at once; the run starts when this transaction commits. Returns them.
-pub fn enable(table: &str, workers: i32, priority: i32, retries: i32) -> DjResult<i64> {
+pub fn enable(
+    table: &str,
+    workers: i32,
+    priority: i32,
+    retries: i32,
+    every: Option<pgrx::datum::Interval>,
+) -> DjResult<i64> {
     let target = catalog::resolve(table)?;
     let source = source_of(target.clone(), None)?;
     make_of(&target)?;
-    if !(1..=slots::MAX_RUN_WORKERS as i32).contains(&workers) {
-        return Err(invalid(
-            format!("workers is {workers}"),
-            &format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
-        ));
-    }
-    if !(0..=255).contains(&priority) {
-        return Err(invalid(
-            format!("priority is {priority}"),
-            "Priorities go from 0 (most urgent) to 255; the default is 5.",
-        ));
-    }
-    if retries < 0 {
-        return Err(invalid(
-            format!("retries is {retries}"),
-            "Pass how many times a failed key is tried again (0: never).",
-        ));
+    crate::worker::check_settings(workers, retries, priority)?;
+    if let Some(every) = every {
+        let seconds = catalog::read_one::<f64>(
+            "SELECT pg_catalog.date_part('epoch', $1::pg_catalog.interval)::pg_catalog.float8",
+            &[every.into()],
+        )?
+        .unwrap_or(0.0);
+        if seconds < 1.0 {
+            return Err(invalid(
+                format!("every is {seconds} s"),
+                "A schedule refreshes the table's queue at most every second: pass an interval of 1 second or more, or NULL for none.",
+            ));
+        }
     }
     if !slots::available() {
         return Err(DjError::new(
@@ -171,12 +173,13 @@ pub fn enable(table: &str, workers: i32, priority: i32, retries: i32) -> DjResul
     security::as_extension_owner(|| {
         Spi::run_with_args(
             "INSERT INTO dj._auto_populate (schema_name, table_name, role_name, workers, priority, retries, \
-                                            make_timeout, make_fuel, make_memory_limit) \
-             VALUES ($1, $2, $9, $3, $4, $5, $6, $7, $8) \
+                                            make_timeout, make_fuel, make_memory_limit, every, scheduled) \
+             VALUES ($1, $2, $9, $3, $4, $5, $6, $7, $8, $10, NULL) \
              ON CONFLICT (schema_name, table_name) DO UPDATE SET role_name = EXCLUDED.role_name, \
                  workers = EXCLUDED.workers, priority = EXCLUDED.priority, retries = EXCLUDED.retries, \
                  make_timeout = EXCLUDED.make_timeout, make_fuel = EXCLUDED.make_fuel, \
-                 make_memory_limit = EXCLUDED.make_memory_limit, enabled = pg_catalog.now()",
+                 make_memory_limit = EXCLUDED.make_memory_limit, every = EXCLUDED.every, \
+                 scheduled = NULL, enabled = pg_catalog.now()",
             &[
                 target.schema.as_str().into(),
                 target.name.as_str().into(),
@@ -187,6 +190,7 @@ pub fn enable(table: &str, workers: i32, priority: i32, retries: i32) -> DjResul
                 gucs::MAKE_FUEL.get().into(),
                 gucs::MAKE_MEMORY_LIMIT.get().into(),
                 caller.as_str().into(),
+                every.into(),
             ],
         )?;
         Ok(())
@@ -194,19 +198,15 @@ pub fn enable(table: &str, workers: i32, priority: i32, retries: i32) -> DjResul
     // The triggers, as the caller: creating a trigger on a parent needs its TRIGGER privilege.
     let args = format!("{}, {}", sql::literal(&target.schema), sql::literal(&target.name));
     for (parent, _) in key_parents(&target)? {
-        let parent = parent.qualified();
-        Spi::run(&format!(
-            "CREATE OR REPLACE TRIGGER {} AFTER INSERT ON {parent} REFERENCING NEW TABLE AS {} \
-             FOR EACH STATEMENT EXECUTE FUNCTION dj._auto_populate_trigger({args})",
-            sql::ident(&auto::trigger_name(&target, "insert")),
-            sql::ident(auto::NEW_ROWS),
-        ))?;
-        Spi::run(&format!(
-            "CREATE OR REPLACE TRIGGER {} AFTER DELETE ON {parent} REFERENCING OLD TABLE AS {} \
-             FOR EACH STATEMENT EXECUTE FUNCTION dj._auto_populate_trigger({args})",
-            sql::ident(&auto::trigger_name(&target, "delete")),
-            sql::ident(auto::OLD_ROWS),
-        ))?;
+        for (op, event, rows) in [("insert", "INSERT", "NEW"), ("delete", "DELETE", "OLD")] {
+            Spi::run(&format!(
+                "CREATE OR REPLACE TRIGGER {} AFTER {event} ON {} REFERENCING {rows} TABLE AS {} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION dj._auto_populate_trigger({args})",
+                sql::ident(&auto::trigger_name(&target, op)),
+                parent.qualified(),
+                sql::ident(if op == "insert" { auto::NEW_ROWS } else { auto::OLD_ROWS }),
+            ))?;
+        }
     }
     // The keys missing now.
     let jobs = populate::jobs::jobs_table(&target);
@@ -219,6 +219,7 @@ pub fn enable(table: &str, workers: i32, priority: i32, retries: i32) -> DjResul
         DjError::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "the auto populate just recorded is gone", "")
     })?;
     want(config.wanted(added.max(1)));
+    reschedule();
     Ok(added)
 }
 
@@ -254,6 +255,7 @@ pub fn disable(table: &str) -> DjResult<bool> {
         Ok(())
     })?;
     crate::worker::cancel_auto(config.target.to_u32());
+    reschedule();
     Ok(true)
 }
 

@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 
-use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::prelude::*;
 
 use super::slots::{self, Spec, Woken};
@@ -32,13 +31,11 @@ thread_local! {
     /// The tables this backend's transaction queued keys for.
     static WANTED: RefCell<Vec<Wanted>> = const { RefCell::new(Vec::new()) };
     static REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+    /// This transaction changed a schedule (`dj.auto_populate(..., every)`).
+    static RESCHEDULE: RefCell<bool> = const { RefCell::new(false) };
 }
 
-/// Asks for `wanted`'s run to be woken when this transaction commits (nothing if it aborts).
-pub fn want(wanted: Wanted) {
-    if !slots::available() {
-        return;
-    }
+fn register() {
     REGISTERED.with(|r| {
         if !*r.borrow() {
             // SAFETY: a callback for the life of the backend, as extensions register them.
@@ -46,6 +43,22 @@ pub fn want(wanted: Wanted) {
             *r.borrow_mut() = true;
         }
     });
+}
+
+/// Asks the launcher to look at this database's schedules when this transaction commits.
+pub fn reschedule() {
+    if slots::available() {
+        register();
+        RESCHEDULE.with(|r| *r.borrow_mut() = true);
+    }
+}
+
+/// Asks for `wanted`'s run to be woken when this transaction commits (nothing if it aborts).
+pub fn want(wanted: Wanted) {
+    if !slots::available() {
+        return;
+    }
+    register();
     WANTED.with(|w| {
         let mut w = w.borrow_mut();
         match w.iter_mut().find(|x| x.target == wanted.target) {
@@ -66,15 +79,20 @@ unsafe extern "C-unwind" fn at_end(event: pg_sys::XactEvent::Type, _arg: *mut st
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT => {
+            // SAFETY: this backend's database.
+            let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
             let wanted = WANTED.with(|w| std::mem::take(&mut *w.borrow_mut()));
             if !wanted.is_empty() {
-                // SAFETY: this backend's database.
-                wake(unsafe { pg_sys::MyDatabaseId }.to_u32(), &wanted);
+                wake(database, &wanted);
+            }
+            if RESCHEDULE.with(|r| std::mem::take(&mut *r.borrow_mut())) {
+                super::launcher::reschedule(database);
             }
         }
         // (A prepared transaction's keys are taken by the next run of their table.)
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT | XACT_EVENT_PREPARE => {
             WANTED.with(|w| w.borrow_mut().clear());
+            RESCHEDULE.with(|r| *r.borrow_mut() = false);
         }
         _ => {}
     }
@@ -100,14 +118,8 @@ pub fn wake(database: u32, wanted: &[Wanted]) {
             Woken::Created(h, workers) => {
                 let mut started = 0;
                 for _ in 0..workers {
-                    let registered = BackgroundWorkerBuilder::new("datajoint worker for an auto populate")
-                        .set_type("datajoint worker")
-                        .set_library("datajoint")
-                        .set_function("dj_worker_main")
-                        .enable_spi_access()
-                        .set_argument(Some(pg_sys::Datum::from(h.index)))
-                        .set_extra(&h.generation.to_string())
-                        .load_dynamic();
+                    let registered =
+                        super::worker_of(h, "datajoint worker for an auto populate").load_dynamic();
                     if registered.is_err() {
                         break;
                     }
@@ -140,7 +152,8 @@ pub fn wake(database: u32, wanted: &[Wanted]) {
     }
 }
 
-fn spec_of(database: u32, w: &Wanted) -> Spec {
+/// What the auto run of `w` in `database` asks for.
+pub(super) fn spec_of(database: u32, w: &Wanted) -> Spec {
     let mut spec = slots::Slot::empty().spec;
     spec.database = database;
     spec.role = w.role;

@@ -46,28 +46,13 @@ pub fn spec(
     retries: i32,
     priority: i32,
 ) -> DjResult<Spec> {
-    let invalid =
-        |what: String, hint: &str| DjError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, what, hint);
-    if !(1..=slots::MAX_RUN_WORKERS as i32).contains(&workers) {
-        return Err(invalid(
-            format!("workers is {workers}"),
-            &format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
-        ));
-    }
-    if retries < 0 {
-        return Err(invalid(
-            format!("retries is {retries}"),
-            "Pass how many times a failed key is tried again (0: never).",
-        ));
-    }
-    if !(0..=255).contains(&priority) {
-        return Err(invalid(
-            format!("priority is {priority}"),
-            "Priorities go from 0 (most urgent) to 255; the default is 5.",
-        ));
-    }
+    check_settings(workers, retries, priority)?;
     if let Some(n) = max_calls.filter(|n| *n < 0) {
-        return Err(invalid(format!("max_calls is {n}"), "Pass a number of keys >= 0, or NULL for all."));
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("max_calls is {n}"),
+            "Pass a number of keys >= 0, or NULL for all.",
+        ));
     }
     let text = restriction.unwrap_or("");
     if text.len() > slots::RESTRICTION_BYTES {
@@ -120,6 +105,31 @@ pub fn spec(
         member: false,
         auto: false,
     })
+}
+
+/// Refuses a run's workers, retries and priority outside their ranges.
+pub fn check_settings(workers: i32, retries: i32, priority: i32) -> DjResult<()> {
+    let invalid =
+        |what: String, hint: &str| DjError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, what, hint);
+    if !(1..=slots::MAX_RUN_WORKERS as i32).contains(&workers) {
+        return Err(invalid(
+            format!("workers is {workers}"),
+            &format!("A run has 1 to {} workers.", slots::MAX_RUN_WORKERS),
+        ));
+    }
+    if retries < 0 {
+        return Err(invalid(
+            format!("retries is {retries}"),
+            "Pass how many times a failed key is tried again (0: never).",
+        ));
+    }
+    if !(0..=255).contains(&priority) {
+        return Err(invalid(
+            format!("priority is {priority}"),
+            "Priorities go from 0 (most urgent) to 255; the default is 5.",
+        ));
+    }
+    Ok(())
 }
 
 /// How a run ended, from the slot or (once the slot went to another run) from dj._runs.
@@ -291,13 +301,7 @@ pub fn start_group(
     let n = slot.spec.workers;
     let mut started = 0u32;
     for _ in 0..n {
-        let worker = BackgroundWorkerBuilder::new(&format!("datajoint worker for run {run_id}"))
-            .set_type("datajoint worker")
-            .set_library("datajoint")
-            .set_function("dj_worker_main")
-            .enable_spi_access()
-            .set_argument(Some(pg_sys::Datum::from(h.index)))
-            .set_extra(&h.generation.to_string())
+        let worker = worker_of(h, &format!("datajoint worker for run {run_id}"))
             // SAFETY: this backend's pid, a plain global.
             .set_notify_pid(unsafe { pg_sys::MyProcPid })
             .load_dynamic();
@@ -327,6 +331,17 @@ pub fn start_group(
         pgrx::notice!("populate {target}: running with {started} of the {asked} workers asked for");
     }
     Ok((handles, run_ids))
+}
+
+/// A pool worker for run `h`, named `name`.
+fn worker_of(h: Handle, name: &str) -> BackgroundWorkerBuilder {
+    BackgroundWorkerBuilder::new(name)
+        .set_type("datajoint worker")
+        .set_library("datajoint")
+        .set_function("dj_worker_main")
+        .enable_spi_access()
+        .set_argument(Some(pg_sys::Datum::from(h.index)))
+        .set_extra(&h.generation.to_string())
 }
 
 fn current_setting(name: &str) -> String {
@@ -394,6 +409,7 @@ pub fn wait(h: Handle, report: Option<&str>) -> Option<Slot> {
 
 /// From `_PG_init` (preloaded): the launcher that resumes auto populate after a server start.
 pub fn register_launcher() {
+    launcher::init();
     launcher::register();
 }
 

@@ -2,7 +2,8 @@
 //! pipeline. It visits the tables downstream first, each visit one reservation of keys and their
 //! makes, so a key whose upstream rows are there is taken soon, without waiting for whole
 //! upstream tables. A table's queue is refreshed (its missing keys added as pending) when the
-//! tables upstream of it have made keys, at most every `REFRESH_EVERY`, and once more when they
+//! tables upstream of it have made keys, at most every `REFRESH_EVERY` (and no more often than
+//! `REFRESH_SHARE` of the time goes to refreshing), and once more when they
 //! are done. A table is done when every table upstream of it is done, its last refresh saw
 //! all their keys, and nothing of it is pending, being refreshed or being made.
 
@@ -18,6 +19,9 @@ use crate::pipeline::writes::PipelineWrite;
 
 /// Seconds between two refreshes of a table's queue while its upstream tables make keys.
 const REFRESH_EVERY: f64 = 0.25;
+/// A refresh scans the table's whole key source: the next waits this many times as long as the
+/// last one took.
+const REFRESH_SHARE: f64 = 5.0;
 
 /// This worker's part of pipeline `first` (whose runs are `members`, in the pipeline's order).
 pub(super) fn work(first: Handle, members: &[Handle]) -> Result<(), Failure> {
@@ -110,7 +114,8 @@ impl Pipeline<'_> {
             if me.complete || me.refreshing || me.refreshed == ups_done {
                 continue;
             }
-            if !ups_complete && slots::now() - me.refreshed_at < REFRESH_EVERY {
+            let every = REFRESH_EVERY.max(REFRESH_SHARE * me.refresh_took);
+            if !ups_complete && slots::now() - me.refreshed_at < every {
                 continue;
             }
             let claimed = slots::update(self.members[i], |s| {
@@ -124,6 +129,7 @@ impl Pipeline<'_> {
             }
             let spec = &specs[i].0;
             let started = slots::get(self.members[i]).map_or(0.0, |s| s.started);
+            let began = slots::now();
             let added = transaction_as(spec.role, || refill(&setups[i], spec, started));
             slots::update(self.members[i], |s| {
                 s.membership.refreshing = false;
@@ -131,6 +137,7 @@ impl Pipeline<'_> {
                     // The keys counted were committed before the refresh began: it saw their rows.
                     s.membership.refreshed = ups_done;
                     s.membership.refreshed_at = slots::now();
+                    s.membership.refresh_took = s.membership.refreshed_at - began;
                     s.membership.refreshes += 1;
                     s.total += n;
                 }
@@ -175,7 +182,7 @@ fn refill(setup: &Setup, spec: &Spec, started: f64) -> Result<i64, Failure> {
     let jobs = populate::jobs::jobs_table(&setup.source.name);
     let keys = setup.source.keys(true, pool::order_of(spec), None);
     let added = catalog::write_one::<i64>(
-        &queue::refresh_sql(&jobs, &setup.source.key, &keys),
+        &queue::refresh_sql(&jobs, &setup.source.key, &queue::unqueued_sql(&jobs, &setup.source.key, &keys)),
         &[spec.priority.into(), 0.0f64.into()],
     )?
     .unwrap_or(0);

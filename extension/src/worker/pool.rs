@@ -174,7 +174,7 @@ impl Setup {
 /// reservations back to pending, rows of keys no longer to make removed, a pending row for each
 /// missing key, the run's failed keys
 /// pending again. Returns the keys queued.
-fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
+pub(super) fn fill(spec: &Spec, restriction: Option<&str>) -> Result<i64, Failure> {
     let source = source_of(table_of(spec.target)?, restriction)?;
     if spec.recompute_stale && host::describe(&source.name)?.has_job_version() {
         let (_, sha256) = make_of(&source.name)?;

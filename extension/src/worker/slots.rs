@@ -98,6 +98,8 @@ pub struct Membership {
     pub refreshing: bool,
     pub refreshed: i64,
     pub refreshed_at: f64,
+    /// Seconds the last refresh took.
+    pub refresh_took: f64,
     pub refreshes: u64,
 }
 
