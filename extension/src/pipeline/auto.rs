@@ -6,8 +6,13 @@
 use datajoint_core::dependencies::Table;
 use datajoint_core::populate::{self, auto, queue, Order};
 use datajoint_core::sql;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use pgrx::prelude::*;
-use pgrx::PgSqlErrorCode;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{PgBuiltInOids, PgOid, PgSqlErrorCode};
 
 use crate::catalog;
 use crate::error::{DjError, DjResult};
@@ -259,6 +264,36 @@ pub fn disable(table: &str) -> DjResult<bool> {
     Ok(true)
 }
 
+thread_local! {
+    /// The triggers' statements, planned once per backend (a pool worker fires them for every key
+    /// it makes upstream of an auto-populated table). The transition table they read is looked up
+    /// by name at each execution, as PL/pgSQL's kept plans do.
+    static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// Plans a few dozen statements at most.
+const KEPT_PLANS: usize = 64;
+
+fn kept_plan(client: &SpiClient<'_>, sql: &str, insert: bool) -> Result<Rc<OwnedPreparedStatement>, DjError> {
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(sql).cloned()) {
+        return Ok(plan);
+    }
+    let types = if insert {
+        vec![PgOid::BuiltIn(PgBuiltInOids::INT4OID), PgOid::BuiltIn(PgBuiltInOids::FLOAT8OID)]
+    } else {
+        vec![]
+    };
+    let plan = Rc::new(client.prepare_mut(sql, &types)?.keep());
+    PLANS.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() >= KEPT_PLANS {
+            p.clear();
+        }
+        p.insert(sql.to_string(), plan.clone());
+    });
+    Ok(plan)
+}
+
 /// The trigger on a key parent of an auto-populated table (`args`: its schema and name): queues
 /// the keys the inserted rows complete, or drops the pending keys of the deleted rows, as the
 /// role that turned auto populate on. A failure (that role lost a privilege, say) is a WARNING,
@@ -291,7 +326,8 @@ pub fn on_parent_write(
         security::as_role(config.role, || {
             in_subtransaction(|| {
                 let args = if insert { vec![config.priority.into(), 0.0f64.into()] } else { vec![] };
-                Ok(client.update(&sql, None, &args)?.first().get::<i64>(1)?.unwrap_or(0))
+                let plan = kept_plan(client, &sql, insert)?;
+                Ok(client.update(&*plan, None, &args)?.first().get::<i64>(1)?.unwrap_or(0))
             })
         })
     });

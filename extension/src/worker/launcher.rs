@@ -345,10 +345,16 @@ fn queued_tables() -> Result<Vec<Wanted>, pgrx::spi::Error> {
         if !catalog::table_exists(&jobs.schema, &jobs.name).unwrap_or(false) {
             continue;
         }
-        let queued = Spi::get_one::<i64>(&format!(
+        // A user's table: read as the role that owns the auto populate, never as this worker.
+        let count = format!(
             "SELECT pg_catalog.count(*) FROM {} WHERE \"status\" OPERATOR(pg_catalog.=) ANY ('{{pending,reserved}}')",
             jobs.qualified()
-        ))?
+        );
+        let queued = security::as_role(pg_sys::Oid::from(wanted.role), || {
+            crate::make::in_subtransaction(|| Ok(Spi::get_one::<i64>(&count)?))
+        })
+        .ok()
+        .flatten()
         .unwrap_or(0);
         if queued > 0 {
             out.push(Wanted { added: queued, ..wanted });

@@ -7,6 +7,8 @@
 //! are done. A table is done when every table upstream of it is done, its last refresh saw
 //! all their keys, and nothing of it is pending, being refreshed or being made.
 
+use std::time::{Duration, Instant};
+
 use datajoint_core::populate::{self, queue};
 
 use super::pool::{self, PoolRun, Setup};
@@ -19,6 +21,8 @@ use crate::pipeline::writes::PipelineWrite;
 
 /// Seconds between two refreshes of a table's queue while its upstream tables make keys.
 const REFRESH_EVERY: f64 = 0.25;
+/// How long a worker trusts that a table's queue it found empty stays empty (unless refreshed).
+const RECHECK: Duration = Duration::from_millis(100);
 /// A refresh scans the table's whole key source: the next waits this many times as long as the
 /// last one took.
 const REFRESH_SHARE: f64 = 5.0;
@@ -46,6 +50,10 @@ pub(super) fn work(first: Handle, members: &[Handle]) -> Result<(), Failure> {
     drop(as_role);
     commit();
     let pipeline = Pipeline { first, members, upstream: &upstream[..members.len()] };
+    // Each table's last empty visit by this worker (its queue's refreshes then, and when): a
+    // table is not visited again, for a reservation that finds nothing, until its queue was
+    // refreshed or RECHECK passed.
+    let mut empty: Vec<Option<(u64, Instant)>> = vec![None; members.len()];
     'work: loop {
         if slots::stopping(first) {
             break;
@@ -57,7 +65,9 @@ pub(super) fn work(first: Handle, members: &[Handle]) -> Result<(), Failure> {
         }
         let mut worked = false;
         for i in (0..members.len()).rev() {
-            if seen[i].1.complete {
+            if seen[i].1.complete
+                || empty[i].is_some_and(|(r, at)| r == seen[i].1.refreshes && at.elapsed() < RECHECK)
+            {
                 continue;
             }
             let refreshes = slots::update(members[i], |s| {
@@ -73,8 +83,12 @@ pub(super) fn work(first: Handle, members: &[Handle]) -> Result<(), Failure> {
             match visited? {
                 // This worker stopped (cancelled, or an error recorded in the run).
                 None => break 'work,
-                Some(0) => pipeline.complete_if_done(i, refreshes, &runs[i])?,
+                Some(0) => {
+                    empty[i] = Some((refreshes, Instant::now()));
+                    pipeline.complete_if_done(i, refreshes, &runs[i])?
+                }
                 Some(_) => {
+                    empty[i] = None;
                     worked = true;
                     break;
                 }

@@ -523,7 +523,13 @@ impl<'p> PoolRun<'p> {
             0 => BATCH_FIRST,
             n => (BATCH_WORK.as_secs_f64() / (self.keys_time.as_secs_f64() / f64::from(n)).max(1e-6)) as i64,
         };
-        pace.min(share).clamp(1, BATCH_MAX)
+        // A pipeline's visit takes what its pace allows: its table's queue grows a refresh at a
+        // time, and a share of what a refresh added would make many small reservations.
+        if self.visiting {
+            pace.clamp(1, BATCH_MAX)
+        } else {
+            pace.min(share).clamp(1, BATCH_MAX)
+        }
     }
 
     /// Reserves up to `n` keys (committed at once), each with its earlier failed attempts.
