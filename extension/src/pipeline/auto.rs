@@ -53,18 +53,25 @@ impl Config {
     }
 }
 
+/// The auto-populated tables (`a`) with their tables (`c`) and roles (`r`): what every reader of
+/// the catalog joins.
+pub const AUTO_TABLES: &str = "FROM dj._auto_populate a \
+     JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) a.schema_name \
+     JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
+          AND c.relname OPERATOR(pg_catalog.=) a.table_name \
+     JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role_name";
+/// What an auto run asks for, after the table's and the role's oids.
+pub const CONFIG_COLUMNS: &str =
+    "a.workers, a.priority, a.retries, a.make_timeout, a.make_fuel, a.make_memory_limit";
+
 /// The auto populate of `target`, if it is on.
 pub fn config_of(target: &Table) -> DjResult<Option<Config>> {
     Ok(Spi::connect(|client| {
         let rows = client.select(
-            "SELECT c.oid, r.oid, a.role_name::pg_catalog.text, a.workers, a.priority, a.retries, a.make_timeout, \
-                    a.make_fuel, a.make_memory_limit \
-             FROM dj._auto_populate a \
-             JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) a.schema_name \
-             JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
-                  AND c.relname OPERATOR(pg_catalog.=) a.table_name \
-             JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role_name \
-             WHERE a.schema_name OPERATOR(pg_catalog.=) $1 AND a.table_name OPERATOR(pg_catalog.=) $2",
+            &format!(
+                "SELECT c.oid, r.oid, a.role_name::pg_catalog.text, {CONFIG_COLUMNS} {AUTO_TABLES} \
+                 WHERE a.schema_name OPERATOR(pg_catalog.=) $1 AND a.table_name OPERATOR(pg_catalog.=) $2"
+            ),
             Some(1),
             &[target.schema.as_str().into(), target.name.as_str().into()],
         )?;

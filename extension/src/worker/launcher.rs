@@ -14,6 +14,7 @@ use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
 use super::auto::{self, Wanted};
 use super::txn::{begin, commit, transaction, transaction_as};
+use crate::pipeline::auto::{AUTO_TABLES, CONFIG_COLUMNS};
 use crate::{catalog, security};
 use datajoint_core::dependencies::Table;
 use datajoint_core::populate;
@@ -274,15 +275,12 @@ fn scheduled(database: u32) {
 fn scheduled_tables() -> Result<Vec<(Wanted, f64, f64)>, pgrx::spi::Error> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT c.oid, r.oid, a.workers, a.priority, a.retries, a.make_timeout, a.make_fuel, \
-                    a.make_memory_limit, pg_catalog.date_part('epoch', a.every)::pg_catalog.float8, \
-                    coalesce(pg_catalog.date_part('epoch', a.scheduled)::pg_catalog.float8, 0) \
-             FROM dj._auto_populate a \
-             JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) a.schema_name \
-             JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
-                  AND c.relname OPERATOR(pg_catalog.=) a.table_name \
-             JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role_name \
-             WHERE a.every IS NOT NULL",
+            &format!(
+                "SELECT c.oid, r.oid, {CONFIG_COLUMNS}, \
+                        pg_catalog.date_part('epoch', a.every)::pg_catalog.float8, \
+                        coalesce(pg_catalog.date_part('epoch', a.scheduled)::pg_catalog.float8, 0) \
+                 {AUTO_TABLES} WHERE a.every IS NOT NULL"
+            ),
             None,
             &[],
         )?;
@@ -320,13 +318,7 @@ fn queued_tables() -> Result<Vec<Wanted>, pgrx::spi::Error> {
     }
     let found = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT c.oid, r.oid, a.workers, a.priority, a.retries, a.make_timeout, a.make_fuel, \
-                    a.make_memory_limit, a.schema_name, a.table_name \
-             FROM dj._auto_populate a \
-             JOIN pg_catalog.pg_namespace n ON n.nspname OPERATOR(pg_catalog.=) a.schema_name \
-             JOIN pg_catalog.pg_class c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid \
-                  AND c.relname OPERATOR(pg_catalog.=) a.table_name \
-             JOIN pg_catalog.pg_roles r ON r.rolname OPERATOR(pg_catalog.=) a.role_name",
+            &format!("SELECT c.oid, r.oid, {CONFIG_COLUMNS}, a.schema_name, a.table_name {AUTO_TABLES}"),
             None,
             &[],
         )?;
