@@ -185,3 +185,42 @@ CREATE VIEW dj.auto_populated AS
 SELECT schema_name, table_name, role_name, workers, priority, retries, every, scheduled, enabled FROM dj._auto_populate;
 GRANT SELECT ON dj.auto_populated TO PUBLIC;
 COMMENT ON VIEW dj.auto_populated IS 'The auto-populated tables (dj.auto_populate): the role their makes run as, the workers, priority and retries of their runs, their schedule (every) and when it last refreshed the queue, since when.';
+
+-- Object stores (dj.add_store): where <blob@store>, <attach@store> and the other store codecs keep
+-- their objects. The spec has datajoint-python's fields (dj.store_config prints the client's
+-- block); S3 keys are kept in secrets, which no role but the extension's owner can read. Written
+-- only by the extension, after checking the caller may (a superuser or a member of
+-- pg_write_server_files: a store makes the server write files or call out to a service).
+CREATE TABLE dj._stores (
+    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_]{0,62}$'),
+    spec       jsonb NOT NULL,
+    secrets    jsonb,
+    owner      name NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON dj._stores FROM PUBLIC;
+COMMENT ON TABLE dj._stores IS 'Internal: the object stores (dj.add_store), their specs and secrets; read through dj.stores (no secrets).';
+-- Who may use a store besides its owner (dj.grant_store); grantee 0 is PUBLIC.
+CREATE TABLE dj._store_grants (
+    store   text NOT NULL REFERENCES dj._stores (name) ON DELETE CASCADE,
+    grantee oid NOT NULL,
+    PRIMARY KEY (store, grantee)
+);
+REVOKE ALL ON dj._store_grants FROM PUBLIC;
+COMMENT ON TABLE dj._store_grants IS 'Internal: the roles a store is granted to (dj.grant_store); 0 stands for PUBLIC.';
+-- The embedded default: a file store under the data directory, for every role.
+INSERT INTO dj._stores (name, spec, owner)
+VALUES ('local', '{"protocol": "file", "location": "dj_store", "token_length": 8, "hash_prefix": "_hash", "schema_prefix": "_schema"}', pg_catalog.current_user());
+INSERT INTO dj._store_grants VALUES ('local', 0);
+SELECT pg_catalog.pg_extension_config_dump('dj._stores', 'WHERE name OPERATOR(pg_catalog.<>) ''local''');
+SELECT pg_catalog.pg_extension_config_dump('dj._store_grants', 'WHERE NOT (store OPERATOR(pg_catalog.=) ''local'' AND grantee OPERATOR(pg_catalog.=) 0)');
+CREATE VIEW dj.stores AS
+SELECT s.name, s.spec OPERATOR(pg_catalog.->>) 'protocol' AS protocol, s.spec, s.owner,
+       s.secrets IS NOT NULL AS has_secrets,
+       ARRAY(SELECT CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'::pg_catalog.name
+                         ELSE (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) g.grantee) END
+               FROM dj._store_grants g WHERE g.store OPERATOR(pg_catalog.=) s.name ORDER BY 1) AS users,
+       s.created_at
+  FROM dj._stores s;
+GRANT SELECT ON dj.stores TO PUBLIC;
+COMMENT ON VIEW dj.stores IS 'The object stores: name, protocol, spec (datajoint-python''s fields, no secrets), owner, whether secrets are set, the roles it is granted to.';

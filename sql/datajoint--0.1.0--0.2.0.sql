@@ -578,3 +578,186 @@ AS 'MODULE_PATHNAME', 'auto_populate_wrapper';
 CREATE FUNCTION dj."_auto_populate_trigger"() RETURNS trigger LANGUAGE c AS 'MODULE_PATHNAME', 'auto_populate_trigger_wrapper';
 COMMENT ON FUNCTION dj.auto_populate(text, boolean, integer, integer, integer, interval) IS 'Populate on insert: with enabled (the default), inserts into the table''s key parents queue the keys they complete as pending jobs in the inserting transaction and the worker pool makes them after its commit, as the caller; deleted parent rows drop their queued keys; with every, the queue is also refreshed on that schedule (missing keys queued, failed keys tried again). Queues the keys missing now and returns how many (0 when turning it off).';
 COMMENT ON FUNCTION dj._auto_populate_trigger() IS 'Internal: the trigger dj.auto_populate puts on a table''s key parents (arguments: the table''s schema and name).';
+
+-- Object stores.-- Object stores (dj.add_store): where <blob@store>, <attach@store> and the other store codecs keep
+-- their objects. The spec has datajoint-python's fields (dj.store_config prints the client's
+-- block); S3 keys are kept in secrets, which no role but the extension's owner can read. Written
+-- only by the extension, after checking the caller may (a superuser or a member of
+-- pg_write_server_files: a store makes the server write files or call out to a service).
+CREATE TABLE dj._stores (
+    name       text PRIMARY KEY CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_]{0,62}$'),
+    spec       jsonb NOT NULL,
+    secrets    jsonb,
+    owner      name NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON dj._stores FROM PUBLIC;
+COMMENT ON TABLE dj._stores IS 'Internal: the object stores (dj.add_store), their specs and secrets; read through dj.stores (no secrets).';
+-- Who may use a store besides its owner (dj.grant_store); grantee 0 is PUBLIC.
+CREATE TABLE dj._store_grants (
+    store   text NOT NULL REFERENCES dj._stores (name) ON DELETE CASCADE,
+    grantee oid NOT NULL,
+    PRIMARY KEY (store, grantee)
+);
+REVOKE ALL ON dj._store_grants FROM PUBLIC;
+COMMENT ON TABLE dj._store_grants IS 'Internal: the roles a store is granted to (dj.grant_store); 0 stands for PUBLIC.';
+-- The embedded default: a file store under the data directory, for every role.
+INSERT INTO dj._stores (name, spec, owner)
+VALUES ('local', '{"protocol": "file", "location": "dj_store", "token_length": 8, "hash_prefix": "_hash", "schema_prefix": "_schema"}', pg_catalog.current_user());
+INSERT INTO dj._store_grants VALUES ('local', 0);
+SELECT pg_catalog.pg_extension_config_dump('dj._stores', 'WHERE name OPERATOR(pg_catalog.<>) ''local''');
+SELECT pg_catalog.pg_extension_config_dump('dj._store_grants', 'WHERE NOT (store OPERATOR(pg_catalog.=) ''local'' AND grantee OPERATOR(pg_catalog.=) 0)');
+CREATE VIEW dj.stores AS
+SELECT s.name, s.spec OPERATOR(pg_catalog.->>) 'protocol' AS protocol, s.spec, s.owner,
+       s.secrets IS NOT NULL AS has_secrets,
+       ARRAY(SELECT CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'::pg_catalog.name
+                         ELSE (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) g.grantee) END
+               FROM dj._store_grants g WHERE g.store OPERATOR(pg_catalog.=) s.name ORDER BY 1) AS users,
+       s.created_at
+  FROM dj._stores s;
+GRANT SELECT ON dj.stores TO PUBLIC;
+COMMENT ON VIEW dj.stores IS 'The object stores: name, protocol, spec (datajoint-python''s fields, no secrets), owner, whether secrets are set, the roles it is granted to.';
+
+-- Blobs, stores and objects.
+CREATE FUNCTION dj."add_store"(
+	"name" TEXT, /* & str */
+	"spec" jsonb, /* JsonB */
+	"replace" bool DEFAULT false /* bool */
+) RETURNS jsonb /* JsonB */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'add_store_wrapper';
+CREATE FUNCTION dj."attach_decode"(
+	"attachment" bytea /* & [u8] */
+) RETURNS TABLE (
+	"filename" TEXT,  /* String */
+	"content" bytea  /* Vec < u8 > */
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'attach_decode_wrapper';
+CREATE FUNCTION dj."attach_encode"(
+	"filename" TEXT, /* & str */
+	"content" bytea /* & [u8] */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'attach_encode_wrapper';
+CREATE FUNCTION dj."blob_decode"(
+	"blob" bytea /* & [u8] */
+) RETURNS jsonb /* JsonB */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'blob_decode_wrapper';
+CREATE FUNCTION dj."blob_encode"(
+	"value" jsonb, /* Option < JsonB > */
+	"dtype" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bytea /* :: std :: option :: Option < Vec < u8 > > */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'blob_encode_wrapper';
+CREATE FUNCTION dj."drop_store"(
+	"name" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'drop_store_wrapper';
+CREATE FUNCTION dj."gc"(
+	"store" TEXT, /* & str */
+	"dry_run" bool DEFAULT true, /* bool */
+	"grace" interval DEFAULT '1 day' /* pgrx :: datum :: Interval */
+) RETURNS TABLE (
+	"key" TEXT,  /* String */
+	"size" bigint,  /* i64 */
+	"modified" timestamp with time zone,  /* pgrx :: datum :: TimestampWithTimeZone */
+	"action" TEXT  /* String */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'gc_wrapper';
+CREATE FUNCTION dj."grant_store"(
+	"name" TEXT, /* & str */
+	"role" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'grant_store_wrapper';
+CREATE FUNCTION dj."object_info"(
+	"reference" jsonb /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_info_wrapper';
+CREATE FUNCTION dj."object_put"(
+	"table" TEXT, /* & str */
+	"attribute" TEXT, /* & str */
+	"content" bytea, /* Option < & [u8] > */
+	"filename" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* Option < JsonB > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_put_wrapper';
+CREATE FUNCTION dj."object_read"(
+	"reference" jsonb, /* Option < JsonB > */
+	"offset" bigint DEFAULT 0, /* i64 */
+	"length" bigint DEFAULT NULL /* Option < i64 > */
+) RETURNS bytea /* :: std :: option :: Option < Vec < u8 > > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_read_wrapper';
+CREATE FUNCTION dj."object_verify"(
+	"reference" jsonb /* Option < JsonB > */
+) RETURNS bool /* Option < bool > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_verify_wrapper';
+CREATE FUNCTION dj."revoke_store"(
+	"name" TEXT, /* & str */
+	"role" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'revoke_store_wrapper';
+CREATE FUNCTION dj."store_config"(
+	"name" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* JsonB */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'store_config_wrapper';
+-- requires:
+--   blob_decode
+--   blob_encode
+--   attach_decode
+--   attach_encode
+
+
+COMMENT ON FUNCTION dj.blob_decode(bytea) IS 'The JSON view of a DataJoint blob (<blob>, or the content of a <blob@store> object): plain values as JSON; n-d arrays as {"dtype", "shape", "data"} with data nested as numpy''s tolist(); other Python types tagged ($bytes, $uuid, $datetime, $decimal, $tuple, $set, $dict, $struct, $cell, $record, ...).';
+COMMENT ON FUNCTION dj.blob_encode(jsonb, text) IS 'The DataJoint blob of a JSON document, byte for byte as datajoint-python packs the same value; with dtype (float64, int32, bool, complex128, ...), the document (a number or nested lists) becomes an n-d array of that type. Accepts everything dj.blob_decode gives.';
+COMMENT ON FUNCTION dj.attach_decode(bytea) IS 'The file name and content of a DataJoint attachment (<attach>, or the content of an <attach@store> object).';
+COMMENT ON FUNCTION dj.attach_encode(text, bytea) IS 'The DataJoint attachment of a file: its name, a NUL byte, its content (what an <attach> column holds).';
+-- requires:
+--   object_put
+--   object_read
+--   object_info
+--   object_verify
+--   gc
+
+
+COMMENT ON FUNCTION dj.object_put(text, text, bytea, text) IS 'Stores content for a <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) or <hash@store> attribute of a table the caller may write, content-addressed as datajoint-python does, and returns the reference to insert. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
+COMMENT ON FUNCTION dj.object_read(jsonb, bigint, bigint) IS 'The bytes of a stored object: all of them (a hash-addressed object''s hash checked), or length bytes from offset.';
+COMMENT ON FUNCTION dj.object_info(jsonb) IS 'Where a stored object is and what its store says of it: store, path, hash, exists, size, modified (Unix seconds).';
+COMMENT ON FUNCTION dj.object_verify(jsonb) IS 'Whether a stored object is there with the size and content hash its reference records.';
+COMMENT ON FUNCTION dj.gc(text, boolean, interval) IS 'Garbage collection of a store (its owner or a superuser): objects under this database''s schemas that no row references and older than grace are quarantined; quarantined objects still unreferenced a grace later are deleted, referenced ones restored; objects a transaction under way wrote or found are never touched. dry_run (the default) only reports. One row per object considered.';
+-- requires:
+--   add_store
+--   drop_store
+--   grant_store
+--   revoke_store
+--   store_config
+
+
+COMMENT ON FUNCTION dj.add_store(text, jsonb, boolean) IS 'Adds an object store (superusers and members of pg_write_server_files): spec has datajoint-python''s fields, {"protocol": "file", "location": ...} or {"protocol": "s3", "endpoint", "bucket", "location", "secure", "region", "access_key", "secret_key"}, and optionally subfolding, hash_prefix, schema_prefix, token_length, partition_pattern, filepath_prefix. Keys are kept apart, readable by no other role. Returns the spec as dj.stores shows it.';
+COMMENT ON FUNCTION dj.drop_store(text) IS 'Removes a store from the catalog (its owner or a superuser); refused while an attribute is declared in it. Its objects stay where they are.';
+COMMENT ON FUNCTION dj.grant_store(text, text) IS 'Lets a role (or PUBLIC) write and read the objects of a store (its owner or a superuser).';
+COMMENT ON FUNCTION dj.revoke_store(text, text) IS 'Takes back dj.grant_store.';
+COMMENT ON FUNCTION dj.store_config(text) IS 'The "stores" block of datajoint-python''s datajoint.json for a store, or for every store the caller may use (with "default"): locations resolved, no secrets.';

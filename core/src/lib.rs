@@ -4,6 +4,7 @@
 
 pub mod algebra;
 pub mod artifact;
+pub mod blob;
 pub mod cascade;
 pub mod declare;
 pub mod definition;
@@ -18,6 +19,7 @@ pub mod populate;
 pub mod restriction;
 pub mod sandbox;
 pub mod sql;
+pub mod store;
 pub mod threads;
 pub mod types;
 pub mod values;

@@ -218,3 +218,28 @@ impl From<HostError> for DjError {
         DjError { code, message: e.message, detail, hint }
     }
 }
+
+impl From<datajoint_core::blob::BlobError> for DjError {
+    fn from(e: datajoint_core::blob::BlobError) -> Self {
+        DjError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+            format!("invalid DataJoint blob: {}", e.message),
+            "Blobs are what datajoint-python's blob.pack writes (mYm or dj0 header, ZL123 when compressed); dj.blob_encode makes one from JSON.",
+        )
+    }
+}
+
+impl From<datajoint_core::store::StoreError> for DjError {
+    fn from(e: datajoint_core::store::StoreError) -> Self {
+        use datajoint_core::store::StoreErrorKind as K;
+        use PgSqlErrorCode::*;
+        let code = match e.kind {
+            K::Spec | K::Key | K::Reference => ERRCODE_INVALID_PARAMETER_VALUE,
+            K::NotFound => ERRCODE_UNDEFINED_FILE,
+            K::Corrupt => ERRCODE_DATA_CORRUPTED,
+            K::Io => ERRCODE_IO_ERROR,
+            K::Unsupported => ERRCODE_FEATURE_NOT_SUPPORTED,
+        };
+        DjError::new(code, e.message, e.hint)
+    }
+}

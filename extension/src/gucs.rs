@@ -14,6 +14,8 @@ pub static MAX_MODULE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 pub static MODULE_COMPILE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
 pub static WORKER_IDLE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static DEFAULT_STORE: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(c"local"));
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -91,6 +93,14 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_string_guc(
+        c"dj.default_store",
+        c"The store of codecs declared without a store name (<blob@>, <attach@>).",
+        c"One of dj.stores; the embedded default is the file store local, under the data directory.",
+        &DEFAULT_STORE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"dj".as_ptr()) };
 }
@@ -144,4 +154,9 @@ pub fn max_module_size() -> usize {
 /// Bytes the compiler of a module may use.
 pub fn module_compile_memory() -> usize {
     MODULE_COMPILE_MEMORY.get() as usize * 1024
+}
+
+/// The store `<codec@>` means.
+pub fn default_store() -> String {
+    DEFAULT_STORE.get().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into())
 }

@@ -10,6 +10,7 @@ mod gucs;
 mod headings;
 mod interrupts;
 mod make;
+mod objects;
 mod pipeline;
 mod preload;
 mod regclass;
