@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make bench`: the populate, pipeline and query-algebra benchmarks, each side by side with its baseline in
+# `make bench`: the populate, pipeline, query-algebra and object benchmarks, each side by side with its baseline in
 # one run, on a throwaway "bench" cluster with the release build. Figures go to stdout (quote them
 # with the date and machine they print). BENCH_KEYS (default 100000), BENCH_DJPY_KEYS (default
-# 2000), BENCH_PIPELINE_KEYS (default 20000) and BENCH_NEURONS (default 1000000) set the sizes;
-# BENCH_ONLY=populate, pipeline or algebra runs one.
+# 2000), BENCH_PIPELINE_KEYS (default 20000), BENCH_NEURONS (default 1000000) and BENCH_OBJECT_MB
+# (default 1024) set the sizes;
+# BENCH_ONLY=populate, pipeline, algebra or objects runs one.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -26,4 +27,7 @@ if [[ ${BENCH_ONLY:-pipeline} == pipeline ]]; then
 fi
 if [[ ${BENCH_ONLY:-algebra} == algebra ]]; then
   .venv/bin/python tests/bench/algebra.py
+fi
+if [[ ${BENCH_ONLY:-objects} == objects ]]; then
+  .venv/bin/python tests/bench/objects.py
 fi

@@ -692,11 +692,29 @@ CREATE FUNCTION dj."object_put"(
 	"table" TEXT, /* & str */
 	"attribute" TEXT, /* & str */
 	"content" bytea, /* Option < & [u8] > */
-	"filename" TEXT DEFAULT NULL /* Option < & str > */
+	"filename" TEXT DEFAULT NULL, /* Option < & str > */
+	"key" jsonb DEFAULT NULL /* Option < JsonB > */
 ) RETURNS jsonb /* Option < JsonB > */
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'object_put_wrapper';
+CREATE FUNCTION dj."object_put_file"(
+	"table" TEXT, /* & str */
+	"attribute" TEXT, /* & str */
+	"path" TEXT, /* Option < & str > */
+	"filename" TEXT DEFAULT NULL, /* Option < & str > */
+	"key" jsonb DEFAULT NULL /* Option < JsonB > */
+) RETURNS jsonb /* Option < JsonB > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_put_file_wrapper';
+CREATE FUNCTION dj."object_get_file"(
+	"reference" jsonb, /* Option < JsonB > */
+	"path" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_get_file_wrapper';
 CREATE FUNCTION dj."object_read"(
 	"reference" jsonb, /* Option < JsonB > */
 	"offset" bigint DEFAULT 0, /* i64 */
@@ -705,6 +723,13 @@ CREATE FUNCTION dj."object_read"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'object_read_wrapper';
+CREATE FUNCTION dj."object_url"(
+	"reference" jsonb, /* Option < JsonB > */
+	"expires" interval DEFAULT '1 hour' /* pgrx :: datum :: Interval */
+) RETURNS TEXT /* Option < String > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_url_wrapper';
 CREATE FUNCTION dj."object_verify"(
 	"reference" jsonb /* Option < JsonB > */
 ) RETURNS bool /* Option < bool > */
@@ -743,10 +768,13 @@ COMMENT ON FUNCTION dj.attach_encode(text, bytea) IS 'The DataJoint attachment o
 --   gc
 
 
-COMMENT ON FUNCTION dj.object_put(text, text, bytea, text) IS 'Stores content for a <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) or <hash@store> attribute of a table the caller may write, content-addressed as datajoint-python does, and returns the reference to insert. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
+COMMENT ON FUNCTION dj.object_put(text, text, bytea, text, jsonb) IS 'Stores content for a store attribute of a table the caller may write and returns the reference to insert, as datajoint-python stores it: <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) and <hash@store> content-addressed; <npy@store> (a .npy file''s bytes) and <object@store> (any bytes, the extension from filename) under the row''s primary key. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
+COMMENT ON FUNCTION dj.object_put_file(text, text, text, text, jsonb) IS 'As dj.object_put, the content read from a file on the server (roles with pg_read_server_files), streamed in 8 MiB parts; an attachment keeps filename, by default the file''s own name; an <object@store> attribute also takes a folder (its files and a manifest).';
+COMMENT ON FUNCTION dj.object_get_file(jsonb, text) IS 'Writes a stored object to a file on the server (roles with pg_write_server_files; an existing file is replaced), streamed, its hash checked on the way; returns the bytes written.';
 COMMENT ON FUNCTION dj.object_read(jsonb, bigint, bigint) IS 'The bytes of a stored object: all of them (a hash-addressed object''s hash checked), or length bytes from offset.';
 COMMENT ON FUNCTION dj.object_info(jsonb) IS 'Where a stored object is and what its store says of it: store, path, hash, exists, size, modified (Unix seconds).';
 COMMENT ON FUNCTION dj.object_verify(jsonb) IS 'Whether a stored object is there with the size and content hash its reference records.';
+COMMENT ON FUNCTION dj.object_url(jsonb, interval) IS 'A presigned URL that lets anyone holding it download a stored object until it expires (S3 stores; at most 7 days); NULL for file stores.';
 COMMENT ON FUNCTION dj.gc(text, boolean, interval) IS 'Garbage collection of a store (its owner or a superuser): objects under this database''s schemas that no row references and older than grace are quarantined; quarantined objects still unreferenced a grace later are deleted, referenced ones restored; objects a transaction under way wrote or found are never touched. dry_run (the default) only reports. One row per object considered.';
 -- requires:
 --   add_store

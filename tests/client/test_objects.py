@@ -233,11 +233,67 @@ def test_stores_are_used_only_by_the_roles_they_are_granted_to(db, roles):
 def test_s3_secrets_are_readable_by_no_other_role(db, roles):
     owner, other = connect(user="objs_owner"), connect(user="objs_other")
     spec = {"protocol": "s3", "endpoint": "127.0.0.1:1", "bucket": "b", "location": "x", "access_key": "AKEY", "secret_key": "SKEY"}
-    # This build opens no S3 store yet: refused with what to do, nothing written.
-    with pytest.raises(psycopg.errors.FeatureNotSupported):
-        owner.execute("SELECT dj.add_store('lab_s3', %s)", (json.dumps(spec),))
+    shown = owner.execute("SELECT dj.add_store('lab_a', %s)", (json.dumps(spec),)).fetchone()[0]
+    assert "SKEY" not in json.dumps(shown) and "AKEY" not in json.dumps(shown)
+    assert owner.execute("SELECT has_secrets FROM dj.stores WHERE name = 'lab_a'").fetchone()[0]
     for c in (owner, other):
         assert "SKEY" not in json.dumps(c.execute("SELECT json_agg(s) FROM dj.stores s").fetchone()[0])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT secrets FROM dj._stores")
+    config = owner.execute("SELECT dj.store_config('lab_a')").fetchone()[0]["lab_a"]
+    assert config == {"protocol": "s3", "endpoint": "127.0.0.1:1", "bucket": "b", "location": "x", "secure": True,
+                      "token_length": 8, "hash_prefix": "_hash", "schema_prefix": "_schema"}
+
+
+@pytest.fixture
+def s3_store(db, seaweed):
+    spec = {"protocol": "s3", "endpoint": seaweed["endpoint"], "bucket": seaweed["bucket"], "location": "lab",
+            "secure": False, "access_key": seaweed["access_key"], "secret_key": seaweed["secret_key"]}
+    db.execute("SELECT dj.add_store('lab_s3', %s, replace => true)", (json.dumps(spec),))
+    db.execute("SELECT dj.grant_store('lab_s3', 'public')")
+    db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.remote")
+    db.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{SCHEMA}.Remote", "k : int32\n---\nv : <blob@lab_s3>\nf = null : <attach@lab_s3>"))
+    yield seaweed
+    db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.remote")
+    db.execute("SELECT dj.drop_store('lab_s3')")
+
+
+def test_s3_store_both_directions_with_datajoint_python(db, python, s3_store):
+    ref = db.execute("SELECT dj.object_put('objs.Remote', 'v', dj.blob_encode('[[1, 2], [3, 4]]', 'uint8'))").fetchone()[0]
+    doc = db.execute("SELECT dj.object_put('objs.Remote', 'f', 'remote text', 'r.txt')").fetchone()[0]
+    assert ref["store"] == "lab_s3" and ref["path"].startswith(f"_hash/{SCHEMA}/")
+    db.execute(f"INSERT INTO {SCHEMA}.remote VALUES (1, %s, %s)", (json.dumps(ref), json.dumps(doc)))
+    stores = db.execute("SELECT dj.store_config()").fetchone()[0]
+    stores["lab_s3"].update(access_key=s3_store["access_key"], secret_key=s3_store["secret_key"])
+    dj.config["stores"] = stores
+    remote = dj.VirtualModule("objs_remote", SCHEMA, connection=dj.conn())
+    row = (remote.Remote & "k = 1").fetch1()
+    np.testing.assert_array_equal(row["v"], np.array([[1, 2], [3, 4]], dtype="uint8"))
+    assert pathlib.Path(row["f"]).read_bytes() == b"remote text"
+    remote.Remote.insert1(dict(k=2, v={"from": "python", "values": [1, 2, 3]}))
+    got = db.execute(f"SELECT dj.blob_decode(dj.object_read(v)), dj.object_verify(v), dj.object_info(v) ->> 'exists' FROM {SCHEMA}.remote WHERE k = 2").fetchone()
+    assert got == ({"from": "python", "values": [1, 2, 3]}, True, "true")
+    assert db.execute(f"SELECT dj.object_read(v, 0, 4) FROM {SCHEMA}.remote WHERE k = 1").fetchone()[0] == b"mYm\0"
+    # A presigned URL downloads the object without credentials; file stores have none.
+    url = db.execute(f"SELECT dj.object_url(v, '5 minutes') FROM {SCHEMA}.remote WHERE k = 1").fetchone()[0]
+    import urllib.request
+    assert urllib.request.urlopen(url, timeout=10).read() == db.execute(f"SELECT dj.object_read(v) FROM {SCHEMA}.remote WHERE k = 1").fetchone()[0]
+    assert db.execute(f"SELECT dj.object_url(trace) FROM {SCHEMA}.recording LIMIT 1").fetchone()[0] is None
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute(f"SELECT dj.object_url(v, '8 days') FROM {SCHEMA}.remote WHERE k = 1")
+
+
+def test_s3_gc_quarantines_and_deletes(db, s3_store):
+    with connect() as t:
+        t.execute("BEGIN")
+        lost = t.execute("SELECT dj.object_put('objs.Remote', 'v', dj.blob_encode('\"rolled back on s3\"'))").fetchone()[0]
+        t.execute("ROLLBACK")
+    plan = {k: a for k, _, _, a in db.execute("SELECT * FROM dj.gc('lab_s3', false, '0')").fetchall()}
+    assert plan[lost["path"]] == "quarantined"
+    with pytest.raises(psycopg.errors.UndefinedFile):
+        db.execute("SELECT dj.object_read(%s)", (json.dumps(lost),))
+    plan = {k: a for k, _, _, a in db.execute("SELECT * FROM dj.gc('lab_s3', false, '0')").fetchall()}
+    assert [a for k, a in plan.items() if k.endswith(lost["path"])] == ["deleted"]
 
 
 def test_keys_never_leave_the_store(db):
@@ -262,3 +318,280 @@ def test_keys_never_leave_the_store(db):
         put(db, "doc", b"x")
     with pytest.raises(psycopg.errors.WrongObjectType):
         put(db, "rec", b"x")
+
+
+def test_a_killed_writer_leaves_only_collectable_garbage(db, admin):
+    root = store_root(db)
+    victim = connect()
+    victim.execute("BEGIN")
+    ref = put(victim, "raw", b"uploaded by a backend killed before its commit")
+    pid = victim.info.backend_pid
+    assert gc(db, False)[ref["path"]] == "kept: in use by a transaction"
+    admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
+    with pytest.raises(psycopg.OperationalError):
+        victim.execute("SELECT 1")
+    assert (root / ref["path"]).exists()
+    assert db.execute(f"SELECT count(*) FROM {SCHEMA}.recording WHERE raw ->> 'path' = %s", (ref["path"],)).fetchone()[0] == 0
+    assert gc(db, False)[ref["path"]] == "quarantined"
+    assert any(k.endswith(ref["path"]) and a == "deleted" for k, a in gc(db, False).items())
+
+
+def test_gc_running_against_concurrent_inserts_never_loses_a_referenced_object(db):
+    import random
+    import threading
+
+    stop = threading.Event()
+    errors = []
+
+    def writer(n0):
+        c = psycopg.connect(dbname=db.info.dbname)
+        rng = random.Random(n0)
+        try:
+            for i in range(60):
+                # Few distinct contents: writers keep finding objects others wrote, rolled back or gc quarantined.
+                content = f"shared content {rng.randrange(6)}".encode()
+                ref = put(c, "raw", content)
+                if rng.random() < 0.3:
+                    c.rollback()
+                    continue
+                c.execute(f"INSERT INTO {SCHEMA}.recording (rec, trace, raw) VALUES (%s, %s, %s)",
+                          (n0 + i, json.dumps(put(c, "trace", encode(c, n0 + i))), json.dumps(ref)))
+                c.commit()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        finally:
+            c.close()
+
+    def collector():
+        c = connect()
+        while not stop.is_set():
+            c.execute("SELECT count(*) FROM dj.gc('local', false, '0')")
+        c.close()
+
+    writers = [threading.Thread(target=writer, args=(n,)) for n in (1000, 2000)]
+    gcs = threading.Thread(target=collector)
+    gcs.start()
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    gcs.join()
+    assert not errors, errors
+    rows = db.execute(f"SELECT count(*), count(*) FILTER (WHERE dj.object_verify(raw) AND dj.object_verify(trace)) FROM {SCHEMA}.recording WHERE rec >= 1000").fetchone()
+    assert rows[0] > 40 and rows[0] == rows[1], rows
+    # Two runs later nothing unreferenced is left under the schema's objects.
+    gc(db, False)
+    gc(db, False)
+    root = store_root(db)
+    referenced = {p for (p,) in db.execute(f"SELECT raw ->> 'path' FROM {SCHEMA}.recording WHERE raw IS NOT NULL UNION SELECT trace ->> 'path' FROM {SCHEMA}.recording UNION SELECT doc ->> 'path' FROM {SCHEMA}.recording WHERE doc IS NOT NULL").fetchall()}
+    stored = {str(p.relative_to(root)) for p in (root / "_hash" / SCHEMA).rglob("*") if p.is_file()}
+    assert stored == referenced, stored ^ referenced
+    assert not [p for p in (root / "_dj_trash").rglob("*") if p.is_file() and f"/{SCHEMA}/" in str(p)]
+
+
+@pytest.fixture
+def server_dir(tmp_path):
+    """A folder the server's OS user reads and writes."""
+    tmp_path.chmod(0o777)
+    for p in tmp_path.parents:
+        if p == pathlib.Path("/"):
+            break
+        p.chmod(p.stat().st_mode | 0o005)
+    return tmp_path
+
+
+def put_file(c, attribute, path, filename=None):
+    return c.execute(
+        "SELECT dj.object_put_file('objs.Recording', %s, %s, %s)", (attribute, str(path), filename)
+    ).fetchone()[0]
+
+
+def test_server_files_stream_in_and_out_as_the_same_objects(db, python, server_dir):
+    import os
+
+    # Three 8 MiB parts, the last one short.
+    content = os.urandom(2 * (8 << 20) + 12345)
+    source = server_dir / "recording.dat"
+    source.write_bytes(content)
+    source.chmod(0o644)
+    raw = put_file(db, "raw", source)
+    assert raw["size"] == len(content)
+    # The same object dj.object_put stores for the same bytes.
+    assert put(db, "raw", content) == raw
+    doc = put_file(db, "doc", source)
+    assert db.execute("SELECT filename FROM dj.attach_decode(dj.object_read(%s))", (json.dumps(doc),)).fetchone()[0] == "recording.dat"
+    renamed = put_file(db, "doc", source, "renamed.bin")
+    assert renamed["hash"] != doc["hash"]
+    blob_file = server_dir / "trace.blob"
+    blob_file.write_bytes(encode(db, [1.5, 2.5], "float64"))
+    blob_file.chmod(0o644)
+    trace = put_file(db, "trace", blob_file)
+    db.execute(
+        f"INSERT INTO {SCHEMA}.recording VALUES (90, %s, %s, %s)", (json.dumps(trace), json.dumps(doc), json.dumps(raw))
+    )
+    row = (python.Recording & "rec = 90").fetch1()
+    np.testing.assert_array_equal(row["trace"], [1.5, 2.5])
+    assert pathlib.Path(row["doc"]).read_bytes() == content
+    assert row["raw"] == content
+    # Out again, hash checked on the way.
+    out = server_dir / "out.dat"
+    assert db.execute("SELECT dj.object_get_file(%s, %s)", (json.dumps(raw), str(out))).fetchone()[0] == len(content)
+    assert out.read_bytes() == content
+    stored = store_root(db) / raw["path"]
+    damaged = bytearray(content)
+    damaged[-1] ^= 1
+    stored.write_bytes(bytes(damaged))
+    with pytest.raises(psycopg.errors.DataCorrupted, match="does not match its hash"):
+        db.execute("SELECT dj.object_get_file(%s, %s)", (json.dumps(raw), str(server_dir / "bad.dat")))
+    assert not (server_dir / "bad.dat").exists()
+    stored.write_bytes(content)
+    # Bad input.
+    with pytest.raises(psycopg.errors.InvalidBinaryRepresentation, match="does not hold a blob"):
+        put_file(db, "trace", source)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="not an absolute path"):
+        put_file(db, "raw", "recording.dat")
+    with pytest.raises(psycopg.errors.UndefinedFile):
+        put_file(db, "raw", server_dir / "missing.dat")
+    with pytest.raises(psycopg.errors.WrongObjectType, match="is a directory"):
+        put_file(db, "raw", server_dir)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="not an attachment"):
+        put_file(db, "raw", source, "x.bin")
+    assert db.execute("SELECT dj.object_put_file('objs.Recording', 'raw', NULL)").fetchone()[0] is None
+
+
+def test_server_files_need_the_predefined_roles(db, roles, server_dir):
+    source = server_dir / "small.dat"
+    source.write_bytes(b"small")
+    source.chmod(0o644)
+    ref = put(db, "raw", b"small")
+    other, writer = connect(user="objs_other"), connect(user="objs_owner")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_read_server_files"):
+        put_file(other, "raw", source)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_write_server_files"):
+        other.execute("SELECT dj.object_get_file(%s, %s)", (json.dumps(ref), str(server_dir / "x")))
+    assert not (server_dir / "x").exists()
+    # objs_owner has pg_write_server_files only.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pg_read_server_files"):
+        put_file(writer, "raw", source)
+    assert writer.execute("SELECT dj.object_get_file(%s, %s)", (json.dumps(ref), str(server_dir / "y"))).fetchone()[0] == 5
+    db.execute("GRANT pg_read_server_files TO objs_other")
+    assert put_file(other, "raw", source) == ref
+    other.close()
+    writer.close()
+
+
+def test_a_canceled_upload_leaves_nothing_behind(db, server_dir):
+    import time
+
+    big = server_dir / "big.dat"
+    with open(big, "wb") as f:
+        f.truncate(768 << 20)  # sparse: quick to make, slow enough to stream
+    big.chmod(0o644)
+    root = store_root(db)
+
+    def files():
+        return {p for p in root.rglob("*") if p.is_file()}
+
+    before = files()
+    c = connect()
+    c.execute("SET statement_timeout = '150ms'")
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        put_file(c, "raw", big)
+    assert time.monotonic() - started < 3
+    c.close()
+    assert files() - before == set()
+
+
+SCAN = "# scans\nscan : int32\nlabel : varchar(120)\n---\narr = null : <npy@local>\nmovie = null : <object@local>"
+
+
+@pytest.fixture
+def scans(db, python):
+    db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.scan")
+    db.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{SCHEMA}.Scan", SCAN))
+    yield dj.VirtualModule("objs_scan", SCHEMA, connection=python.Recording.connection)
+    db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.scan")
+
+
+def npy_bytes(array):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_npy_and_object_attributes_both_directions(db, scans, server_dir):
+    key = {"scan": 1, "label": "left/right: v2"}
+    array = np.arange(12, dtype="int16").reshape(3, 4)
+    arr = db.execute(
+        "SELECT dj.object_put('objs.Scan', 'arr', %s, key => %s)", (npy_bytes(array), json.dumps(key))
+    ).fetchone()[0]
+    # datajoint-python's layout and PK encoding: _schema/{schema}/{table}/{k=v}/{field}_{token}.npy
+    prefix = f"_schema/{SCHEMA}/scan/scan=1/label=left%2Fright%3A%20v2/arr_"
+    assert arr["path"].startswith(prefix) and arr["path"].endswith(".npy"), arr
+    assert len(arr["path"]) == len(prefix) + 8 + 4
+    assert arr["dtype"] == "int16" and arr["shape"] == [3, 4] and arr["store"] == "local"
+    movie = db.execute(
+        "SELECT dj.object_put('objs.Scan', 'movie', 'frames', filename => 'movie.avi', key => %s)", (json.dumps(key),)
+    ).fetchone()[0]
+    assert movie["ext"] == ".avi" and movie["size"] == 6 and movie["is_dir"] is False
+    db.execute(f"INSERT INTO {SCHEMA}.scan VALUES (1, %s, %s, %s)", (key["label"], json.dumps(arr), json.dumps(movie)))
+    row = (scans.Scan & {"scan": 1}).fetch1()
+    np.testing.assert_array_equal(row["arr"].load(), array)
+    assert row["movie"].read() == b"frames"
+
+    # A folder from the server, with datajoint-python's manifest.
+    folder = server_dir / "session"
+    (folder / "plane0").mkdir(parents=True)
+    (folder / "meta.json").write_text('{"fps": 30}')
+    (folder / "plane0" / "f0.bin").write_bytes(b"\x00" * 1000)
+    for p in [folder, folder / "plane0"]:
+        p.chmod(0o755)
+    key2 = {"scan": 2, "label": "x"}
+    tree = db.execute(
+        "SELECT dj.object_put_file('objs.Scan', 'movie', %s, key => %s)", (str(folder), json.dumps(key2))
+    ).fetchone()[0]
+    assert tree["is_dir"] is True and tree["item_count"] == 2 and tree["size"] == 1011 and tree["ext"] is None
+    manifest = json.loads((store_root(db) / (tree["path"] + ".manifest.json")).read_text())
+    assert [f["path"] for f in manifest["files"]] == ["meta.json", "plane0/f0.bin"]
+    npy_file = server_dir / "a.npy"
+    npy_file.write_bytes(npy_bytes(np.ones((2, 2), dtype="float32")))
+    npy_file.chmod(0o644)
+    arr2 = db.execute(
+        "SELECT dj.object_put_file('objs.Scan', 'arr', %s, key => %s)", (str(npy_file), json.dumps(key2))
+    ).fetchone()[0]
+    assert arr2["dtype"] == "float32" and arr2["shape"] == [2, 2]
+    db.execute(f"INSERT INTO {SCHEMA}.scan VALUES (2, 'x', %s, %s)", (json.dumps(arr2), json.dumps(tree)))
+    row = (scans.Scan & {"scan": 2}).fetch1()
+    assert row["movie"].verify()
+    assert sorted(row["movie"].listdir()) == ["meta.json", "plane0"]
+    np.testing.assert_array_equal(row["arr"].load(), np.ones((2, 2), dtype="float32"))
+
+    # What datajoint-python stores, we read.
+    scans.Scan.insert1({"scan": 3, "label": "py", "arr": np.array([1.5, 2.5]), "movie": str(folder / "meta.json")})
+    theirs = db.execute(f"SELECT arr, movie FROM {SCHEMA}.scan WHERE scan = 3").fetchone()
+    assert db.execute("SELECT dj.object_read(%s)", (json.dumps(theirs[1]),)).fetchone()[0] == b'{"fps": 30}'
+    raw = db.execute("SELECT dj.object_read(%s)", (json.dumps(theirs[0]),)).fetchone()[0]
+    assert raw.startswith(b"\x93NUMPY")
+
+    # gc keeps all of it while referenced, and takes an unreferenced folder whole.
+    db.execute(f"DELETE FROM {SCHEMA}.scan WHERE scan = 2")
+    actions = gc(db, False)
+    assert actions[tree["path"] + "/plane0/f0.bin"] == "quarantined"
+    assert actions[tree["path"] + ".manifest.json"] == "quarantined"
+    assert all(not k.startswith(arr["path"]) for k in actions)
+
+    # Bad keys and contents.
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="primary key"):
+        db.execute("SELECT dj.object_put('objs.Scan', 'arr', %s)", (npy_bytes(array),))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="not an attribute of the primary key"):
+        db.execute("SELECT dj.object_put('objs.Scan', 'arr', %s, key => %s)", (npy_bytes(array), json.dumps({**key, "x": 1})))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no value for label"):
+        db.execute("SELECT dj.object_put('objs.Scan', 'arr', %s, key => %s)", (npy_bytes(array), json.dumps({"scan": 1})))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a .npy file"):
+        db.execute("SELECT dj.object_put('objs.Scan', 'arr', 'not npy', key => %s)", (json.dumps(key),))
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a valid object key"):
+        db.execute("SELECT dj.object_put('objs.Scan', 'movie', 'x', filename => 'a.b\nc', key => %s)", (json.dumps(key),))

@@ -229,6 +229,29 @@ def every_public_function(c) -> dict:
                                   "DELETE FROM sec_path.case WHERE case_id OPERATOR(pg_catalog.=) 8; COMMIT; "
                                   "INSERT INTO sec_path.case VALUES (9, 'ok', 9); SELECT pg_catalog.pg_sleep(0.5); "
                                   "SELECT dj.auto_populate('sec_path.Outcome', false)",
+        # Stores and objects (a file store of the test's own; a server file the superuser may read).
+        "add_store": "SELECT dj.add_store('sec_store', '{\"protocol\": \"file\", \"location\": \"sec_store\"}'::pg_catalog.jsonb, true)",
+        "grant_store": "SELECT dj.grant_store('sec_store', 'public')",
+        "revoke_store": "SELECT dj.revoke_store('sec_store', 'public')",
+        "store_config": "SELECT dj.store_config()",
+        "blob_encode": "SELECT dj.blob_encode('[1, 2]'::pg_catalog.jsonb, 'float64')",
+        "blob_decode": "SELECT dj.blob_decode(dj.blob_encode('{\"a\": [1, 2.5]}'::pg_catalog.jsonb, NULL))",
+        "attach_encode": "SELECT dj.attach_encode('a.txt', pg_catalog.convert_to('abc', 'UTF8'))",
+        "attach_decode": "SELECT * FROM dj.attach_decode(dj.attach_encode('a.txt', pg_catalog.convert_to('abc', 'UTF8')))",
+        "object_put": "SELECT dj.declare('sec_path.Stash', 'manual', 'k : int32\n---\nb : <blob@sec_store>\no = null : <object@sec_store>'); "
+                      "INSERT INTO sec_path.stash VALUES (1, dj.object_put('sec_path.Stash', 'b', "
+                      "dj.blob_encode('[1]'::pg_catalog.jsonb, NULL)))",
+        "object_put_file": "UPDATE sec_path.stash SET o = dj.object_put_file('sec_path.Stash', 'o', "
+                           "pg_catalog.current_setting('data_directory') OPERATOR(pg_catalog.||) '/PG_VERSION', "
+                           "key => '{\"k\": 1}'::pg_catalog.jsonb)",
+        "object_get_file": "SELECT dj.object_get_file(b, pg_catalog.current_setting('data_directory') "
+                           "OPERATOR(pg_catalog.||) '/sec_out.bin') FROM sec_path.stash",
+        "object_read": "SELECT dj.object_read(b), dj.object_read(o, 0, 2) FROM sec_path.stash",
+        "object_info": "SELECT dj.object_info(o) FROM sec_path.stash",
+        "object_verify": "SELECT dj.object_verify(b) FROM sec_path.stash",
+        "object_url": "SELECT dj.object_url(b) FROM sec_path.stash",
+        "gc": "SELECT * FROM dj.gc('sec_store', dry_run => false, grace => '0')",
+        "drop_store": "DROP TABLE sec_path.stash; SELECT dj.drop_store('sec_store')",
     }
     return calls
 

@@ -29,6 +29,12 @@ pub fn unpack(blob: &[u8]) -> Result<Value, BlobError> {
     r.blob(Some(n))
 }
 
+/// Whether `start`, the first bytes of some content, begins as a blob does (a compressed one, or
+/// the `mYm` or `dj0` header): the check streamed content gets, where the whole is never at hand.
+pub fn looks_like_blob(start: &[u8]) -> bool {
+    [&b"ZL123\0"[..], b"mYm\0", b"dj0\0"].iter().any(|h| start.starts_with(h))
+}
+
 fn inflate(rest: &[u8]) -> Result<Vec<u8>, BlobError> {
     if rest.len() < 8 {
         return Err(BlobError::new("truncated compressed blob"));

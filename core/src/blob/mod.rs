@@ -12,7 +12,7 @@ mod decode;
 mod encode;
 pub mod json;
 
-pub use decode::unpack;
+pub use decode::{looks_like_blob, unpack};
 pub use encode::pack;
 
 /// What can go wrong reading or building a blob.

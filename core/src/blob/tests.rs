@@ -35,6 +35,16 @@ fn every_fixture_decodes_and_reencodes_to_the_same_bytes() {
 }
 
 #[test]
+fn every_fixture_starts_as_a_blob_and_other_bytes_do_not() {
+    for (name, bytes) in fixtures() {
+        assert!(looks_like_blob(&bytes[..bytes.len().min(6)]), "{name}");
+    }
+    for other in [&b""[..], b"mYm", b"mYm1", b"ZL12", b"\x89PNG\r\n", b"dj0 "] {
+        assert!(!looks_like_blob(other), "{other:?}");
+    }
+}
+
+#[test]
 fn json_view_round_trips_to_the_same_bytes() {
     // Dict keys come back sorted (JSON objects keep no order), so a dict whose keys were not
     // sorted packs differently; nothing else may.

@@ -2,18 +2,25 @@
 //!
 //! File stores run their I/O on the calling thread: `object_store`'s local file system only moves
 //! blocking calls to threads when a tokio runtime is current, and none is here, so a backend
-//! starts no thread for them (and its signal handling stays as PostgreSQL expects).
+//! starts no thread for them (and its signal handling stays as PostgreSQL expects). S3 stores
+//! run on a current-thread tokio runtime of the process, driven by the calling thread with every
+//! signal blocked while it waits, so the threads tokio starts (name resolution) block them too.
 
+use std::future::Future;
+use std::io::Read;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::prefix::PrefixStore;
+use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt, PutPayload};
 
 use super::spec::{Home, Protocol, Secrets, Spec};
 use super::{address, StoreError, StoreErrorKind};
+use crate::threads;
 
 /// An object's size and age.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +36,26 @@ pub struct Store {
     pub name: String,
     pub spec: Spec,
     inner: Arc<dyn ObjectStore>,
+    /// Whether its I/O needs the tokio runtime (network stores).
+    networked: bool,
+    /// An S3 store's client and location, for presigned URLs.
+    signer: Option<(Arc<object_store::aws::AmazonS3>, String)>,
+    /// A file store's folder.
+    root: Option<std::path::PathBuf>,
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        threads::with_signals_blocked(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .thread_name("dj-store")
+                .max_blocking_threads(2)
+                .build()
+                .expect("a current-thread tokio runtime")
+        })
+    })
 }
 
 fn io(what: &str, key: &str, e: object_store::Error) -> StoreError {
@@ -46,6 +73,24 @@ fn io(what: &str, key: &str, e: object_store::Error) -> StoreError {
     }
 }
 
+/// The part size of streamed writes and the chunk size of streamed reads: S3 wants parts of 5
+/// MiB or more, and a backend holds one at a time.
+pub const PART: usize = 8 << 20;
+
+/// Reads until `buf` is full or the reader ends.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 fn path(key: &str) -> Result<Path, StoreError> {
     address::check_relative(key)?;
     Path::parse(key).map_err(|e| StoreError::key(key, &e.to_string()))
@@ -54,7 +99,9 @@ fn path(key: &str) -> Result<Path, StoreError> {
 impl Store {
     /// Opens a store; a file store's directory is created if missing (a relative one under
     /// `home`).
-    pub fn open(name: &str, spec: &Spec, _secrets: &Secrets, home: &Home) -> Result<Store, StoreError> {
+    pub fn open(name: &str, spec: &Spec, secrets: &Secrets, home: &Home) -> Result<Store, StoreError> {
+        let mut signer = None;
+        let mut root_folder = None;
         let inner: Arc<dyn ObjectStore> = match &spec.protocol {
             Protocol::File { location } => {
                 let root = spec.file_root(location, home);
@@ -65,23 +112,56 @@ impl Store {
                         "The server's OS user must be able to create and write the store's location.",
                     )
                 })?;
+                root_folder = Some(std::path::PathBuf::from(&root));
                 Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(|e| io("open", &root, e))?)
             }
-            Protocol::S3 { .. } => {
-                return Err(StoreError::new(
-                    StoreErrorKind::Unsupported,
-                    format!("store {name} is an s3 store, which this build cannot open yet"),
-                    "Use a file store.",
-                ));
+            Protocol::S3 { endpoint, bucket, location, secure, region } => {
+                let url = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+                    endpoint.clone()
+                } else {
+                    format!("{}://{endpoint}", if *secure { "https" } else { "http" })
+                };
+                let mut builder = AmazonS3Builder::new()
+                    .with_endpoint(&url)
+                    .with_allow_http(url.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false)
+                    .with_bucket_name(bucket)
+                    .with_region(region.as_deref().unwrap_or("us-east-1"));
+                match (&secrets.access_key, &secrets.secret_key) {
+                    (Some(a), Some(s)) => builder = builder.with_access_key_id(a).with_secret_access_key(s),
+                    // A public bucket: unsigned requests.
+                    _ => builder = builder.with_skip_signature(true),
+                }
+                let s3 = builder.build().map_err(|e| {
+                    StoreError::spec(format!("store {name}: {e}"), "Check the endpoint, bucket and region.")
+                })?;
+                let location = location.trim_matches('/').to_string();
+                let s3 = Arc::new(s3);
+                signer = Some((s3.clone(), location.clone()));
+                if location.is_empty() {
+                    s3
+                } else {
+                    Arc::new(PrefixStore::new(s3, location.as_str()))
+                }
             }
         };
-        Ok(Store { name: name.to_string(), spec: spec.clone(), inner })
+        let networked = matches!(spec.protocol, Protocol::S3 { .. });
+        Ok(Store { name: name.to_string(), spec: spec.clone(), inner, networked, signer, root: root_folder })
+    }
+
+    /// Runs one I/O future to completion on the calling thread.
+    fn run<F: Future>(&self, f: F) -> F::Output {
+        if self.networked {
+            threads::with_signals_blocked(|| runtime().block_on(f))
+        } else {
+            futures::executor::block_on(f)
+        }
     }
 
     /// The object's size and age, or None when it is absent.
     pub fn head(&self, key: &str) -> Result<Option<Meta>, StoreError> {
         let p = path(key)?;
-        match futures::executor::block_on(self.inner.head(&p)) {
+        match self.run(self.inner.head(&p)) {
             Ok(m) => Ok(Some(Meta {
                 key: key.to_string(),
                 size: m.size,
@@ -95,15 +175,95 @@ impl Store {
     /// Writes the whole object (atomically: readers see the old object or the new one).
     pub fn put(&self, key: &str, content: Vec<u8>) -> Result<(), StoreError> {
         let p = path(key)?;
-        futures::executor::block_on(self.inner.put(&p, PutPayload::from(content)))
-            .map(|_| ())
-            .map_err(|e| io("write", key, e))
+        self.run(self.inner.put(&p, PutPayload::from(content))).map(|_| ()).map_err(|e| io("write", key, e))
+    }
+
+    /// Writes an object from `reader` in parts of [`PART`] bytes (a multipart upload: one part
+    /// is held at a time), showing each part to `seen` first; returns the bytes written. Readers
+    /// see the object only once it is whole; a failed upload leaves nothing at `key`. The reader
+    /// runs between parts, outside the store's I/O (signals are not blocked there): a reader
+    /// that fails stops the upload.
+    pub fn put_from(
+        &self,
+        key: &str,
+        reader: &mut dyn Read,
+        seen: &mut dyn FnMut(&[u8]),
+    ) -> Result<u64, StoreError> {
+        let p = path(key)?;
+        let mut upload = self.run(self.inner.put_multipart(&p)).map_err(|e| io("write", key, e))?;
+        let mut total = 0u64;
+        let mut parts = || -> Result<(), StoreError> {
+            loop {
+                let mut part = vec![0u8; PART];
+                let n = fill(reader, &mut part).map_err(|e| {
+                    StoreError::new(
+                        StoreErrorKind::Io,
+                        format!("could not read the content for {key:?}: {e}"),
+                        "",
+                    )
+                })?;
+                // An empty object still needs its one (empty) part.
+                if n == 0 && total > 0 {
+                    return Ok(());
+                }
+                part.truncate(n);
+                seen(&part);
+                total += n as u64;
+                self.run(upload.put_part(PutPayload::from(part))).map_err(|e| io("write", key, e))?;
+                if n < PART {
+                    return Ok(());
+                }
+            }
+        };
+        match parts() {
+            Ok(()) => self.run(upload.complete()).map(|_| total).map_err(|e| io("write", key, e)),
+            Err(e) => {
+                let _ = self.run(upload.abort());
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the whole object in chunks of at most [`PART`] bytes, handing each to `each` (never
+    /// the whole object at once; `each` runs outside the store's I/O and may stop the read with
+    /// an error); returns its size.
+    pub fn get_into(
+        &self,
+        key: &str,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let p = path(key)?;
+        let got = self.run(self.inner.get(&p)).map_err(|e| io("read", key, e))?;
+        let mut total = 0u64;
+        match got.payload {
+            GetResultPayload::File(mut file, _) => {
+                let mut buf = vec![0u8; PART];
+                loop {
+                    let n = fill(&mut file, &mut buf).map_err(|e| {
+                        StoreError::new(StoreErrorKind::Io, format!("could not read {key:?}: {e}"), "")
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    each(&buf[..n])?;
+                    total += n as u64;
+                }
+            }
+            GetResultPayload::Stream(mut stream) => {
+                while let Some(chunk) = self.run(stream.next()) {
+                    let chunk = chunk.map_err(|e| io("read", key, e))?;
+                    each(&chunk)?;
+                    total += chunk.len() as u64;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// The whole object, refused when it is larger than `max`.
     pub fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
         let p = path(key)?;
-        futures::executor::block_on(async {
+        self.run(async {
             let got = self.inner.get(&p).await.map_err(|e| io("read", key, e))?;
             if got.meta.size > max {
                 return Err(StoreError::new(
@@ -122,15 +282,13 @@ impl Store {
     /// Bytes `range` of the object (cut at its end).
     pub fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StoreError> {
         let p = path(key)?;
-        futures::executor::block_on(self.inner.get_range(&p, range))
-            .map(|b| b.to_vec())
-            .map_err(|e| io("read", key, e))
+        self.run(self.inner.get_range(&p, range)).map(|b| b.to_vec()).map_err(|e| io("read", key, e))
     }
 
     /// Removes the object; an absent object is not an error.
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
         let p = path(key)?;
-        match futures::executor::block_on(self.inner.delete(&p)) {
+        match self.run(self.inner.delete(&p)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io("delete", key, e)),
         }
@@ -139,7 +297,33 @@ impl Store {
     /// Moves an object to another key (a copy and a delete where the service cannot rename).
     pub fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let (a, b) = (path(from)?, path(to)?);
-        futures::executor::block_on(self.inner.rename(&a, &b)).map_err(|e| io("move", from, e))
+        self.run(self.inner.rename(&a, &b)).map_err(|e| io("move", from, e))
+    }
+
+    /// Removes a file store's folder `prefix` if it is empty (object stores have no folders).
+    pub fn remove_empty_folder(&self, prefix: &str) -> Result<(), StoreError> {
+        path(prefix)?;
+        if let Some(root) = &self.root {
+            let _ = std::fs::remove_dir(root.join(prefix));
+        }
+        Ok(())
+    }
+
+    /// A URL that lets anyone holding it GET the object until it expires; None for stores
+    /// without URLs (file stores).
+    pub fn presigned_url(
+        &self,
+        key: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        use object_store::signer::{Method, Signer};
+        let Some((s3, location)) = &self.signer else { return Ok(None) };
+        path(key)?;
+        let full = if location.is_empty() { key.to_string() } else { format!("{location}/{key}") };
+        let p = Path::parse(&full).map_err(|e| StoreError::key(key, &e.to_string()))?;
+        self.run(s3.signed_url(Method::GET, &p, expires))
+            .map(|u| Some(u.to_string()))
+            .map_err(|e| io("sign", key, e))
     }
 
     /// Every object under `prefix` (a key prefix ending at a `/`), in no particular order.
@@ -149,7 +333,7 @@ impl Store {
         mut each: impl FnMut(Meta) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let p = path(prefix.trim_end_matches('/'))?;
-        futures::executor::block_on(async {
+        self.run(async {
             let mut stream = self.inner.list(Some(&p));
             while let Some(item) = stream.next().await {
                 let m = match item {
@@ -204,6 +388,24 @@ mod tests {
         store.delete("_hash/lab/x").unwrap();
         store.delete("_hash/lab/x").unwrap();
         assert_eq!(store.head("_hash/lab/x").unwrap(), None);
+        // Streamed: three parts, the last one short; read back in chunks.
+        let big: Vec<u8> = (0..2 * PART + 123).map(|i| (i % 251) as u8).collect();
+        let mut hasher = address::Hasher::default();
+        let n = store.put_from("_hash/lab/big", &mut &big[..], &mut |c| hasher.update(c)).unwrap();
+        assert_eq!(n, big.len() as u64);
+        assert_eq!(hasher.finish(), address::content_hash(&big));
+        let mut back = Vec::new();
+        let mut chunks = 0;
+        store
+            .get_into("_hash/lab/big", &mut |c| {
+                chunks += 1;
+                back.extend_from_slice(c);
+                Ok(())
+            })
+            .unwrap();
+        assert!(back == big && chunks >= 3);
+        assert_eq!(store.put_from("_hash/lab/empty", &mut &b""[..], &mut |_| {}).unwrap(), 0);
+        assert_eq!(store.head("_hash/lab/empty").unwrap().unwrap().size, 0);
         assert!(dir.join("_hash/lab").is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -5,9 +5,12 @@
 
 pub mod address;
 mod client;
+pub mod folder;
+pub mod npy;
+pub mod schema_path;
 pub mod spec;
 
-pub use client::{Meta, Store};
+pub use client::{Meta, Store, PART};
 pub use spec::{Home, Protocol, Secrets, Spec};
 
 /// What went wrong, by the kind a host maps to an SQLSTATE.

@@ -1,86 +1,72 @@
-//! Objects in stores from SQL: `dj.object_put` (what an INSERT puts in a `<blob@store>`,
-//! `<attach@store>` or `<hash@store>` attribute), `dj.object_read`, `dj.object_info`,
-//! `dj.object_verify`, and `dj.gc`.
+//! Objects in stores from SQL: `dj.object_put` and `dj.object_put_file` (what an INSERT puts in
+//! a store attribute), `dj.object_read`, `dj.object_get_file`, `dj.object_info`,
+//! `dj.object_verify`, `dj.object_url`, and `dj.gc`.
 
-use datajoint_core::blob;
 use datajoint_core::store::address::{self, ObjectRef};
 use datajoint_core::store::{Store, StoreError, StoreErrorKind};
-use datajoint_core::types::Codec;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
 use crate::error::{DjError, DjResult, OrRaise};
+use crate::objects::put::{self, Content};
 use crate::objects::{self, gc};
-use crate::{catalog, security};
+use crate::security;
 
 /// The most a value may hold.
 const MAX_VALUE: u64 = (1 << 30) - 1;
 
-/// `dj.object_put(table, attribute, content, filename)`: stores `content` for the table's store
-/// attribute and returns the reference to insert: `<blob@s>` takes a blob (dj.blob_encode),
-/// `<attach@s>` a file's bytes and its name, `<hash@s>` any bytes. Objects are
-/// content-addressed under the table's schema, as datajoint-python stores them, and shared by
-/// equal contents. An object whose transaction rolls back is left to dj.gc, never referenced.
+/// `dj.object_put(table, attribute, content, filename, key)`: stores `content` for the table's
+/// store attribute and returns the reference to insert: `<blob@s>` takes a blob (dj.blob_encode),
+/// `<attach@s>` a file's bytes and its name, `<hash@s>` any bytes (these are content-addressed
+/// under the table's schema, shared by equal contents); `<npy@s>` a .npy file's bytes and
+/// `<object@s>` any bytes (its extension from `filename`), both at a new path under the row's
+/// primary `key`, as datajoint-python stores them. An object whose transaction rolls back is left
+/// to dj.gc, never referenced.
 #[pg_extern(volatile, parallel_unsafe)]
 fn object_put(
     table: &str,
     attribute: &str,
     content: Option<&[u8]>,
     filename: default!(Option<&str>, "NULL"),
+    key: default!(Option<JsonB>, "NULL"),
 ) -> Option<JsonB> {
     let _pin = security::pin();
     // No content, no object: the attribute is NULL.
-    Some(put(table, attribute, content?, filename).or_raise("dj.object_put"))
+    Some(
+        put::put(table, attribute, Content::Bytes(content?), filename, key.as_ref())
+            .or_raise("dj.object_put"),
+    )
 }
 
-fn put(table: &str, attribute: &str, content: &[u8], filename: Option<&str>) -> DjResult<JsonB> {
-    let table = catalog::resolve(table)?;
-    let may = catalog::read_one::<bool>(
-        "SELECT pg_catalog.has_table_privilege($1, 'INSERT') OR pg_catalog.has_table_privilege($1, 'UPDATE')",
-        &[table.qualified().into()],
-    )?
-    .unwrap_or(false);
-    if !may {
-        return Err(DjError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied for table {}", table.qualified()),
-            "Objects are stored for tables the role may insert into or update.",
-        ));
-    }
-    let (codec, store_name) = objects::column_codec(&table, attribute)?;
-    let stored = match (codec, filename) {
-        (Codec::Blob, None) => {
-            blob::unpack(content)?;
-            content.to_vec()
-        }
-        (Codec::Attach, Some(name)) => address::attachment(name, content)?,
-        (Codec::Hash, None) => content.to_vec(),
-        (Codec::Attach, None) => {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                format!("attribute {attribute} is an attachment and needs the file's name"),
-                "Pass filename => 'name.ext'.",
-            ))
-        }
-        (Codec::Blob | Codec::Hash, Some(_)) => {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("attribute {attribute} is not an attachment: it takes no file name"),
-                "Leave filename out.",
-            ))
-        }
-        (other, _) => {
-            return Err(DjError::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                format!("attribute {attribute} is {other:?}-coded; dj.object_put stores <blob@>, <attach@> and <hash@> objects"),
-                "",
-            ))
-        }
-    };
-    let store = objects::open(&store_name)?;
-    let reference = objects::put_hashed(&store, &table.schema, stored)?;
-    Ok(JsonB(reference.to_json()))
+/// `dj.object_put_file(table, attribute, path, filename)`: as dj.object_put, with the content
+/// read from a file on the server (roles with pg_read_server_files), streamed in 8 MiB parts: a
+/// large object never sits whole in the backend's memory. An attachment keeps `filename`, by
+/// default the file's own name; an `<object@s>` attribute also takes a folder (its files and a
+/// manifest).
+#[pg_extern(volatile, parallel_unsafe)]
+fn object_put_file(
+    table: &str,
+    attribute: &str,
+    path: Option<&str>,
+    filename: default!(Option<&str>, "NULL"),
+    key: default!(Option<JsonB>, "NULL"),
+) -> Option<JsonB> {
+    let _pin = security::pin();
+    let out = put::server_path(path?, "pg_read_server_files", "read")
+        .and_then(|p| put::put(table, attribute, Content::File(p), filename, key.as_ref()));
+    Some(out.or_raise("dj.object_put_file"))
+}
+
+/// `dj.object_get_file(ref, path)`: writes a stored object to a file on the server (roles with
+/// pg_write_server_files; an existing file is replaced, as COPY does), streamed, its hash checked
+/// on the way; returns the bytes written. The stored bytes are written as they are: an
+/// attachment's start with its name (dj.attach_decode splits them).
+#[pg_extern(volatile, parallel_unsafe)]
+fn object_get_file(reference: Option<JsonB>, path: &str) -> Option<i64> {
+    let _pin = security::pin();
+    let out = parse(&reference?).and_then(|r| put::get_file(&r, path, open_for));
+    Some(out.or_raise("dj.object_get_file"))
 }
 
 /// The store of a reference, opened for the caller.
@@ -200,6 +186,31 @@ fn verify(reference: &JsonB) -> DjResult<bool> {
     Ok(&hasher.finish() == expected)
 }
 
+/// `dj.object_url(ref, expires)`: a presigned URL that lets anyone holding it download the
+/// object until it expires (S3 stores); NULL for file stores.
+#[pg_extern(volatile, parallel_unsafe)]
+fn object_url(
+    reference: Option<JsonB>,
+    expires: default!(pgrx::datum::Interval, "'1 hour'"),
+) -> Option<String> {
+    let _pin = security::pin();
+    let out: DjResult<Option<String>> = (|| {
+        let Some(reference) = reference else { return Ok(None) };
+        let r = parse(&reference)?;
+        let micros = expires.as_micros();
+        if micros <= 0 || micros > 7 * 24 * 3_600_000_000 {
+            return Err(DjError::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "expires must be positive and at most 7 days",
+                "S3 presigned URLs live at most a week.",
+            ));
+        }
+        let store = open_for(&r)?;
+        Ok(store.presigned_url(&r.path, std::time::Duration::from_micros(micros as u64))?)
+    })();
+    out.or_raise("dj.object_url")
+}
+
 /// `dj.gc(store, dry_run, grace)`: quarantines the store's objects no row of this database's
 /// schemas references (older than `grace`), and deletes quarantined objects still unreferenced
 /// after `grace` (restoring any referenced again). With `dry_run` (the default), only says what
@@ -250,12 +261,24 @@ fn gc(
 
 extension_sql!(
     r#"
-COMMENT ON FUNCTION dj.object_put(text, text, bytea, text) IS 'Stores content for a <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) or <hash@store> attribute of a table the caller may write, content-addressed as datajoint-python does, and returns the reference to insert. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
+COMMENT ON FUNCTION dj.object_put(text, text, bytea, text, jsonb) IS 'Stores content for a store attribute of a table the caller may write and returns the reference to insert, as datajoint-python stores it: <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) and <hash@store> content-addressed; <npy@store> (a .npy file''s bytes) and <object@store> (any bytes, the extension from filename) under the row''s primary key. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
+COMMENT ON FUNCTION dj.object_put_file(text, text, text, text, jsonb) IS 'As dj.object_put, the content read from a file on the server (roles with pg_read_server_files), streamed in 8 MiB parts; an attachment keeps filename, by default the file''s own name; an <object@store> attribute also takes a folder (its files and a manifest).';
+COMMENT ON FUNCTION dj.object_get_file(jsonb, text) IS 'Writes a stored object to a file on the server (roles with pg_write_server_files; an existing file is replaced), streamed, its hash checked on the way; returns the bytes written.';
 COMMENT ON FUNCTION dj.object_read(jsonb, bigint, bigint) IS 'The bytes of a stored object: all of them (a hash-addressed object''s hash checked), or length bytes from offset.';
 COMMENT ON FUNCTION dj.object_info(jsonb) IS 'Where a stored object is and what its store says of it: store, path, hash, exists, size, modified (Unix seconds).';
 COMMENT ON FUNCTION dj.object_verify(jsonb) IS 'Whether a stored object is there with the size and content hash its reference records.';
+COMMENT ON FUNCTION dj.object_url(jsonb, interval) IS 'A presigned URL that lets anyone holding it download a stored object until it expires (S3 stores; at most 7 days); NULL for file stores.';
 COMMENT ON FUNCTION dj.gc(text, boolean, interval) IS 'Garbage collection of a store (its owner or a superuser): objects under this database''s schemas that no row references and older than grace are quarantined; quarantined objects still unreferenced a grace later are deleted, referenced ones restored; objects a transaction under way wrote or found are never touched. dry_run (the default) only reports. One row per object considered.';
 "#,
     name = "objects_comments",
-    requires = [object_put, object_read, object_info, object_verify, gc],
+    requires = [
+        object_put,
+        object_put_file,
+        object_get_file,
+        object_read,
+        object_info,
+        object_verify,
+        object_url,
+        gc
+    ],
 );

@@ -119,12 +119,13 @@ fn drop(name: &str) -> DjResult<()> {
     Ok(())
 }
 
-fn grantee_oid(role: &str) -> DjResult<pg_sys::Oid> {
+/// The grantee's oid as a number (0 for PUBLIC: an invalid Oid datum would be NULL).
+fn grantee_oid(role: &str) -> DjResult<i64> {
     if role.eq_ignore_ascii_case("public") {
-        return Ok(pg_sys::InvalidOid);
+        return Ok(0);
     }
-    catalog::read_one::<pg_sys::Oid>(
-        "SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1",
+    catalog::read_one::<i64>(
+        "SELECT oid::pg_catalog.int8 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1",
         &[role.into()],
     )?
     .ok_or_else(|| {
@@ -145,7 +146,7 @@ fn grant_store(name: &str, role: &str) {
         let oid = grantee_oid(role)?;
         security::as_extension_owner(|| {
             catalog::write_one::<bool>(
-                "INSERT INTO dj._store_grants VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+                "INSERT INTO dj._store_grants VALUES ($1, $2::pg_catalog.oid) ON CONFLICT DO NOTHING RETURNING true",
                 &[name.into(), oid.into()],
             )
         })?;
@@ -163,7 +164,7 @@ fn revoke_store(name: &str, role: &str) {
         let oid = grantee_oid(role)?;
         security::as_extension_owner(|| {
             catalog::write_one::<bool>(
-                "DELETE FROM dj._store_grants WHERE store OPERATOR(pg_catalog.=) $1 AND grantee OPERATOR(pg_catalog.=) $2 RETURNING true",
+                "DELETE FROM dj._store_grants WHERE store OPERATOR(pg_catalog.=) $1 AND grantee OPERATOR(pg_catalog.=) $2::pg_catalog.oid RETURNING true",
                 &[name.into(), oid.into()],
             )
         })?;

@@ -116,7 +116,9 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
         let taken: Vec<&Candidate> = batch
             .iter()
             .filter(|c| {
-                let free = locks::try_take(&row.name, &c.original);
+                // A folder object's files are held through the folder's key.
+                let free = !folders_of(&c.original).any(|f| locks::is_held(&row.name, f))
+                    && locks::try_take(&row.name, &c.original);
                 if !free {
                     out.push(Outcome {
                         key: c.key.clone(),
@@ -163,6 +165,12 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
         }
     }
     Ok(out)
+}
+
+/// The keys a writer of `key` may hold instead of it: the folders above it, and the object a
+/// `.manifest.json` describes.
+fn folders_of(key: &str) -> impl Iterator<Item = &str> {
+    key.match_indices('/').map(move |(i, _)| &key[..i]).chain(key.strip_suffix(".manifest.json"))
 }
 
 /// A key is referenced when a reference names it, a folder holding it, or the object its

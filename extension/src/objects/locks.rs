@@ -51,3 +51,13 @@ pub fn give_back(store: &str, key: &str) {
     // SAFETY: releases a lock this transaction holds.
     unsafe { pg_sys::LockRelease(&t, pg_sys::ExclusiveLock as i32, false) };
 }
+
+/// Whether a transaction under way holds the object (tried without waiting, and given back).
+pub fn is_held(store: &str, key: &str) -> bool {
+    if try_take(store, key) {
+        give_back(store, key);
+        false
+    } else {
+        true
+    }
+}

@@ -5,6 +5,8 @@
 
 pub mod gc;
 pub mod locks;
+pub mod put;
+pub mod schema;
 
 use datajoint_core::dependencies::Table;
 use datajoint_core::describe::split_type_comment;
@@ -139,7 +141,7 @@ pub fn column_codec(table: &Table, attribute: &str) -> DjResult<(Codec, String)>
         _ => Err(DjError::new(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("attribute {attribute} of {} is not a store attribute (it is {})", table.qualified(), declared.unwrap_or_else(|| column.sql_type.clone())),
-            "Objects go into attributes declared <blob@store>, <attach@store> or <hash@store>; in-table <blob> and <attach> columns take dj.blob_encode(...) and dj.attach_encode(...) directly.",
+            "Objects go into attributes declared <blob@store>, <attach@store>, <hash@store>, <object@store> or <npy@store>; in-table <blob> and <attach> columns take dj.blob_encode(...) and dj.attach_encode(...) directly.",
         )),
     }
 }
@@ -157,4 +159,58 @@ pub fn put_hashed(store: &Store, schema: &str, content: Vec<u8>) -> DjResult<Has
         _ => store.put(&path, content)?,
     }
     Ok(HashRef { hash, path, schema: schema.to_string(), store: Some(store.name.clone()), size })
+}
+
+/// Stores content read from `reader` (after `prefix`, an attachment's name) hash-addressed like
+/// [`put_hashed`], streamed: it is uploaded once, hashed on the way, to a key of the store's
+/// quarantine (which dj.gc empties should the backend die), then moved to its address, or dropped
+/// when that object is there already. A cancel stops the upload between parts.
+pub fn put_hashed_from(
+    store: &Store,
+    schema: &str,
+    prefix: &[u8],
+    reader: &mut dyn std::io::Read,
+) -> DjResult<HashRef> {
+    static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let n = UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a plain read of the backend's pid.
+    let original = format!("_dj_upload-{}-{n}", unsafe { pg_sys::MyProcPid });
+    let folder = format!("{}/{now}", gc::TRASH);
+    let staging = format!("{folder}/{original}");
+    // gc takes quarantined objects by the key they had: held, ours is left alone.
+    locks::hold(&store.name, &original);
+    let mut hasher = address::Hasher::default();
+    let mut reader = Cancellable(std::io::Read::chain(prefix, reader));
+    let written = store.put_from(&staging, &mut reader, &mut |part| hasher.update(part));
+    if written.is_err() {
+        let _ = store.remove_empty_folder(&folder);
+    }
+    pgrx::check_for_interrupts!();
+    let size = written?;
+    let hash = hasher.finish();
+    let path = address::hash_path(&store.spec, schema, &hash)?;
+    locks::hold(&store.name, &path);
+    match store.head(&path)? {
+        Some(meta) if meta.size == size => store.delete(&staging)?,
+        _ => store.rename(&staging, &path)?,
+    }
+    store.remove_empty_folder(&folder)?;
+    Ok(HashRef { hash, path, schema: schema.to_string(), store: Some(store.name.clone()), size })
+}
+
+/// A reader that fails once a cancel or termination is pending, so a long transfer stops at the
+/// next part (the caller then lets PostgreSQL act on it).
+pub struct Cancellable<R>(pub R);
+
+impl<R: std::io::Read> std::io::Read for Cancellable<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if crate::interrupts::stop_requested() {
+            return Err(std::io::Error::other("canceled"));
+        }
+        self.0.read(buf)
+    }
 }
