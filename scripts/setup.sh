@@ -13,7 +13,7 @@ PGRX_VERSION=0.18.1
 say() { printf '[setup] %s\n' "$*"; }
 
 # 1. System packages.
-apt_packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libssl-dev sudo make
+apt_packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang pkg-config libssl-dev zlib1g-dev sudo make
               python3-venv)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -708,6 +708,29 @@ CREATE FUNCTION dj."object_put_file"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'object_put_file_wrapper';
+CREATE FUNCTION dj."filepath_ref"(
+	"table" TEXT, /* & str */
+	"attribute" TEXT, /* & str */
+	"path" TEXT /* Option < & str > */
+) RETURNS jsonb /* Option < JsonB > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'filepath_ref_wrapper';
+CREATE FUNCTION dj."object_refs"(
+	"table" TEXT /* & str */
+) RETURNS TABLE (
+	"attribute" TEXT,  /* String */
+	"key" jsonb,  /* JsonB */
+	"store" TEXT,  /* Option < String > */
+	"path" TEXT,  /* Option < String > */
+	"size" bigint,  /* Option < i64 > */
+	"hash" TEXT,  /* Option < String > */
+	"is_dir" bool,  /* bool */
+	"reference" jsonb  /* JsonB */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'object_refs_wrapper';
 CREATE FUNCTION dj."object_get_file"(
 	"reference" jsonb, /* Option < JsonB > */
 	"path" TEXT /* & str */
@@ -770,6 +793,8 @@ COMMENT ON FUNCTION dj.attach_encode(text, bytea) IS 'The DataJoint attachment o
 
 COMMENT ON FUNCTION dj.object_put(text, text, bytea, text, jsonb) IS 'Stores content for a store attribute of a table the caller may write and returns the reference to insert, as datajoint-python stores it: <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) and <hash@store> content-addressed; <npy@store> (a .npy file''s bytes) and <object@store> (any bytes, the extension from filename) under the row''s primary key. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
 COMMENT ON FUNCTION dj.object_put_file(text, text, text, text, jsonb) IS 'As dj.object_put, the content read from a file on the server (roles with pg_read_server_files), streamed in 8 MiB parts; an attachment keeps filename, by default the file''s own name; an <object@store> attribute also takes a folder (its files and a manifest).';
+COMMENT ON FUNCTION dj.filepath_ref(text, text, text) IS 'The reference a <filepath@store> attribute keeps for a file (or folder) already in the store at path (relative, outside DataJoint''s hash and schema sections, under the store''s filepath_prefix if set); such files are never deleted by DataJoint.';
+COMMENT ON FUNCTION dj.object_refs(text) IS 'The objects a table''s rows reference, as plain columns for clients and BI tools: attribute, key (the row''s primary key), store, path, size, hash, is_dir, and the reference itself (for dj.object_url, dj.object_read). Read as the caller.';
 COMMENT ON FUNCTION dj.object_get_file(jsonb, text) IS 'Writes a stored object to a file on the server (roles with pg_write_server_files; an existing file is replaced), streamed, its hash checked on the way; returns the bytes written.';
 COMMENT ON FUNCTION dj.object_read(jsonb, bigint, bigint) IS 'The bytes of a stored object: all of them (a hash-addressed object''s hash checked), or length bytes from offset.';
 COMMENT ON FUNCTION dj.object_info(jsonb) IS 'Where a stored object is and what its store says of it: store, path, hash, exists, size, modified (Unix seconds).';

@@ -47,14 +47,15 @@ def best(f, repeat=REPEAT):
     return min(times)
 
 
-def transfers(c, work: pathlib.Path, source: pathlib.Path, table: str, size: int, repeat=REPEAT):
-    """Best put and get seconds for one store; the object is removed between puts so each one writes."""
+def transfers(c, work: pathlib.Path, source: pathlib.Path, table: str, size: int, repeat=REPEAT, attribute="raw"):
+    """Best put and get seconds for one attribute; the object is removed between puts so each one writes."""
     out = work / "out.dat"
     ref = None
 
     def put():
         nonlocal ref
-        ref = c.execute(f"SELECT dj.object_put_file('{S}.{table}', 'raw', %s)", (str(source),)).fetchone()[0]
+        ref = c.execute(f"SELECT dj.object_put_file('{S}.{table}', %s, %s, key => '{{\"k\": 1}}')",
+                        (attribute, str(source))).fetchone()[0]
 
     def forget():
         # Not timed: the stored object goes, so the next put writes it again.
@@ -78,7 +79,7 @@ def main():
     c.execute("CREATE EXTENSION IF NOT EXISTS datajoint")
     c.execute(f"DROP SCHEMA IF EXISTS {S} CASCADE")
     c.execute(f"CREATE SCHEMA {S}")
-    c.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{S}.Local", "k : int32\n---\nraw : <hash@local>"))
+    c.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{S}.Local", "k : int32\n---\nraw : <hash@local>\nobj : <object@local>"))
     pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
     size = MB << 20
     work = pathlib.Path(tempfile.mkdtemp(prefix="dj-bench-objects-"))
@@ -95,26 +96,33 @@ def main():
         copy = work / "copy.dat"
         cp = best(lambda: subprocess.run(["cp", str(source), str(copy)], check=True))
         copy.unlink()
+        md5 = best(lambda: subprocess.run(["md5sum", str(source)], check=True, capture_output=True))
         base_rss = rss_kb(pid, "VmRSS")
         base_hwm = rss_kb(pid, "VmHWM")
         put, get = transfers(c, work, source, "Local", size)
+        oput, oget = transfers(c, work, source, "Local", size, attribute="obj")
         extra_mb = (rss_kb(pid, "VmHWM") - max(base_rss, 0)) / 1024
         mbps = lambda s: size / s / 1e6  # noqa: E731
-        print(f"{'local file store':<28}{'seconds':>10}{'MB/s':>10}{'vs cp':>8}")
-        print(f"{'cp (baseline)':<28}{cp:>10.2f}{mbps(cp):>10.0f}{'1.00':>8}")
-        print(f"{'dj.object_put_file':<28}{put:>10.2f}{mbps(put):>10.0f}{cp / put:>8.2f}")
-        print(f"{'dj.object_get_file':<28}{get:>10.2f}{mbps(get):>10.0f}{cp / get:>8.2f}")
+        print(f"{'local file store':<44}{'seconds':>10}{'MB/s':>10}{'vs cp':>8}")
+        for name, t in [("cp (baseline)", cp), ("md5sum (the hash alone)", md5),
+                        ("<object@local> dj.object_put_file", oput), ("<object@local> dj.object_get_file", oget),
+                        ("<hash@local> dj.object_put_file (MD5)", put),
+                        ("<hash@local> dj.object_get_file (MD5 check)", get)]:
+            print(f"{name:<44}{t:>10.2f}{mbps(t):>10.0f}{cp / t:>8.2f}")
         print(f"backend peak RSS over its start: {extra_mb:.0f} MB (VmHWM {rss_kb(pid, 'VmHWM') / 1024:.0f} MB, "
               f"VmRSS before {base_rss / 1024:.0f} MB, VmHWM before {base_hwm / 1024:.0f} MB)")
 
+        (work / "seaweed").mkdir()
         with seaweed_server(work / "seaweed") as s3:
             spec = {"protocol": "s3", "endpoint": s3["endpoint"], "bucket": s3["bucket"], "location": "bench",
                     "secure": False, "access_key": s3["access_key"], "secret_key": s3["secret_key"]}
             c.execute("SELECT dj.add_store('bench_s3', %s, replace => true)", (json.dumps(spec),))
-            c.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{S}.Remote", "k : int32\n---\nraw : <hash@bench_s3>"))
+            c.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{S}.Remote", "k : int32\n---\nraw : <hash@bench_s3>\nobj : <object@bench_s3>"))
             put, get = transfers(c, work, source, "Remote", size, repeat=1)
-            print(f"{'S3 (SeaweedFS, loopback)':<28}{'put MB/s':>10}{'get MB/s':>10}")
-            print(f"{'dj.object_put_file/get_file':<28}{mbps(put):>10.0f}{mbps(get):>10.0f}")
+            oput, oget = transfers(c, work, source, "Remote", size, repeat=1, attribute="obj")
+            print(f"{'S3 (SeaweedFS, loopback)':<44}{'put MB/s':>10}{'get MB/s':>10}")
+            print(f"{'<object@bench_s3> put_file/get_file':<44}{mbps(oput):>10.0f}{mbps(oget):>10.0f}")
+            print(f"{'<hash@bench_s3> put_file/get_file (MD5)':<44}{mbps(put):>10.0f}{mbps(get):>10.0f}")
             c.execute(f"DROP TABLE {S}.remote")
             c.execute("SELECT dj.drop_store('bench_s3')")
 

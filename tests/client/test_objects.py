@@ -595,3 +595,69 @@ def test_npy_and_object_attributes_both_directions(db, scans, server_dir):
         db.execute("SELECT dj.object_put('objs.Scan', 'arr', 'not npy', key => %s)", (json.dumps(key),))
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="not a valid object key"):
         db.execute("SELECT dj.object_put('objs.Scan', 'movie', 'x', filename => 'a.b\nc', key => %s)", (json.dumps(key),))
+
+
+def test_filepath_references_files_already_in_the_store(db, python):
+    db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.raw_file")
+    db.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{SCHEMA}.RawFile", "f : int32\n---\nsrc : <filepath@local>"))
+    root = store_root(db)
+    (root / "raw" / "s1").mkdir(parents=True, exist_ok=True)
+    (root / "raw" / "s1" / "movie.avi").write_bytes(b"movie bytes")
+    ref = db.execute("SELECT dj.filepath_ref('objs.RawFile', 'src', 'raw/s1/movie.avi')").fetchone()[0]
+    assert ref["path"] == "raw/s1/movie.avi" and ref["size"] == 11 and ref["is_dir"] is False and ref["store"] == "local"
+    folder = db.execute("SELECT dj.filepath_ref('objs.RawFile', 'src', 'raw/s1')").fetchone()[0]
+    assert folder["is_dir"] is True and folder["size"] is None
+    db.execute(f"INSERT INTO {SCHEMA}.raw_file VALUES (1, %s)", (json.dumps(ref),))
+    module = dj.VirtualModule("objs_raw", SCHEMA, connection=python.Recording.connection)
+    assert (module.RawFile & "f = 1").fetch1("src").read() == b"movie bytes"
+    assert db.execute("SELECT dj.object_read(src) FROM objs.raw_file").fetchone()[0] == b"movie bytes"
+    # Never collected, referenced or not.
+    db.execute(f"DELETE FROM {SCHEMA}.raw_file")
+    gc(db, False)
+    gc(db, False)
+    assert (root / "raw" / "s1" / "movie.avi").exists()
+    for bad, error in [
+        ("_hash/objs/x", psycopg.errors.InvalidParameterValue),
+        ("_schema/objs/x", psycopg.errors.InvalidParameterValue),
+        ("../../postgresql.conf", psycopg.errors.InvalidParameterValue),
+        ("/etc/passwd", psycopg.errors.InvalidParameterValue),
+        ("raw/none.avi", psycopg.errors.UndefinedFile),
+    ]:
+        with pytest.raises(error):
+            db.execute("SELECT dj.filepath_ref('objs.RawFile', 'src', %s)", (bad,))
+    with pytest.raises(psycopg.errors.WrongObjectType):
+        db.execute("SELECT dj.filepath_ref('objs.Recording', 'raw', 'raw/s1/movie.avi')")
+    db.execute(f"DROP TABLE {SCHEMA}.raw_file")
+
+
+def test_object_refs_as_plain_columns_for_bi_tools(db, roles):
+    trace = put(db, "trace", encode(db, [7, 8], "int32"))
+    doc = put(db, "doc", b"report", "report.txt")
+    db.execute(f"INSERT INTO {SCHEMA}.recording VALUES (77, %s, %s, NULL)", (json.dumps(trace), json.dumps(doc)))
+    rows = db.execute(
+        "SELECT attribute, key, store, path, size, hash, is_dir, reference FROM dj.object_refs('objs.Recording') "
+        "WHERE key = '{\"rec\": 77}' ORDER BY attribute"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["doc", "trace"]
+    assert rows[1][1:7] == ({"rec": 77}, "local", trace["path"], trace["size"], trace["hash"], False)
+    assert rows[1][7] == trace
+    # Read as the caller: a role without SELECT on the table sees nothing.
+    db.execute(f"REVOKE SELECT ON {SCHEMA}.recording FROM objs_other")
+    other = connect(user="objs_other")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        other.execute("SELECT * FROM dj.object_refs('objs.Recording')")
+    other.close()
+    db.execute(f"DELETE FROM {SCHEMA}.recording WHERE rec = 77")
+
+
+def test_gc_and_drop_store_see_a_type_declared_with_spaces(db):
+    db.execute(f"DROP TABLE IF EXISTS {SCHEMA}.spaced")
+    db.execute("SELECT dj.declare(%s, 'manual', %s)", (f"{SCHEMA}.Spaced", "k : int32\n---\nv : < blob @ local >"))
+    ref = db.execute("SELECT dj.object_put('objs.Spaced', 'v', dj.blob_encode('\"spaced\"'::jsonb))").fetchone()[0]
+    db.execute(f"INSERT INTO {SCHEMA}.spaced VALUES (1, %s)", (json.dumps(ref),))
+    gc(db, False)
+    gc(db, False)
+    assert (store_root(db) / ref["path"]).exists()
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="objs.spaced.v"):
+        db.execute("SELECT dj.drop_store('local')")
+    db.execute(f"DROP TABLE {SCHEMA}.spaced")

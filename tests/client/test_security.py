@@ -238,14 +238,17 @@ def every_public_function(c) -> dict:
         "blob_decode": "SELECT dj.blob_decode(dj.blob_encode('{\"a\": [1, 2.5]}'::pg_catalog.jsonb, NULL))",
         "attach_encode": "SELECT dj.attach_encode('a.txt', pg_catalog.convert_to('abc', 'UTF8'))",
         "attach_decode": "SELECT * FROM dj.attach_decode(dj.attach_encode('a.txt', pg_catalog.convert_to('abc', 'UTF8')))",
-        "object_put": "SELECT dj.declare('sec_path.Stash', 'manual', 'k : int32\n---\nb : <blob@sec_store>\no = null : <object@sec_store>'); "
+        "object_put": "SELECT dj.declare('sec_path.Stash', 'manual', 'k : int32\n---\nb : <blob@sec_store>\no = null : <object@sec_store>\np = null : <filepath@sec_store>'); "
                       "INSERT INTO sec_path.stash VALUES (1, dj.object_put('sec_path.Stash', 'b', "
                       "dj.blob_encode('[1]'::pg_catalog.jsonb, NULL)))",
         "object_put_file": "UPDATE sec_path.stash SET o = dj.object_put_file('sec_path.Stash', 'o', "
                            "pg_catalog.current_setting('data_directory') OPERATOR(pg_catalog.||) '/PG_VERSION', "
                            "key => '{\"k\": 1}'::pg_catalog.jsonb)",
-        "object_get_file": "SELECT dj.object_get_file(b, pg_catalog.current_setting('data_directory') "
-                           "OPERATOR(pg_catalog.||) '/sec_out.bin') FROM sec_path.stash",
+        # Into the store's own folder, for filepath_ref next.
+        "object_get_file": "SELECT dj.object_get_file(b, pg_catalog.concat(pg_catalog.current_setting('data_directory'), "
+                           "'/sec_store/', pg_catalog.current_database(), '/f.bin')) FROM sec_path.stash",
+        "filepath_ref": "UPDATE sec_path.stash SET p = dj.filepath_ref('sec_path.Stash', 'p', 'f.bin')",
+        "object_refs": "SELECT * FROM dj.object_refs('sec_path.Stash')",
         "object_read": "SELECT dj.object_read(b), dj.object_read(o, 0, 2) FROM sec_path.stash",
         "object_info": "SELECT dj.object_info(o) FROM sec_path.stash",
         "object_verify": "SELECT dj.object_verify(b) FROM sec_path.stash",

@@ -26,6 +26,55 @@ impl Hasher {
     }
 }
 
+/// A content hash computed on a thread of its own (every signal blocked), so hashing overlaps
+/// the reads and writes of a streamed transfer: chunks are handed over without copying.
+pub struct BackgroundHasher {
+    chunks: Option<std::sync::mpsc::SyncSender<bytes::Bytes>>,
+    thread: Option<std::thread::JoinHandle<String>>,
+    /// Used when the thread could not be started.
+    inline: Option<Hasher>,
+}
+
+impl BackgroundHasher {
+    pub fn start() -> BackgroundHasher {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<bytes::Bytes>(2);
+        match crate::threads::spawn_signal_free("dj-hash", move || {
+            let mut h = Hasher::default();
+            for chunk in rx {
+                h.update(&chunk);
+            }
+            h.finish()
+        }) {
+            Ok(thread) => BackgroundHasher { chunks: Some(tx), thread: Some(thread), inline: None },
+            Err(_) => BackgroundHasher { chunks: None, thread: None, inline: Some(Hasher::default()) },
+        }
+    }
+
+    pub fn update(&mut self, chunk: &bytes::Bytes) {
+        if let Some(h) = &mut self.inline {
+            h.update(chunk);
+        } else if let Some(tx) = &self.chunks {
+            // The thread only ends when the sender is dropped.
+            let _ = tx.send(chunk.clone());
+        }
+    }
+
+    pub fn finish(mut self) -> String {
+        if let Some(h) = self.inline.take() {
+            return h.finish();
+        }
+        self.chunks = None;
+        self.thread.take().expect("a hashing thread").join().expect("the hashing thread does not panic")
+    }
+}
+
+impl Drop for BackgroundHasher {
+    fn drop(&mut self) {
+        // Abandoned (an error): the thread ends once the channel closes; it is not waited for.
+        self.chunks = None;
+    }
+}
+
 fn base32_lower(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut out = String::with_capacity(bytes.len() * 8 / 5 + 1);
@@ -76,6 +125,41 @@ pub fn check_relative(key: &str) -> Result<(), StoreError> {
         return Err(StoreError::key(key, "a key is relative to the store's root, not absolute"));
     }
     key.split('/').try_for_each(check_segment)
+}
+
+/// Where garbage collection keeps quarantined objects (and streamed uploads wait), relative to a
+/// store's root: a section no reference may name and no prefix may be.
+pub const TRASH: &str = "_dj_trash";
+
+/// A `<filepath@store>` reference's path: inside the store, outside the sections DataJoint
+/// manages (`hash_prefix`, `schema_prefix`), and under `filepath_prefix` when the store sets one
+/// (datajoint-python's rules).
+pub fn check_filepath(spec: &Spec, path: &str) -> Result<(), StoreError> {
+    check_relative(path)?;
+    let trash = TRASH.to_string();
+    for (what, prefix) in
+        [("hash_prefix", &spec.hash_prefix), ("schema_prefix", &spec.schema_prefix), ("quarantine", &trash)]
+    {
+        let section = format!("{}/", prefix.trim_matches('/'));
+        if section != "/" && path.starts_with(&section) {
+            return Err(StoreError::new(
+                super::StoreErrorKind::Key,
+                format!("{path:?} is in the section {section} ({what}) DataJoint manages"),
+                "A <filepath@store> references a file placed in the store by other means, outside DataJoint's sections.",
+            ));
+        }
+    }
+    if let Some(prefix) = &spec.filepath_prefix {
+        let section = format!("{}/", prefix.trim_matches('/'));
+        if section != "/" && !path.starts_with(&section) {
+            return Err(StoreError::new(
+                super::StoreErrorKind::Key,
+                format!("{path:?} is not under the store's filepath_prefix {section}"),
+                "The store keeps referenced files under its filepath_prefix.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One segment of a key (a file name, a schema name, a PK value).
@@ -176,6 +260,39 @@ impl ObjectRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_hash_equals_the_content_hash() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut h = BackgroundHasher::start();
+        for chunk in data.chunks(1 << 20) {
+            h.update(&bytes::Bytes::copy_from_slice(chunk));
+        }
+        assert_eq!(h.finish(), content_hash(&data));
+        drop(BackgroundHasher::start());
+    }
+
+    #[test]
+    fn filepaths_stay_outside_managed_sections() {
+        let spec =
+            Spec::parse(&json!({"protocol": "file", "location": "/x", "filepath_prefix": "raw"})).unwrap().0;
+        assert!(check_filepath(&spec, "raw/session1/movie.avi").is_ok());
+        for bad in [
+            "_hash/lab/x",
+            "_schema/lab/t/f",
+            "other/file",
+            "raw/../_hash/x",
+            "/raw/x",
+            "raw",
+            "_dj_trash/1/x",
+        ] {
+            assert!(check_filepath(&spec, bad).is_err(), "{bad}");
+        }
+        let open = Spec::parse(&json!({"protocol": "file", "location": "/x"})).unwrap().0;
+        assert!(check_filepath(&open, "anything/here.dat").is_ok());
+        assert!(check_filepath(&open, "_hash/lab/x").is_err());
+        assert!(check_filepath(&open, "_dj_trash/1/raw/x").is_err());
+    }
 
     #[test]
     fn hashes_and_paths_match_datajoint_python() {

@@ -77,18 +77,9 @@ fn io(what: &str, key: &str, e: object_store::Error) -> StoreError {
 /// MiB or more, and a backend holds one at a time.
 pub const PART: usize = 8 << 20;
 
-/// Reads until `buf` is full or the reader ends.
-fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match reader.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+/// Appends up to `limit` bytes from the reader to `buf` (without zeroing it first).
+fn read_up_to(reader: &mut dyn Read, buf: &mut Vec<u8>, limit: usize) -> std::io::Result<usize> {
+    reader.take(limit as u64).read_to_end(buf)
 }
 
 fn path(key: &str) -> Result<Path, StoreError> {
@@ -187,15 +178,19 @@ impl Store {
         &self,
         key: &str,
         reader: &mut dyn Read,
-        seen: &mut dyn FnMut(&[u8]),
+        seen: &mut dyn FnMut(&bytes::Bytes),
     ) -> Result<u64, StoreError> {
         let p = path(key)?;
         let mut upload = self.run(self.inner.put_multipart(&p)).map_err(|e| io("write", key, e))?;
         let mut total = 0u64;
-        let mut parts = || -> Result<(), StoreError> {
+        let mut upload_parts = || -> Result<(), StoreError> {
+            let mut count = 0usize;
             loop {
-                let mut part = vec![0u8; PART];
-                let n = fill(reader, &mut part).map_err(|e| {
+                // S3 takes at most 10 000 parts: they grow by 8 MiB every 1 000 (to 80 MiB; 430 GiB in all).
+                let want = PART * (1 + count / 1000);
+                count += 1;
+                let mut part = Vec::with_capacity(want);
+                let n = read_up_to(reader, &mut part, want).map_err(|e| {
                     StoreError::new(
                         StoreErrorKind::Io,
                         format!("could not read the content for {key:?}: {e}"),
@@ -206,16 +201,16 @@ impl Store {
                 if n == 0 && total > 0 {
                     return Ok(());
                 }
-                part.truncate(n);
+                let part = bytes::Bytes::from(part);
                 seen(&part);
                 total += n as u64;
                 self.run(upload.put_part(PutPayload::from(part))).map_err(|e| io("write", key, e))?;
-                if n < PART {
+                if n < want {
                     return Ok(());
                 }
             }
         };
-        match parts() {
+        match upload_parts() {
             Ok(()) => self.run(upload.complete()).map(|_| total).map_err(|e| io("write", key, e)),
             Err(e) => {
                 let _ = self.run(upload.abort());
@@ -230,25 +225,23 @@ impl Store {
     pub fn get_into(
         &self,
         key: &str,
-        each: &mut dyn FnMut(&[u8]) -> Result<(), StoreError>,
+        each: &mut dyn FnMut(&bytes::Bytes) -> Result<(), StoreError>,
     ) -> Result<u64, StoreError> {
         let p = path(key)?;
         let got = self.run(self.inner.get(&p)).map_err(|e| io("read", key, e))?;
         let mut total = 0u64;
         match got.payload {
-            GetResultPayload::File(mut file, _) => {
-                let mut buf = vec![0u8; PART];
-                loop {
-                    let n = fill(&mut file, &mut buf).map_err(|e| {
-                        StoreError::new(StoreErrorKind::Io, format!("could not read {key:?}: {e}"), "")
-                    })?;
-                    if n == 0 {
-                        break;
-                    }
-                    each(&buf[..n])?;
-                    total += n as u64;
+            GetResultPayload::File(mut file, _) => loop {
+                let mut buf = Vec::with_capacity(PART);
+                let n = read_up_to(&mut file, &mut buf, PART).map_err(|e| {
+                    StoreError::new(StoreErrorKind::Io, format!("could not read {key:?}: {e}"), "")
+                })?;
+                if n == 0 {
+                    break;
                 }
-            }
+                each(&bytes::Bytes::from(buf))?;
+                total += n as u64;
+            },
             GetResultPayload::Stream(mut stream) => {
                 while let Some(chunk) = self.run(stream.next()) {
                     let chunk = chunk.map_err(|e| io("read", key, e))?;
@@ -324,6 +317,18 @@ impl Store {
         self.run(s3.signed_url(Method::GET, &p, expires))
             .map(|u| Some(u.to_string()))
             .map_err(|e| io("sign", key, e))
+    }
+
+    /// Whether any object is under `prefix` (a folder, to an object store): stops at the first.
+    pub fn any_under(&self, prefix: &str) -> Result<bool, StoreError> {
+        let p = path(prefix.trim_end_matches('/'))?;
+        self.run(async {
+            match self.inner.list(Some(&p)).next().await {
+                None | Some(Err(object_store::Error::NotFound { .. })) => Ok(false),
+                Some(Ok(_)) => Ok(true),
+                Some(Err(e)) => Err(io("list", prefix, e)),
+            }
+        })
     }
 
     /// Every object under `prefix` (a key prefix ending at a `/`), in no particular order.

@@ -43,6 +43,9 @@ pub fn header(start: &[u8]) -> Result<NpyInfo, StoreError> {
         .and_then(|d| d.split_once('\''))
         .map(|(d, _)| d)
         .ok_or_else(|| bad("structured dtypes (a list as descr) are not supported"))?;
+    if descr.trim_start_matches(['<', '>', '|', '=']).starts_with('O') {
+        return Err(bad("object arrays hold pickles, which <npy@store> does not take"));
+    }
     let shape = value_after(text, "'shape'").ok_or_else(|| bad("no shape"))?;
     let inner = shape
         .strip_prefix('(')
@@ -148,6 +151,7 @@ mod tests {
     #[test]
     fn other_bytes_are_refused() {
         assert!(header(b"PK\x03\x04").is_err());
+        assert!(header(&npy("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }")).is_err());
         assert!(header(&npy("{'descr': [('a', '<i4')], 'fortran_order': False, 'shape': (1,), }")).is_err());
         assert!(header(&npy("{'descr': '<f8', 'fortran_order': False, 'shape': (-1,), }")).is_err());
         let mut cut = npy("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }");

@@ -26,10 +26,12 @@ pub fn token(random: &[u8], length: usize) -> String {
 pub enum KeyValue {
     /// An integer or a decimal, as written (`str()` of Python's int).
     Number(String),
-    /// Text, a UUID, or a date (`YYYY-MM-DD`, its `isoformat()`).
+    /// Text or a UUID.
     Text(String),
     /// A timestamp as `YYYY-MM-DD HH:MM:SS[.ffffff]` (or with a `T`).
     DateTime(String),
+    /// A date or a time of day, written as its `isoformat()` (never escaped).
+    Iso(String),
     Bool(bool),
 }
 
@@ -39,7 +41,7 @@ pub enum KeyValue {
 /// percent-encoded.
 pub fn encode_key_value(value: &KeyValue) -> String {
     match value {
-        KeyValue::Number(n) => n.clone(),
+        KeyValue::Number(n) | KeyValue::Iso(n) => n.clone(),
         KeyValue::Bool(b) => if *b { "True" } else { "False" }.to_string(),
         KeyValue::DateTime(t) => {
             // Seconds precision, dashes for colons, a T between date and time.
@@ -202,6 +204,7 @@ mod tests {
             "2024-01-02T03-04-05"
         );
         assert_eq!(encode_key_value(&KeyValue::Bool(true)), "True");
+        assert_eq!(encode_key_value(&KeyValue::Iso("07:08:09".into())), "07:08:09");
         assert_eq!(encode_key_value(&KeyValue::Number("-7".into())), "-7");
     }
 

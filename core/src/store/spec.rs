@@ -200,6 +200,8 @@ impl Spec {
             super::address::check_relative(p)
                 .map_err(|e| StoreError::spec(format!("{name}: {}", e.message), ""))?;
         }
+        // The quarantine is ours alone.
+        prefixes.push(("the quarantine", super::address::TRASH));
         for (i, (a, pa)) in prefixes.iter().enumerate() {
             for (b, pb) in &prefixes[i + 1..] {
                 let overlap =

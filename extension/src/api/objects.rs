@@ -58,6 +58,44 @@ fn object_put_file(
     Some(out.or_raise("dj.object_put_file"))
 }
 
+/// `dj.filepath_ref(table, attribute, path)`: the reference a `<filepath@store>` attribute keeps
+/// for a file (or folder) already in the store at `path` (relative to the store, outside the
+/// sections DataJoint manages, under the store's filepath_prefix if it has one). DataJoint never
+/// deletes such files.
+#[pg_extern(volatile, parallel_unsafe)]
+fn filepath_ref(table: &str, attribute: &str, path: Option<&str>) -> Option<JsonB> {
+    let _pin = security::pin();
+    Some(put::filepath_ref(table, attribute, path?).or_raise("dj.filepath_ref"))
+}
+
+/// `dj.object_refs(table)`: the objects the table's rows reference, as plain columns (for BI
+/// tools that read no JSON): attribute, the row's primary key, store, path, size, hash (of
+/// hash-addressed objects), whether it is a folder, and the reference itself (for
+/// dj.object_url, dj.object_read). Read as the caller.
+#[pg_extern(volatile, parallel_unsafe)]
+fn object_refs(
+    table: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(attribute, String),
+        name!(key, JsonB),
+        name!(store, Option<String>),
+        name!(path, Option<String>),
+        name!(size, Option<i64>),
+        name!(hash, Option<String>),
+        name!(is_dir, bool),
+        name!(reference, JsonB),
+    ),
+> {
+    let _pin = security::pin();
+    let rows = objects::refs::list(table).or_raise("dj.object_refs");
+    TableIterator::new(
+        rows.into_iter()
+            .map(|r| (r.attribute, r.key, r.store, r.path, r.size, r.hash, r.is_dir, r.reference)),
+    )
+}
+
 /// `dj.object_get_file(ref, path)`: writes a stored object to a file on the server (roles with
 /// pg_write_server_files; an existing file is replaced, as COPY does), streamed, its hash checked
 /// on the way; returns the bytes written. The stored bytes are written as they are: an
@@ -255,7 +293,7 @@ fn gc(
     TableIterator::new(outcomes.into_iter().map(|o| {
         let at =
             pgrx::datum::TimestampWithTimeZone::try_from(o.modified_us - PG_EPOCH_US).expect("a finite time");
-        (o.key, o.size, at, o.action.to_string())
+        (o.key, o.size, at, o.action)
     }))
 }
 
@@ -263,6 +301,8 @@ extension_sql!(
     r#"
 COMMENT ON FUNCTION dj.object_put(text, text, bytea, text, jsonb) IS 'Stores content for a store attribute of a table the caller may write and returns the reference to insert, as datajoint-python stores it: <blob@store> (a blob: dj.blob_encode), <attach@store> (a file''s bytes, with filename) and <hash@store> content-addressed; <npy@store> (a .npy file''s bytes) and <object@store> (any bytes, the extension from filename) under the row''s primary key. An object of a transaction that rolls back is never referenced and is removed by dj.gc.';
 COMMENT ON FUNCTION dj.object_put_file(text, text, text, text, jsonb) IS 'As dj.object_put, the content read from a file on the server (roles with pg_read_server_files), streamed in 8 MiB parts; an attachment keeps filename, by default the file''s own name; an <object@store> attribute also takes a folder (its files and a manifest).';
+COMMENT ON FUNCTION dj.filepath_ref(text, text, text) IS 'The reference a <filepath@store> attribute keeps for a file (or folder) already in the store at path (relative, outside DataJoint''s hash and schema sections, under the store''s filepath_prefix if set); such files are never deleted by DataJoint.';
+COMMENT ON FUNCTION dj.object_refs(text) IS 'The objects a table''s rows reference, as plain columns for clients and BI tools: attribute, key (the row''s primary key), store, path, size, hash, is_dir, and the reference itself (for dj.object_url, dj.object_read). Read as the caller.';
 COMMENT ON FUNCTION dj.object_get_file(jsonb, text) IS 'Writes a stored object to a file on the server (roles with pg_write_server_files; an existing file is replaced), streamed, its hash checked on the way; returns the bytes written.';
 COMMENT ON FUNCTION dj.object_read(jsonb, bigint, bigint) IS 'The bytes of a stored object: all of them (a hash-addressed object''s hash checked), or length bytes from offset.';
 COMMENT ON FUNCTION dj.object_info(jsonb) IS 'Where a stored object is and what its store says of it: store, path, hash, exists, size, modified (Unix seconds).';

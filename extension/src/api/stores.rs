@@ -90,19 +90,12 @@ fn drop_store(name: &str) {
 
 fn drop(name: &str) -> DjResult<()> {
     admin_row(name, "drop")?;
-    let users = security::as_extension_owner(|| {
-        catalog::read_one::<String>(
-            "SELECT pg_catalog.string_agg(pg_catalog.format('%I.%I.%I', n.nspname, c.relname, a.attname), ', ') \
-               FROM pg_catalog.pg_attribute a \
-               JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
-               JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-               JOIN pg_catalog.pg_description d ON d.objoid OPERATOR(pg_catalog.=) c.oid \
-                    AND d.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid OPERATOR(pg_catalog.=) a.attnum \
-              WHERE NOT a.attisdropped AND pg_catalog.strpos(d.description, '@' OPERATOR(pg_catalog.||) $1 OPERATOR(pg_catalog.||) '>:') OPERATOR(pg_catalog.>) 0 \
-                AND d.description OPERATOR(pg_catalog.~) '^:<[a-z]+@'",
-            &[name.into()],
-        )
-    })?;
+    let using: Vec<String> = objects::store_columns()?
+        .into_iter()
+        .filter(|c| c.store == name)
+        .map(|c| format!("{}.{}.{}", c.schema, c.table, c.column))
+        .collect();
+    let users = (!using.is_empty()).then(|| using.join(", "));
     if let Some(users) = users {
         return Err(DjError::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,

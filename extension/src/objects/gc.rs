@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use datajoint_core::sql;
-use datajoint_core::store::Store;
+use datajoint_core::store::{address, Store, StoreErrorKind};
 use pgrx::prelude::*;
 
 use super::{locks, StoreRow};
@@ -19,7 +19,7 @@ use crate::error::{DjError, DjResult};
 use crate::security;
 
 /// Where quarantined objects wait, relative to the store's root.
-pub const TRASH: &str = "_dj_trash";
+pub use datajoint_core::store::address::TRASH;
 
 /// Objects locked and re-checked at a time (each lock takes a slot of the shared lock table).
 const BATCH: usize = 256;
@@ -29,7 +29,7 @@ pub struct Outcome {
     pub key: String,
     pub size: i64,
     pub modified_us: i64,
-    pub action: &'static str,
+    pub action: String,
 }
 
 struct Candidate {
@@ -70,7 +70,7 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
                 key: m.key.clone(),
                 size: m.size as i64,
                 modified_us: m.modified_us,
-                action: "quarantined",
+                action: "quarantined".to_string(),
             });
         } else {
             candidates.push(Candidate {
@@ -84,7 +84,8 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
         Ok(())
     })?;
 
-    for schema in schemas()? {
+    // A schema whose name cannot be a key segment has no objects (and must not stop the run).
+    for schema in schemas()?.into_iter().filter(|s| address::check_segment(s).is_ok()) {
         for prefix in [&store.spec.hash_prefix, &store.spec.schema_prefix] {
             let prefix = format!("{}/{}/", prefix.trim_matches('/'), schema);
             store.list(&prefix, |m| {
@@ -96,7 +97,7 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
                         key: m.key,
                         size: m.size as i64,
                         modified_us: m.modified_us,
-                        action: "kept: younger than the grace window",
+                        action: "kept: younger than the grace window".to_string(),
                     });
                 } else {
                     candidates.push(Candidate {
@@ -124,7 +125,7 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
                         key: c.key.clone(),
                         size: c.size as i64,
                         modified_us: c.modified_us,
-                        action: "kept: in use by a transaction",
+                        action: "kept: in use by a transaction".to_string(),
                     });
                 }
                 free
@@ -135,28 +136,36 @@ pub fn collect(row: &StoreRow, store: &Store, dry_run: bool, grace_us: i64) -> D
         let still = references(&row.name, Some(&originals))?;
         for c in &taken {
             let in_use = is_referenced(&c.original, &still);
-            let action = match (c.quarantined, in_use, dry_run) {
-                (false, true, _) => "kept: referenced",
-                (false, false, true) => "would quarantine",
-                (false, false, false) => {
-                    let to = format!("{TRASH}/{now}/{}", c.key);
-                    store.rename(&c.key, &to)?;
-                    "quarantined"
-                }
-                (true, true, true) => "would restore",
-                (true, true, false) => {
-                    if store.head(&c.original)?.is_some() {
-                        store.delete(&c.key)?;
-                    } else {
-                        store.rename(&c.key, &c.original)?;
+            let done = (|| -> Result<&'static str, datajoint_core::store::StoreError> {
+                Ok(match (c.quarantined, in_use, dry_run) {
+                    (false, true, _) => "kept: referenced",
+                    (false, false, true) => "would quarantine",
+                    (false, false, false) => {
+                        store.rename(&c.key, &format!("{TRASH}/{now}/{}", c.key))?;
+                        "quarantined"
                     }
-                    "restored"
-                }
-                (true, false, true) => "would delete",
-                (true, false, false) => {
-                    store.delete(&c.key)?;
-                    "deleted"
-                }
+                    (true, true, true) => "would restore",
+                    (true, true, false) => {
+                        if store.head(&c.original)?.is_some() {
+                            store.delete(&c.key)?;
+                        } else {
+                            store.rename(&c.key, &c.original)?;
+                        }
+                        "restored"
+                    }
+                    (true, false, true) => "would delete",
+                    (true, false, false) => {
+                        store.delete(&c.key)?;
+                        "deleted"
+                    }
+                })
+            })();
+            // One object that cannot be moved does not stop the run: it is reported and stays.
+            let action = match done {
+                Ok(a) => a.to_string(),
+                // Removed meanwhile (by another collector).
+                Err(e) if e.kind == StoreErrorKind::NotFound => "gone".to_string(),
+                Err(e) => format!("failed: {}", e.message),
             };
             out.push(Outcome { key: c.key.clone(), size: c.size as i64, modified_us: c.modified_us, action });
         }
@@ -208,30 +217,10 @@ fn schemas() -> DjResult<Vec<String>> {
 /// `among`), read as the extension's owner (whatever the tables' privileges and row security).
 /// A reference without a store name (datajoint-python's default store) counts for every store.
 fn references(store: &str, among: Option<&[String]>) -> DjResult<HashSet<String>> {
+    let found: Vec<(String, String, String)> =
+        super::store_columns()?.into_iter().map(|c| (c.schema, c.table, c.column)).collect();
     security::as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            let columns = client.update(
-                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, a.attname::pg_catalog.text \
-                   FROM pg_catalog.pg_attribute a \
-                   JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid \
-                   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
-                   JOIN pg_catalog.pg_description d ON d.objoid OPERATOR(pg_catalog.=) c.oid \
-                        AND d.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass \
-                        AND d.objsubid OPERATOR(pg_catalog.=) a.attnum \
-                  WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) AND a.attnum OPERATOR(pg_catalog.>) 0 \
-                    AND NOT a.attisdropped AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.jsonb'::pg_catalog.regtype \
-                    AND d.description OPERATOR(pg_catalog.~) '^:<[a-z]+@[A-Za-z0-9_]*>:'",
-                None,
-                &[],
-            )?;
-            let mut found = Vec::new();
-            for r in columns {
-                found.push((
-                    r.get::<String>(1)?.unwrap_or_default(),
-                    r.get::<String>(2)?.unwrap_or_default(),
-                    r.get::<String>(3)?.unwrap_or_default(),
-                ));
-            }
             let mut paths = HashSet::new();
             for (schema, table, column) in found {
                 let col = sql::ident(&column);

@@ -4,8 +4,9 @@
 //! A writer holds a shared lock on (store, key) from before it looks for the object until its
 //! transaction ends; `dj.gc` takes the exclusive lock without waiting and leaves alone what it
 //! cannot lock. The locks are advisory locks of a tag space SQL's `pg_advisory_*` functions do
-//! not reach (field 4 is neither 1 nor 2), keyed by the md5 of store and key: a collision only
-//! makes gc skip an object until its next run.
+//! not reach (field 4 is neither 1 nor 2). Keys share [`BUCKETS`] locks per store (by the md5 of
+//! the key), so a transaction that writes a million objects holds at most that many entries of
+//! the server's lock table; a shared bucket only makes gc skip an object until its next run.
 
 use md5::{Digest, Md5};
 use pgrx::pg_sys;
@@ -13,7 +14,11 @@ use pgrx::pg_sys;
 /// Field 4 of our advisory lock tags: "DJ".
 const TAG_SPACE: u16 = 0x444a;
 
+/// Locks per store.
+pub const BUCKETS: u32 = 256;
+
 fn tag(store: &str, key: &str) -> pg_sys::LOCKTAG {
+    let s = Md5::digest(store.as_bytes());
     let mut h = Md5::new();
     h.update(store.as_bytes());
     h.update([0]);
@@ -22,8 +27,8 @@ fn tag(store: &str, key: &str) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
         // SAFETY: a plain read of the backend's database id.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: u32::from_le_bytes([d[0], d[1], d[2], d[3]]),
-        locktag_field3: u32::from_le_bytes([d[4], d[5], d[6], d[7]]),
+        locktag_field2: u32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+        locktag_field3: u32::from_le_bytes([d[0], d[1], d[2], d[3]]) % BUCKETS,
         locktag_field4: TAG_SPACE,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,

@@ -6,6 +6,7 @@
 pub mod gc;
 pub mod locks;
 pub mod put;
+pub mod refs;
 pub mod schema;
 
 use datajoint_core::dependencies::Table;
@@ -125,6 +126,52 @@ pub fn store_name(declared: Option<&str>) -> String {
     }
 }
 
+/// A store attribute of some table of this database.
+pub struct StoreColumn {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    /// The store it names, as declared ("" for the default store).
+    pub store: String,
+}
+
+/// Every store attribute of this database's tables, read as the extension's owner (whatever the
+/// caller may see). The declared type is parsed as declare parses it (`< blob @ s >` too), not
+/// matched as text.
+pub fn store_columns() -> DjResult<Vec<StoreColumn>> {
+    let found = security::as_extension_owner(|| {
+        Spi::connect(|client| {
+            let rows = client.select(
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, a.attname::pg_catalog.text, d.description                    FROM pg_catalog.pg_attribute a                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace                    JOIN pg_catalog.pg_description d ON d.objoid OPERATOR(pg_catalog.=) c.oid                         AND d.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass                         AND d.objsubid OPERATOR(pg_catalog.=) a.attnum                   WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) AND a.attnum OPERATOR(pg_catalog.>) 0                     AND NOT a.attisdropped AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.jsonb'::pg_catalog.regtype                     AND pg_catalog.left(d.description, 1) OPERATOR(pg_catalog.=) ':'",
+                None,
+                &[],
+            )?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<String>(2)?.unwrap_or_default(),
+                    r.get::<String>(3)?.unwrap_or_default(),
+                    r.get::<String>(4)?.unwrap_or_default(),
+                ));
+            }
+            Ok(out)
+        })
+    })?;
+    Ok(found
+        .into_iter()
+        .filter_map(|(schema, table, column, comment)| {
+            let (declared, _) = split_type_comment(&comment)?;
+            match AttributeType::parse(declared) {
+                Ok(AttributeType::Codec { store: Some(store), .. }) => {
+                    Some(StoreColumn { schema, table, column, store })
+                }
+                _ => None,
+            }
+        })
+        .collect())
+}
+
 /// The codec and store of a table's store column.
 pub fn column_codec(table: &Table, attribute: &str) -> DjResult<(Codec, String)> {
     let columns = catalog::columns(table)?;
@@ -183,7 +230,7 @@ pub fn put_hashed_from(
     let staging = format!("{folder}/{original}");
     // gc takes quarantined objects by the key they had: held, ours is left alone.
     locks::hold(&store.name, &original);
-    let mut hasher = address::Hasher::default();
+    let mut hasher = address::BackgroundHasher::start();
     let mut reader = Cancellable(std::io::Read::chain(prefix, reader));
     let written = store.put_from(&staging, &mut reader, &mut |part| hasher.update(part));
     if written.is_err() {

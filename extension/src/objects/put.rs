@@ -1,5 +1,6 @@
 //! Writing objects for a table's store attribute (`dj.object_put`, `dj.object_put_file`) and
-//! reading them out to server files (`dj.object_get_file`): which codec takes what, the
+//! reading them out to server files (`dj.object_get_file`), references to files already in a
+//! store (`dj.filepath_ref`): which codec takes what, the
 //! privileges (the table's, the store's, and for server files those of
 //! pg_read_server_files / pg_write_server_files), hash- or schema-addressed paths.
 
@@ -131,6 +132,39 @@ pub fn put(
     }
 }
 
+/// The reference for `<filepath@store>` attribute `attribute` to a file (or folder) already in
+/// the store at `path`; nothing is written, and dj.gc never removes what such references name.
+pub fn filepath_ref(table: &str, attribute: &str, path: &str) -> DjResult<JsonB> {
+    let table = writable(table)?;
+    let (codec, store_name) = super::column_codec(&table, attribute)?;
+    if codec != Codec::Filepath {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("attribute {attribute} is not a <filepath@store> attribute"),
+            "dj.object_put and dj.object_put_file store objects for the other store attributes.",
+        ));
+    }
+    let store = super::open(&store_name)?;
+    address::check_filepath(&store.spec, path)?;
+    let (size, is_dir) = match store.head(path)? {
+        Some(meta) => (Some(meta.size), false),
+        None => {
+            if !store.any_under(&format!("{path}/"))? {
+                return Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("{path:?} is not in store {}", store.name),
+                    "A <filepath@store> references a file that is already in the store; put it there first.",
+                )
+                .into());
+            }
+            (None, true)
+        }
+    };
+    Ok(JsonB(json!({
+        "path": path, "store": store.name, "size": size, "is_dir": is_dir, "timestamp": schema::now_iso()?,
+    })))
+}
+
 /// Writes one schema-addressed object whole (bytes) or streamed (a file); returns its size.
 fn write(store: &Store, path: &str, content: Content) -> DjResult<u64> {
     match content {
@@ -259,21 +293,28 @@ pub fn get_file(
     use std::io::Write;
     let target = server_path(path, "pg_write_server_files", "write")?;
     let store = open(r)?;
-    let file = std::fs::File::create(&target).map_err(|e| file_error("create", &target, e))?;
+    // Written beside the target and moved over it once whole: a failed copy leaves what was there.
+    let mut partial = target.clone().into_os_string();
+    // SAFETY: a plain read of the backend's pid.
+    partial.push(format!(".dj-partial-{}", unsafe { pg_sys::MyProcPid }));
+    let partial = std::path::PathBuf::from(partial);
+    let file = std::fs::File::create(&partial).map_err(|e| file_error("create", &partial, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = address::Hasher::default();
+    let mut hasher = r.hash.as_ref().map(|_| address::BackgroundHasher::start());
     let copied = store.get_into(&r.path, &mut |chunk| {
         if crate::interrupts::stop_requested() {
             return Err(StoreError::new(StoreErrorKind::Io, "canceled", ""));
         }
-        hasher.update(chunk);
+        if let Some(h) = &mut hasher {
+            h.update(chunk);
+        }
         out.write_all(chunk)
             .map_err(|e| StoreError::new(StoreErrorKind::Io, format!("could not write {path:?}: {e}"), ""))
     });
     let done = copied.map_err(DjError::from).and_then(|n| {
-        out.flush().map_err(|e| file_error("write", &target, e))?;
+        out.flush().map_err(|e| file_error("write", &partial, e))?;
         match &r.hash {
-            Some(h) if &hasher.finish() != h => Err(StoreError::new(
+            Some(h) if &hasher.take().map(|x| x.finish()).unwrap_or_default() != h => Err(StoreError::new(
                 StoreErrorKind::Corrupt,
                 format!("object {} does not match its hash {h}", r.path),
                 "The object was changed or damaged in the store; restore it from a backup.",
@@ -282,8 +323,12 @@ pub fn get_file(
             _ => Ok(n as i64),
         }
     });
+    let done = done.and_then(|n| {
+        std::fs::rename(&partial, &target).map_err(|e| file_error("replace", &target, e))?;
+        Ok(n)
+    });
     if done.is_err() {
-        let _ = std::fs::remove_file(&target);
+        let _ = std::fs::remove_file(&partial);
     }
     pgrx::check_for_interrupts!();
     done

@@ -45,6 +45,9 @@ pub fn key_of(table: &Table, key: Option<&JsonB>) -> DjResult<Vec<(String, KeyVa
             Json::Number(n) => KeyValue::Number(n.to_string()),
             Json::Bool(b) => KeyValue::Bool(*b),
             Json::String(s) if c.sql_type.starts_with("timestamp") => KeyValue::DateTime(s.clone()),
+            Json::String(s) if c.sql_type == "date" || c.sql_type.starts_with("time") => {
+                KeyValue::Iso(s.clone())
+            }
             Json::String(s) => KeyValue::Text(s.clone()),
             _ => {
                 return Err(bad_key(
