@@ -253,6 +253,43 @@ impl Store {
         Ok(total)
     }
 
+    /// Copies the whole object into `out`: a file store's object by the kernel (no copy through
+    /// the process), 64 MiB at a time; others in chunks. `stop` is asked between steps and ends
+    /// the copy with its error. Returns the bytes copied.
+    pub fn copy_into_file(
+        &self,
+        key: &str,
+        out: &mut std::fs::File,
+        stop: &mut dyn FnMut() -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        use std::io::Write;
+        let p = path(key)?;
+        let got = self.run(self.inner.get(&p)).map_err(|e| io("read", key, e))?;
+        let failed = |e: std::io::Error| {
+            StoreError::new(StoreErrorKind::Io, format!("could not copy {key:?}: {e}"), "")
+        };
+        let mut total = 0u64;
+        match got.payload {
+            GetResultPayload::File(mut file, _) => loop {
+                stop()?;
+                let n = std::io::copy(&mut (&mut file).take(64 << 20), out).map_err(failed)?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            },
+            GetResultPayload::Stream(mut stream) => {
+                while let Some(chunk) = self.run(stream.next()) {
+                    stop()?;
+                    let chunk = chunk.map_err(|e| io("read", key, e))?;
+                    out.write_all(&chunk).map_err(failed)?;
+                    total += chunk.len() as u64;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// The whole object, refused when it is larger than `max`.
     pub fn get(&self, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
         let p = path(key)?;

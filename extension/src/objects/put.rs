@@ -298,31 +298,41 @@ pub fn get_file(
     // SAFETY: a plain read of the backend's pid.
     partial.push(format!(".dj-partial-{}", unsafe { pg_sys::MyProcPid }));
     let partial = std::path::PathBuf::from(partial);
-    let file = std::fs::File::create(&partial).map_err(|e| file_error("create", &partial, e))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let mut hasher = r.hash.as_ref().map(|_| address::BackgroundHasher::start());
-    let copied = store.get_into(&r.path, &mut |chunk| {
+    let mut file = std::fs::File::create(&partial).map_err(|e| file_error("create", &partial, e))?;
+    let mut stop = || {
         if crate::interrupts::stop_requested() {
-            return Err(StoreError::new(StoreErrorKind::Io, "canceled", ""));
+            Err(StoreError::new(StoreErrorKind::Io, "canceled", ""))
+        } else {
+            Ok(())
         }
-        if let Some(h) = &mut hasher {
-            h.update(chunk);
+    };
+    let done = match &r.hash {
+        // Nothing to check: the kernel copies a file store's object.
+        None => store.copy_into_file(&r.path, &mut file, &mut stop).map(|n| n as i64).map_err(DjError::from),
+        Some(expected) => {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut hasher = address::BackgroundHasher::start();
+            let copied = store.get_into(&r.path, &mut |chunk| {
+                stop()?;
+                hasher.update(chunk);
+                out.write_all(chunk).map_err(|e| {
+                    StoreError::new(StoreErrorKind::Io, format!("could not write {path:?}: {e}"), "")
+                })
+            });
+            copied.map_err(DjError::from).and_then(|n| {
+                out.flush().map_err(|e| file_error("write", &partial, e))?;
+                if &hasher.finish() != expected {
+                    return Err(StoreError::new(
+                        StoreErrorKind::Corrupt,
+                        format!("object {} does not match its hash {expected}", r.path),
+                        "The object was changed or damaged in the store; restore it from a backup.",
+                    )
+                    .into());
+                }
+                Ok(n as i64)
+            })
         }
-        out.write_all(chunk)
-            .map_err(|e| StoreError::new(StoreErrorKind::Io, format!("could not write {path:?}: {e}"), ""))
-    });
-    let done = copied.map_err(DjError::from).and_then(|n| {
-        out.flush().map_err(|e| file_error("write", &partial, e))?;
-        match &r.hash {
-            Some(h) if &hasher.take().map(|x| x.finish()).unwrap_or_default() != h => Err(StoreError::new(
-                StoreErrorKind::Corrupt,
-                format!("object {} does not match its hash {h}", r.path),
-                "The object was changed or damaged in the store; restore it from a backup.",
-            )
-            .into()),
-            _ => Ok(n as i64),
-        }
-    });
+    };
     let done = done.and_then(|n| {
         std::fs::rename(&partial, &target).map_err(|e| file_error("replace", &target, e))?;
         Ok(n)
