@@ -212,15 +212,15 @@ fn verify(reference: &JsonB) -> DjResult<bool> {
         return Ok(false);
     }
     let Some(expected) = &r.hash else { return Ok(true) };
-    // Hashed in 8 MiB ranges: a large object never sits whole in memory.
-    let mut hasher = address::Hasher::default();
-    let mut at = 0u64;
-    while at < meta.size {
-        pgrx::check_for_interrupts!();
-        let end = (at + (8 << 20)).min(meta.size);
-        hasher.update(&store.get_range(&r.path, at..end)?);
-        at = end;
-    }
+    // Streamed: a large object never sits whole in memory.
+    let mut hasher = address::BackgroundHasher::start();
+    let read = store.get_into(&r.path, &mut |chunk| {
+        objects::stop_if_interrupted()?;
+        hasher.update(chunk);
+        Ok(())
+    });
+    pgrx::check_for_interrupts!();
+    read?;
     Ok(&hasher.finish() == expected)
 }
 

@@ -142,7 +142,7 @@ pub fn store_columns() -> DjResult<Vec<StoreColumn>> {
     let found = security::as_extension_owner(|| {
         Spi::connect(|client| {
             let rows = client.select(
-                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, a.attname::pg_catalog.text, d.description                    FROM pg_catalog.pg_attribute a                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace                    JOIN pg_catalog.pg_description d ON d.objoid OPERATOR(pg_catalog.=) c.oid                         AND d.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass                         AND d.objsubid OPERATOR(pg_catalog.=) a.attnum                   WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::\"char\"[]) AND a.attnum OPERATOR(pg_catalog.>) 0                     AND NOT a.attisdropped AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.jsonb'::pg_catalog.regtype                     AND pg_catalog.left(d.description, 1) OPERATOR(pg_catalog.=) ':'",
+                "SELECT n.nspname::pg_catalog.text, c.relname::pg_catalog.text, a.attname::pg_catalog.text, d.description                    FROM pg_catalog.pg_attribute a                    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) a.attrelid                    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace                    JOIN pg_catalog.pg_description d ON d.objoid OPERATOR(pg_catalog.=) c.oid                         AND d.classoid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass                         AND d.objsubid OPERATOR(pg_catalog.=) a.attnum                   WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog.\"char\"[]) AND a.attnum OPERATOR(pg_catalog.>) 0                     AND NOT a.attisdropped AND a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.jsonb'::pg_catalog.regtype                     AND pg_catalog.left(d.description, 1) OPERATOR(pg_catalog.=) ':'",
                 None,
                 &[],
             )?;
@@ -247,6 +247,19 @@ pub fn put_hashed_from(
     }
     store.remove_empty_folder(&folder)?;
     Ok(HashRef { hash, path, schema: schema.to_string(), store: Some(store.name.clone()), size })
+}
+
+/// An error once a cancel or termination is pending: what a streamed transfer's callback returns
+/// to stop at the next chunk (the caller then lets PostgreSQL act on it).
+pub fn stop_if_interrupted() -> Result<(), datajoint_core::store::StoreError> {
+    if crate::interrupts::stop_requested() {
+        return Err(datajoint_core::store::StoreError::new(
+            datajoint_core::store::StoreErrorKind::Io,
+            "canceled",
+            "",
+        ));
+    }
+    Ok(())
 }
 
 /// A reader that fails once a cancel or termination is pending, so a long transfer stops at the

@@ -299,13 +299,7 @@ pub fn get_file(
     partial.push(format!(".dj-partial-{}", unsafe { pg_sys::MyProcPid }));
     let partial = std::path::PathBuf::from(partial);
     let mut file = std::fs::File::create(&partial).map_err(|e| file_error("create", &partial, e))?;
-    let mut stop = || {
-        if crate::interrupts::stop_requested() {
-            Err(StoreError::new(StoreErrorKind::Io, "canceled", ""))
-        } else {
-            Ok(())
-        }
-    };
+    let mut stop = super::stop_if_interrupted;
     let done = match &r.hash {
         // Nothing to check: the kernel copies a file store's object.
         None => store.copy_into_file(&r.path, &mut file, &mut stop).map(|n| n as i64).map_err(DjError::from),

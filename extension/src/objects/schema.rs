@@ -90,7 +90,7 @@ pub fn new_path(
 /// Now, as Python's `datetime.now(timezone.utc).isoformat()` prints it.
 pub fn now_iso() -> DjResult<String> {
     Ok(catalog::read_one::<String>(
-        "SELECT pg_catalog.to_char(pg_catalog.clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')",
+        "SELECT pg_catalog.to_char(pg_catalog.timezone('UTC', pg_catalog.clock_timestamp()), 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')",
         &[],
     )?
     .unwrap_or_default())
