@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test tier, in one command (the README's `make test`; .ci/run runs exactly that):
-#   1. core unit tests       cargo test -p datajoint-core           (pure Rust, no PostgreSQL)
+#   1. core unit tests       cargo test -p datajoint-core -p datajoint-blob (pure Rust, no PostgreSQL)
 #   2. pg_tests              cargo pgrx test pg15                   (#[pg_test] in a pgrx-managed cluster)
 #   3. golden SQL files      pg_regress tests/sql -> tests/expected (a throwaway "test" cluster)
 #   4. isolation specs       pg_isolation_regress tests/isolation   (concurrent sessions, same cluster)
@@ -85,7 +85,7 @@ client() {
   [[ $rc == 0 ]]
 }
 
-tier "core unit tests" cargo test -p datajoint-core
+tier "core unit tests" cargo test -p datajoint-core -p datajoint-blob
 tier "pg_tests" pg_tests
 if install_and_start; then
   tier "golden SQL" golden

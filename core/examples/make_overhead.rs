@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use datajoint_core::make::{self, Database, Field, Level, Prepared, Query, Row, Value};
+use datajoint_core::make::{self, Database, Field, Level, ObjectInfo, Prepared, Query, Row, Value};
 use datajoint_core::sandbox::{Cancel, Limits};
 
 struct Memory {
@@ -31,6 +31,35 @@ impl Database for Memory {
         self.inserted += rows.len() as u64;
         Ok(rows.len() as u64)
     }
+
+    fn object_info(&mut self, _reference: String, _member: Option<String>) -> Result<ObjectInfo, String> {
+        Err("no objects here".into())
+    }
+
+    fn object_read(
+        &mut self,
+        _reference: String,
+        _member: Option<String>,
+        _offset: u64,
+        _length: u32,
+        _budget: usize,
+    ) -> Result<Vec<u8>, String> {
+        Err("no objects here".into())
+    }
+
+    fn upload_new(&mut self, _t: String, _a: String, _key: Row, _f: Option<String>) -> Result<u32, String> {
+        Err("no objects here".into())
+    }
+
+    fn upload_write(&mut self, _upload: u32, _chunk: Vec<u8>) -> Result<(), String> {
+        Err("no objects here".into())
+    }
+
+    fn upload_finish(&mut self, _upload: u32) -> Result<String, String> {
+        Err("no objects here".into())
+    }
+
+    fn upload_drop(&mut self, _upload: u32) {}
 }
 
 fn main() {

@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -29,6 +29,8 @@ mod bindings {
 }
 
 pub use bindings::datajoint::make::host::{Level, Query};
+pub use bindings::datajoint::make::objects::ObjectInfo;
+use bindings::datajoint::make::objects::Upload;
 pub use bindings::datajoint::make::types::{Field, Value};
 
 /// The linker make components are instantiated with.
@@ -38,7 +40,7 @@ pub type MakeLinker<D> = Linker<State<D>>;
 pub type Row = Vec<Field>;
 
 /// The version of the contract this host implements (guests built for any 0.1.x link).
-pub const WORLD: &str = "datajoint:make/make@0.1.0";
+pub const WORLD: &str = "datajoint:make/make@0.1.1";
 
 /// Bytes of stdout and of stderr kept per call; the rest is dropped.
 pub const OUTPUT_CAPACITY: usize = 64 * 1024;
@@ -54,6 +56,30 @@ pub trait Database: Send + 'static {
     fn fetch(&mut self, query: Query, one: bool, budget: usize) -> Result<Vec<Row>, Self::Error>;
     /// Inserts into the target or one of its parts; returns the number of rows inserted.
     fn insert(&mut self, table: String, rows: Vec<Row>) -> Result<u64, Self::Error>;
+    /// What an object reference (or a folder object's `member`) names.
+    fn object_info(&mut self, reference: String, member: Option<String>) -> Result<ObjectInfo, Self::Error>;
+    /// Up to `length` bytes of an object from `offset`, taking at most `budget` bytes.
+    fn object_read(
+        &mut self,
+        reference: String,
+        member: Option<String>,
+        offset: u64,
+        length: u32,
+        budget: usize,
+    ) -> Result<Vec<u8>, Self::Error>;
+    /// Starts an object for `attribute` of `table`; returns the upload's number.
+    fn upload_new(
+        &mut self,
+        table: String,
+        attribute: String,
+        key: Row,
+        filename: Option<String>,
+    ) -> Result<u32, Self::Error>;
+    fn upload_write(&mut self, upload: u32, chunk: Vec<u8>) -> Result<(), Self::Error>;
+    /// Stores the upload's object; returns its reference (JSON text).
+    fn upload_finish(&mut self, upload: u32) -> Result<String, Self::Error>;
+    /// Forgets an upload (finished or not).
+    fn upload_drop(&mut self, upload: u32);
 }
 
 /// Why a make call failed.
@@ -137,6 +163,51 @@ impl<D: Database> bindings::datajoint::make::host::Host for State<D> {
 
     fn insert(&mut self, table: String, rows: Vec<Row>) -> wasmtime::Result<u64> {
         self.db.insert(table, rows).map_err(|e| self.fail(e))
+    }
+}
+
+impl<D: Database> bindings::datajoint::make::objects::Host for State<D> {
+    fn info(&mut self, reference: String, member: Option<String>) -> wasmtime::Result<ObjectInfo> {
+        self.db.object_info(reference, member).map_err(|e| self.fail(e))
+    }
+
+    fn read(
+        &mut self,
+        reference: String,
+        member: Option<String>,
+        offset: u64,
+        length: u32,
+    ) -> wasmtime::Result<Vec<u8>> {
+        let budget = self.guard.memory_left();
+        self.db.object_read(reference, member, offset, length, budget).map_err(|e| self.fail(e))
+    }
+}
+
+impl<D: Database> bindings::datajoint::make::objects::HostUpload for State<D> {
+    fn new(
+        &mut self,
+        table: String,
+        attribute: String,
+        key: Row,
+        filename: Option<String>,
+    ) -> wasmtime::Result<Resource<Upload>> {
+        match self.db.upload_new(table, attribute, key, filename) {
+            Ok(n) => Ok(Resource::new_own(n)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    fn write(&mut self, upload: Resource<Upload>, chunk: Vec<u8>) -> wasmtime::Result<()> {
+        self.db.upload_write(upload.rep(), chunk).map_err(|e| self.fail(e))
+    }
+
+    fn finish(&mut self, upload: Resource<Upload>) -> wasmtime::Result<String> {
+        self.db.upload_finish(upload.rep()).map_err(|e| self.fail(e))
+    }
+
+    fn drop(&mut self, upload: Resource<Upload>) -> wasmtime::Result<()> {
+        self.db.upload_drop(upload.rep());
+        Ok(())
     }
 }
 

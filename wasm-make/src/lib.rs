@@ -2,7 +2,7 @@
 //! extension.
 //!
 //! A make function is a WebAssembly component (target `wasm32-wasip2`) of world
-//! `datajoint:make/make@0.1.0` (see `wit/make.wit`). `dj.populate` calls it once per missing key of
+//! `datajoint:make/make@0.1.1` (see `wit/make.wit`). `dj.populate` calls it once per missing key of
 //! its target table, inside a subtransaction: it reads upstream rows with [`fetch`] / [`fetch1`],
 //! computes, and writes the target's rows (and its parts') with [`insert`] / [`insert1`]. Returning
 //! `Err` fails the key and discards what it inserted.
@@ -528,6 +528,9 @@ pub fn insert1(table: &str, row: Row) {
 pub fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
+
+pub mod objects;
+pub use objects::blob;
 
 /// Messages for the user who runs populate.
 pub mod log {

@@ -25,6 +25,12 @@ pub enum Kind {
     NoRow,
     /// fetch1 found several rows (P0003).
     SeveralRows,
+    /// A malformed argument, such as an object reference that is not one (22023).
+    Value,
+    /// A guest's object could not be kept on the way to its store (58030).
+    Io,
+    /// More bytes than the guest's memory limit leaves (53200).
+    Memory,
     /// A relation expression the algebra refused, with the algebra's own code.
     Algebra(Code),
     /// The guest returned `err(message)` (38000).

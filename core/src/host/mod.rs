@@ -14,9 +14,12 @@ use std::time::Instant;
 
 use crate::algebra::{self, AlgebraError, Catalog};
 use crate::dependencies::Table;
-use crate::make::{Database, Level, Query, Row, Value};
+use crate::make::{Database, Level, ObjectInfo, Query, Row, Value};
 
 mod error;
+#[cfg(test)]
+mod object_tests;
+mod objects;
 mod scope;
 mod statements;
 mod tables;
@@ -24,6 +27,7 @@ mod tables;
 mod tests;
 
 pub use error::{failure, truncated, HostError, Kind, GUEST_MESSAGE, STDERR_TAIL};
+pub use objects::{key_value, Content, Objects, SpoolFile, MAX_READ, SPOOL_MEMORY};
 pub use scope::{Lookup, Scope};
 pub use statements::{check_one, insert_row, nul_error, JobMetadata, Statement};
 pub use tables::{Column, TableInfo};
@@ -51,6 +55,30 @@ pub trait Backend: Send + 'static {
     ) -> Result<Vec<Row>, Self::Error>;
     /// Runs a statement for its effect.
     fn execute(&mut self, statement: &Statement, args: &[&Value]) -> Result<(), Self::Error>;
+    /// The name of the store a reference names (`None`: the default store).
+    fn store_name(&mut self, store: Option<&str>) -> String;
+    /// The size of object `key`, None when it is absent; refused when the role may not use the
+    /// store.
+    fn object_size(&mut self, store: Option<&str>, key: &str) -> Result<Option<u64>, Self::Error>;
+    /// The bytes `range` of object `key` (within its size).
+    fn object_range(
+        &mut self,
+        store: Option<&str>,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, Self::Error>;
+    /// Stores `content` for `attribute` of `table` in the row whose primary key is `key`, as a
+    /// value of that attribute's codec, and returns the reference (JSON text) to insert.
+    fn object_put(
+        &mut self,
+        table: &Table,
+        attribute: &str,
+        key: &Row,
+        filename: Option<&str>,
+        content: Content,
+    ) -> Result<String, Self::Error>;
+    /// A new path for a spool file (the host creates it, and removes it when done).
+    fn spool_path(&mut self) -> Result<std::path::PathBuf, Self::Error>;
 }
 
 /// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.
@@ -190,6 +218,8 @@ pub struct MakeHost<B> {
     pub started: Instant,
     /// The session's wall clock when the key started, µs since 1970 (`_job_start_time`).
     pub started_at: i64,
+    /// The objects this call may read, and its uploads.
+    pub objects: Objects,
 }
 
 impl<B: Backend> Database for MakeHost<B> {
@@ -213,6 +243,7 @@ impl<B: Backend> Database for MakeHost<B> {
         if one {
             check_one(&rows, &statement.label, &self.key)?;
         }
+        self.objects.note_rows(&rows);
         Ok(rows)
     }
 
@@ -233,5 +264,42 @@ impl<B: Backend> Database for MakeHost<B> {
             count += 1;
         }
         Ok(count)
+    }
+
+    fn object_info(&mut self, reference: String, member: Option<String>) -> Result<ObjectInfo, B::Error> {
+        self.info(&reference, member.as_deref())
+    }
+
+    fn object_read(
+        &mut self,
+        reference: String,
+        member: Option<String>,
+        offset: u64,
+        length: u32,
+        budget: usize,
+    ) -> Result<Vec<u8>, B::Error> {
+        self.read(&reference, member.as_deref(), offset, length, budget)
+    }
+
+    fn upload_new(
+        &mut self,
+        table: String,
+        attribute: String,
+        key: Row,
+        filename: Option<String>,
+    ) -> Result<u32, B::Error> {
+        MakeHost::upload_new(self, &table, attribute, key, filename)
+    }
+
+    fn upload_write(&mut self, upload: u32, chunk: Vec<u8>) -> Result<(), B::Error> {
+        MakeHost::upload_write(self, upload, chunk)
+    }
+
+    fn upload_finish(&mut self, upload: u32) -> Result<String, B::Error> {
+        MakeHost::upload_finish(self, upload)
+    }
+
+    fn upload_drop(&mut self, upload: u32) {
+        MakeHost::upload_drop(self, upload)
     }
 }

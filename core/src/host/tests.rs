@@ -12,13 +12,19 @@ use crate::naming;
 use crate::sandbox::{Cancel, Limits, SandboxError};
 
 /// Tables in schema `t`: Case (manual), Outcome (computed from Case), Other (unrelated).
-struct Memory {
+pub(super) struct Memory {
     tables: Vec<TableInfo>,
     /// Rows a statement returns, by its label (a table's qualified name or an expression).
-    rows: HashMap<String, Vec<Row>>,
+    pub(super) rows: HashMap<String, Vec<Row>>,
     queries: Vec<(String, usize)>,
     inserts: Vec<(Statement, Vec<Value>)>,
     logs: Vec<(Level, String)>,
+    /// Objects by store and key.
+    pub(super) objects: HashMap<(Option<String>, String), Vec<u8>>,
+    /// Uploads stored: table, attribute, key, filename, whether they came from a spool file.
+    pub(super) puts: Vec<(String, String, Row, Option<String>, bool)>,
+    /// Spool files handed out.
+    pub(super) spools: Vec<std::path::PathBuf>,
 }
 
 fn column(name: &str, type_name: &str, in_key: bool) -> Column {
@@ -34,7 +40,7 @@ fn case_row(mode: &str, n: i64) -> Row {
 }
 
 impl Memory {
-    fn new(case_rows: Vec<Row>) -> Memory {
+    pub(super) fn new(case_rows: Vec<Row>) -> Memory {
         let t = |name: &str, columns: Vec<Column>| TableInfo { table: Table::new("t", name), columns };
         let tables = vec![
             t(
@@ -56,9 +62,27 @@ impl Memory {
                 ],
             ),
             t("other", vec![column("case_id", "integer", true)]),
+            t("recording", vec![column("rec", "integer", true), column("trace", "jsonb", false)]),
+            t(
+                "__outcome__part",
+                vec![
+                    column("case_id", "integer", true),
+                    column("unit", "integer", true),
+                    column("plot", "jsonb", false),
+                ],
+            ),
         ];
         let rows = HashMap::from([("\"t\".\"case\"".to_string(), case_rows)]);
-        Memory { tables, rows, queries: Vec::new(), inserts: Vec::new(), logs: Vec::new() }
+        Memory {
+            tables,
+            rows,
+            queries: Vec::new(),
+            inserts: Vec::new(),
+            logs: Vec::new(),
+            objects: HashMap::new(),
+            puts: Vec::new(),
+            spools: Vec::new(),
+        }
     }
 }
 
@@ -113,6 +137,85 @@ impl Backend for Memory {
         self.inserts.push((s.clone(), args.iter().map(|v| (*v).clone()).collect()));
         Ok(())
     }
+
+    fn store_name(&mut self, store: Option<&str>) -> String {
+        store.unwrap_or("local").to_string()
+    }
+
+    fn object_size(&mut self, store: Option<&str>, key: &str) -> Result<Option<u64>, HostError> {
+        Ok(self.objects.get(&(store.map(str::to_string), key.to_string())).map(|o| o.len() as u64))
+    }
+
+    fn object_range(
+        &mut self,
+        store: Option<&str>,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<u8>, HostError> {
+        let o = &self.objects[&(store.map(str::to_string), key.to_string())];
+        Ok(o[range.start as usize..range.end as usize].to_vec())
+    }
+
+    fn object_put(
+        &mut self,
+        table: &Table,
+        attribute: &str,
+        key: &Row,
+        filename: Option<&str>,
+        content: Content,
+    ) -> Result<String, HostError> {
+        let (bytes, spooled) = match &content {
+            Content::Bytes(b) => (b.clone(), false),
+            Content::File(f) => (std::fs::read(f.path()).unwrap(), true),
+        };
+        let path = format!("_schema/t/{}/{attribute}_{}", table.name, self.puts.len());
+        self.puts.push((
+            table.name.clone(),
+            attribute.into(),
+            key.clone(),
+            filename.map(str::to_string),
+            spooled,
+        ));
+        let size = bytes.len();
+        self.objects.insert((Some("local".into()), path.clone()), bytes);
+        Ok(format!(r#"{{"path": "{path}", "store": "local", "size": {size}}}"#))
+    }
+
+    fn spool_path(&mut self) -> Result<std::path::PathBuf, HostError> {
+        let p =
+            std::env::temp_dir().join(format!("dj-host-test-{}-{}", std::process::id(), self.spools.len()));
+        self.spools.push(p.clone());
+        Ok(p)
+    }
+}
+
+#[test]
+fn a_component_built_against_contract_0_1_0_links_and_runs() {
+    // udfs/components/legacy/misbehave-0.1.0.wasm: misbehave as built before the contract's
+    // 0.1.1 added `objects`; it imports datajoint:make/host@0.1.0.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../udfs/components/legacy/misbehave-0.1.0.wasm");
+    let component = make::compile(&std::fs::read(path).unwrap()).unwrap();
+    let imports: Vec<String> =
+        component.component_type().imports(crate::sandbox::engine()).map(|(n, _)| n.to_string()).collect();
+    assert!(imports.iter().any(|n| n == "datajoint:make/host@0.1.0"), "{imports:?}");
+    let mut memory = Memory::new(vec![case_row("ok", 21)]);
+    let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
+    let scope =
+        Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
+    let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
+    let prepared = Prepared::new(&make::linker::<MakeHost<Memory>>().unwrap(), &component).unwrap();
+    let key = vec![Field { name: "case_id".into(), value: Value::Int(1) }];
+    let host = MakeHost {
+        session,
+        backend: memory,
+        key: key.clone(),
+        started: Instant::now(),
+        started_at: 7,
+        objects: Default::default(),
+    };
+    let (result, _, host) = prepared.call(host, &key, &Limits::default(), &Cancel::Never);
+    result.map_err(|e| format!("{e:?}")).unwrap();
+    assert_eq!(host.backend.inserts[0].1[1], Value::Int(42));
 }
 
 fn misbehave() -> &'static Component {
@@ -133,8 +236,14 @@ fn call(case_rows: Vec<Row>) -> (Result<(), HostError>, Output, Memory) {
     let linker = make::linker::<MakeHost<Memory>>().unwrap();
     let prepared = Prepared::new(&linker, misbehave()).unwrap();
     let key = vec![Field { name: "case_id".into(), value: Value::Int(1) }];
-    let host =
-        MakeHost { session, backend: memory, key: key.clone(), started: Instant::now(), started_at: 7 };
+    let host = MakeHost {
+        session,
+        backend: memory,
+        key: key.clone(),
+        started: Instant::now(),
+        started_at: 7,
+        objects: Default::default(),
+    };
     let (result, output, host) = prepared.call(host, &key, &Limits::default(), &Cancel::Never);
     let result = result.map_err(|e| failure(e, &output, "\"t\".\"__outcome\""));
     (result, output, host.backend)

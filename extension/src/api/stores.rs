@@ -212,6 +212,10 @@ fn config(name: Option<&str>) -> DjResult<JsonB> {
         if n == default {
             block.insert("default".into(), json!(n));
         }
+        // A client configured from this block may write first: a file store's folder is made
+        // now (opening it does), not on the server's first write. Failing that, the client's own
+        // error says which folder is missing.
+        let _ = objects::open(&n);
         block.insert(n.clone(), row.spec.client_config(&home));
     }
     Ok(JsonB(serde_json::Value::Object(block)))

@@ -17,6 +17,7 @@ use crate::error::{DjError, DjResult};
 use crate::headings;
 
 mod modules;
+mod objects;
 mod run;
 pub mod source;
 mod spi;
@@ -53,6 +54,13 @@ pub fn datums(statement: &Statement, args: &[&Value]) -> DjResult<Vec<Option<pg_
 /// planned.
 pub struct SpiBackend {
     pub plans: Rc<Plans>,
+    pub stores: objects::Stores,
+}
+
+impl SpiBackend {
+    pub fn new(plans: Rc<Plans>) -> SpiBackend {
+        SpiBackend { plans, stores: objects::Stores::default() }
+    }
 }
 
 // SAFETY: a store holding an SpiBackend is created, used and dropped on the backend's main
@@ -92,6 +100,38 @@ impl Backend for SpiBackend {
     fn execute(&mut self, statement: &Statement, args: &[&Value]) -> DjResult<()> {
         let args = datums(statement, args)?;
         self.plans.execute(statement, &args)
+    }
+
+    fn store_name(&mut self, store: Option<&str>) -> String {
+        crate::objects::store_name(store)
+    }
+
+    fn object_size(&mut self, store: Option<&str>, key: &str) -> DjResult<Option<u64>> {
+        Ok(self.stores.get(store)?.head(key)?.map(|m| m.size))
+    }
+
+    fn object_range(
+        &mut self,
+        store: Option<&str>,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> DjResult<Vec<u8>> {
+        Ok(self.stores.get(store)?.get_range(key, range)?)
+    }
+
+    fn object_put(
+        &mut self,
+        table: &Table,
+        attribute: &str,
+        key: &Row,
+        filename: Option<&str>,
+        content: host::Content,
+    ) -> DjResult<String> {
+        objects::put(table, attribute, key, filename, content)
+    }
+
+    fn spool_path(&mut self) -> DjResult<std::path::PathBuf> {
+        objects::spool_path()
     }
 }
 

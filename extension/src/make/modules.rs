@@ -48,7 +48,7 @@ pub fn validate(bytes: &[u8]) -> DjResult<Vec<u8>> {
 
 /// Registration errors, worded for components (the sandbox's own words are for core modules).
 fn module_error(e: SandboxError) -> DjError {
-    let world = "Build against wasm-make/wit (world datajoint:make/make@0.1.0): cargo build --target wasm32-wasip2, or componentize-py -w make.";
+    let world = "Build against wasm-make/wit (world datajoint:make/make@0.1.1): cargo build --target wasm32-wasip2, or componentize-py -w make.";
     let mut err = DjError::from(e.clone());
     match e {
         SandboxError::InvalidModule { message, .. } => {

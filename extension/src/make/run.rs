@@ -149,7 +149,7 @@ impl<'p> Run<'p> {
     }
 
     fn backend(&self) -> SpiBackend {
-        SpiBackend { plans: self.plans.clone() }
+        SpiBackend::new(self.plans.clone())
     }
 
     pub fn target(&self) -> &str {
@@ -219,6 +219,7 @@ impl KeyRun for Run<'_> {
             key: key.clone(),
             started: Instant::now(),
             started_at: local_now_micros(),
+            objects: Default::default(),
         };
         let (prepared, limits, jobs_recorded) = (self.prepared, &self.limits, self.jobs_recorded);
         let stop_check = self.stop_check;

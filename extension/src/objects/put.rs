@@ -34,11 +34,26 @@ pub fn put(
     key: Option<&JsonB>,
 ) -> DjResult<JsonB> {
     let table = writable(table)?;
-    let (codec, store_name) = super::column_codec(&table, attribute)?;
     let source_name = match &content {
         Content::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
         Content::Bytes(_) => None,
     };
+    put_into(&table, attribute, content, filename, source_name, &|| schema::key_of(&table, key))
+}
+
+/// Stores `content` for `attribute` of `table` (which the caller may write) and returns the
+/// reference to insert. `source_name`: the name of the file the content comes from (an
+/// attachment's name and an object's extension when `filename` gives none); `key`: the row's
+/// primary key, asked for schema-addressed objects only.
+pub fn put_into(
+    table: &Table,
+    attribute: &str,
+    content: Content,
+    filename: Option<&str>,
+    source_name: Option<String>,
+    key: &dyn Fn() -> DjResult<Vec<(String, schema_path::KeyValue)>>,
+) -> DjResult<JsonB> {
+    let (codec, store_name) = super::column_codec(table, attribute)?;
     // An attachment from a file keeps the file's name unless told otherwise.
     let filename = match (codec, filename) {
         (Codec::Attach, None) => source_name.clone(),
@@ -47,7 +62,7 @@ pub fn put(
     check_codec(codec, attribute, filename.as_deref())?;
     // Checked before anything is opened or written.
     let key = match codec {
-        Codec::Object | Codec::Npy => Some(schema::key_of(&table, key)?),
+        Codec::Object | Codec::Npy => Some(key()?),
         _ => None,
     };
     let store = super::open(&store_name)?;
@@ -66,7 +81,7 @@ pub fn put(
                 }
             };
             let info = npy::header(&head)?;
-            let path = schema::new_path(&store, &table, attribute, &key, Some(".npy"))?;
+            let path = schema::new_path(&store, table, attribute, &key, Some(".npy"))?;
             write(&store, &path, content)?;
             Ok(JsonB(json!({"path": path, "store": store.name, "dtype": info.dtype, "shape": info.shape})))
         }
@@ -78,7 +93,7 @@ pub fn put(
             } else {
                 filename.as_deref().or(source_name.as_deref()).and_then(schema_path::suffix)
             };
-            let path = schema::new_path(&store, &table, attribute, &key, ext)?;
+            let path = schema::new_path(&store, table, attribute, &key, ext)?;
             let timestamp = schema::now_iso()?;
             let (size, item_count) = match content {
                 Content::File(dir) if folder_source => {

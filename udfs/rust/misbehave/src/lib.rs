@@ -37,8 +37,10 @@
 //! | `infinity` | inserts `value` = timestamp +infinity (`i64::MAX`), which PostgreSQL stores |
 //! | `copy` | fetches the key's row of `Source` (an ancestor) and inserts its attributes into `Outcome` as they came |
 //! | `parts` | inserts `value = n` and `n` rows into the part `Outcome.Detail` (`detail` 0..n), master and parts in one make |
+//! | `object-forge` | reads an object by a reference it made up (not in any row it fetched) |
+//! | `object-foreign` | uploads an object for `Case`, which is not the target |
 
-use datajoint_make::{fetch, fetch1, insert1, log, row, Key, Make, Query, Value};
+use datajoint_make::{fetch, fetch1, insert1, log, objects, row, Key, Make, Query, Value};
 use std::hint::black_box;
 
 struct Misbehave;
@@ -143,6 +145,13 @@ impl Make for Misbehave {
                 for detail in 0..n {
                     insert1("Detail", key.clone().with("detail", detail as i32));
                 }
+            }
+            "object-forge" => {
+                let forged = r#"{"path": "_hash/secret/aaaaaaaaaaaaaaaaaaaaaaaaaa", "store": "local"}"#;
+                objects::read(forged);
+            }
+            "object-foreign" => {
+                objects::put("Case", "mode", &key, None, b"x");
             }
             other => return Err(format!("case {id}: unknown mode {other:?}")),
         }

@@ -1,0 +1,160 @@
+"""Make functions with objects (contract 0.1.1): the trace_stats component (udfs/rust/trace_stats)
+reads a <blob@local> trace datajoint-python 2.3.5 stored, streamed in chunks, and writes a
+<blob@local>, an in-row <blob>, an <object@local> report and <npy@local> part arrays that
+datajoint-python fetches; a make reads only references it fetched and writes only its target and
+parts; objects of a key that failed are referenced by nothing and collected."""
+
+import json
+import os
+import pathlib
+
+import datajoint as dj
+import numpy as np
+import pytest
+from psycopg import errors
+
+from conftest import REPO, connect, connect_datajoint
+
+SCHEMA = "mkobj"
+WINDOW = 65_536
+
+
+def component(name: str) -> bytes:
+    return (REPO / "udfs" / "components" / f"{name}.wasm").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def db():
+    c = connect()
+    c.execute("CREATE EXTENSION IF NOT EXISTS datajoint")
+    c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    for cls, tier, definition in [
+        ("Trace", "manual", "trace_id : int32\n---\ntrace : <blob@local>\ngain : <blob>"),
+        (
+            "TraceStats",
+            "computed",
+            "-> Trace\n---\nn : int64\nmean : float64\npeak : float64\ncentered : <blob@local>\n"
+            "summary : <blob>\nreport : <object@local>",
+        ),
+        ("TraceStats.Window", "part", "-> master\nwindow : int32\n---\nenergy : float64\nsamples : <npy@local>"),
+        ("Case", "manual", "case_id : int32\n---\nmode : varchar(16)\nn : int64"),
+        ("Outcome", "computed", "-> Case\n---\nvalue : int64"),
+    ]:
+        c.execute("SELECT dj.declare(%s, %s, %s)", (f"{SCHEMA}.{cls}", tier, definition))
+    c.execute("SELECT dj.register_module('trace_stats', %s)", (component("trace_stats"),))
+    c.execute("SELECT dj.register_module('misbehave', %s)", (component("misbehave"),))
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.TraceStats', 'trace_stats')")
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.Outcome', 'misbehave')")
+    yield c
+    c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+    c.execute("DELETE FROM dj.makes")
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def python(db, tmp_path_factory):
+    """datajoint-python on the server's machine, sharing its local store: the folders it makes
+    are left writable for the server's OS user (the tests run as another user)."""
+    conn = connect_datajoint()
+    dj.config["stores"] = db.execute("SELECT dj.store_config()").fetchone()[0]
+    dj.config["download_path"] = str(tmp_path_factory.mktemp("downloads"))
+    umask = os.umask(0)
+    yield dj.VirtualModule("mkobj", SCHEMA, connection=conn)
+    os.umask(umask)
+    conn.close()
+
+
+def populate(c, table, **kw):
+    args = "".join(f", {k} => {v}" for k, v in kw.items())
+    return c.execute(f"SELECT * FROM dj.populate('{SCHEMA}.{table}'{args})").fetchone()
+
+
+def test_a_make_reads_and_writes_objects_datajoint_python_shares(db, python):
+    rng = np.random.default_rng(5)
+    trace = rng.normal(size=(3, 50_000))  # 1.2 MB: compressed? random floats are not, several chunks
+    python.Trace.insert1({"trace_id": 1, "trace": trace, "gain": np.array([2.0])})
+    assert populate(db, "TraceStats")[:2] == (1, 0)
+
+    row = (python.TraceStats & "trace_id = 1").fetch1()
+    mean = trace.mean()
+    assert row["n"] == trace.size
+    assert row["mean"] == pytest.approx(mean)
+    assert row["peak"] == pytest.approx(trace.max())
+    # The trace came in Fortran order with its shape; the centred one goes back the same way.
+    np.testing.assert_allclose(row["centered"], (trace - mean) * 2.0)
+    assert row["centered"].shape == (3, 50_000)
+    np.testing.assert_allclose(row["summary"], [[trace.size, mean, trace.max()]])
+    report = row["report"]
+    assert report.path.endswith(".txt") and f"trace_id=1" in report.path
+    assert report.read().decode().startswith("trace {trace_id: 1}: 150000 samples, shape [3, 50000]")
+
+    windows = (python.TraceStats.Window & "trace_id = 1").to_dicts(order_by="window")
+    flat = ((trace - mean) * 2.0).flatten(order="F")
+    assert [w["window"] for w in windows] == [0, 1, 2]
+    for w in windows:
+        expected = flat[w["window"] * WINDOW : (w["window"] + 1) * WINDOW]
+        samples = w["samples"].load() if hasattr(w["samples"], "load") else w["samples"]
+        np.testing.assert_allclose(np.asarray(samples), expected)
+        assert w["energy"] == pytest.approx(float((expected**2).sum()))
+
+    # The centred trace is hash-addressed like datajoint-python's own, and verifies.
+    ref = db.execute(f"SELECT centered FROM {SCHEMA}.__trace_stats WHERE trace_id = 1").fetchone()[0]
+    assert ref["path"].startswith(f"_hash/{SCHEMA}/")
+    assert db.execute("SELECT dj.object_verify(%s::jsonb)", (json.dumps(ref),)).fetchone()[0]
+
+
+def test_a_large_object_is_streamed_and_spooled(db, python):
+    """A 12 MB trace: read in chunks, the 12 MB result spooled past 8 MiB of host memory."""
+    trace = np.linspace(-1, 1, 1_500_000)
+    python.Trace.insert1({"trace_id": 2, "trace": trace, "gain": np.array([1.0])})
+    assert populate(db, "TraceStats")[:2] == (1, 0)
+    row = (python.TraceStats & "trace_id = 2").fetch1()
+    np.testing.assert_allclose(row["centered"], trace - trace.mean(), atol=1e-12)
+    size = db.execute(f"SELECT (centered ->> 'size')::bigint FROM {SCHEMA}.__trace_stats WHERE trace_id = 2").fetchone()[0]
+    assert size > 8 << 20, "the upload went past the host's 8 MiB of memory"
+    assert len(python.TraceStats.Window & "trace_id = 2") == -(-1_500_000 // WINDOW)
+    # No spool file is left behind.
+    datadir = pathlib.Path(db.execute("SHOW data_directory").fetchone()[0])
+    assert not list((datadir / "base" / "pgsql_tmp").glob("*dj_upload*"))
+
+
+def test_a_failed_key_keeps_no_reference_and_gc_takes_its_objects(db, python):
+    """The part insert fails after every object of the key was uploaded: nothing is referenced."""
+    db.execute(
+        f"""CREATE FUNCTION {SCHEMA}.refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$BEGIN IF NEW.trace_id = 3 THEN RAISE EXCEPTION 'no windows for trace 3'; END IF; RETURN NEW; END$$"""
+    )
+    db.execute(
+        f"CREATE TRIGGER refuse BEFORE INSERT ON {SCHEMA}.__trace_stats__window FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse()"
+    )
+    python.Trace.insert1({"trace_id": 3, "trace": np.arange(10.0), "gain": np.array([3.0])})
+    assert populate(db, "TraceStats", suppress_errors="true")[:2] == (0, 1)
+    assert len(python.TraceStats & "trace_id = 3") == 0
+    # Its report was written (schema-addressed, under the key) and is now garbage.
+    garbage = [
+        r[0]
+        for r in db.execute("SELECT key FROM dj.gc('local', dry_run => true, grace => '0 seconds')").fetchall()
+        if f"/{SCHEMA}/__trace_stats/trace_id=3/" in r[0] or f"/{SCHEMA}/__trace_stats__window/trace_id=3/" in r[0]
+    ]
+    assert any("/report_" in g for g in garbage), garbage
+    assert any("/samples_" in g for g in garbage), garbage
+    # What the successful keys wrote is referenced: never garbage.
+    referenced = db.execute(f"SELECT report ->> 'path' FROM {SCHEMA}.__trace_stats").fetchall()
+    listed = {r[0] for r in db.execute("SELECT key FROM dj.gc('local', dry_run => true, grace => '0 seconds')").fetchall()}
+    assert referenced and not listed & {r[0] for r in referenced}
+
+
+@pytest.mark.parametrize(
+    "mode, sqlstate, message",
+    [
+        ("object-forge", "42501", "did not fetch a reference to object _hash/secret/"),
+        ("object-foreign", "42501", 'may not insert into "mkobj"."case"'),
+    ],
+)
+def test_a_make_reads_only_fetched_references_and_writes_only_its_tables(db, mode, sqlstate, message):
+    case_id = {"object-forge": 1, "object-foreign": 2}[mode]
+    db.execute(f"INSERT INTO {SCHEMA}.case VALUES (%s, %s, 1)", (case_id, mode))
+    with pytest.raises(errors.Error) as e:
+        populate(db, "Outcome", restriction=f"'case_id = {case_id}'")
+    assert e.value.sqlstate == sqlstate, e.value
+    assert message in str(e.value), e.value
