@@ -71,7 +71,7 @@ build_python() {
     # hash of the app's sources, the helper, the WIT and the componentize-py version.
     stamp="$out/$name.wasm.inputs"
     inputs=$( (cd "$udfs/python/$name" && find . -name '*.py' -print0 | sort -z | xargs -0 sha256sum
-      cd "$root/wasm-make" && sha256sum python/datajoint_make.py wit/*.wit
+      cd "$root/wasm-make" && sha256sum python/*.py wit/*.wit
       echo "componentize-py $COMPONENTIZE_PY_VERSION") | sha256sum | cut -d' ' -f1)
     built+=("$name")
     if [ "$force" = 0 ] && [ -f "$out/$name.wasm" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$inputs" ]; then

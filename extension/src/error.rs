@@ -207,6 +207,7 @@ impl From<HostError> for DjError {
             Kind::Value => (ERRCODE_INVALID_PARAMETER_VALUE, String::new()),
             Kind::Io => (ERRCODE_IO_ERROR, String::new()),
             Kind::Memory => (ERRCODE_OUT_OF_MEMORY, String::new()),
+            Kind::Limit => (ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, String::new()),
             Kind::NoRow => (ERRCODE_NO_DATA_FOUND, String::new()),
             Kind::SeveralRows => (ERRCODE_TOO_MANY_ROWS, String::new()),
             Kind::Algebra(code) => (algebra_code(code), String::new()),

@@ -37,13 +37,22 @@ def db():
             "summary : <blob>\nreport : <object@local>",
         ),
         ("TraceStats.Window", "part", "-> master\nwindow : int32\n---\nenergy : float64\nsamples : <npy@local>"),
+        (
+            "TraceStatsPy",
+            "computed",
+            "-> Trace\n---\nn : int64\nmean : float64\npeak : float64\ncentered : <blob@local>\n"
+            "summary : <blob>\nreport : <object@local>",
+        ),
+        ("TraceStatsPy.Window", "part", "-> master\nwindow : int32\n---\nenergy : float64\nsamples : <npy@local>"),
         ("Case", "manual", "case_id : int32\n---\nmode : varchar(16)\nn : int64"),
         ("Outcome", "computed", "-> Case\n---\nvalue : int64"),
     ]:
         c.execute("SELECT dj.declare(%s, %s, %s)", (f"{SCHEMA}.{cls}", tier, definition))
     c.execute("SELECT dj.register_module('trace_stats', %s)", (component("trace_stats"),))
     c.execute("SELECT dj.register_module('misbehave', %s)", (component("misbehave"),))
+    c.execute("SELECT dj.register_module('trace_stats_py', %s)", (component("trace_stats_py"),))
     c.execute(f"SELECT dj.set_make('{SCHEMA}.TraceStats', 'trace_stats')")
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.TraceStatsPy', 'trace_stats_py')")
     c.execute(f"SELECT dj.set_make('{SCHEMA}.Outcome', 'misbehave')")
     yield c
     c.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
@@ -69,13 +78,22 @@ def populate(c, table, **kw):
     return c.execute(f"SELECT * FROM dj.populate('{SCHEMA}.{table}'{args})").fetchone()
 
 
-def test_a_make_reads_and_writes_objects_datajoint_python_shares(db, python):
-    rng = np.random.default_rng(5)
-    trace = rng.normal(size=(3, 50_000))  # 1.2 MB: compressed? random floats are not, several chunks
+@pytest.fixture(scope="module")
+def trace(python):
+    """Trace 1: 3 x 50 000 random samples (1.2 MB, not compressible), stored by datajoint-python."""
+    trace = np.random.default_rng(5).normal(size=(3, 50_000))
     python.Trace.insert1({"trace_id": 1, "trace": trace, "gain": np.array([2.0])})
-    assert populate(db, "TraceStats")[:2] == (1, 0)
+    return trace
 
-    row = (python.TraceStats & "trace_id = 1").fetch1()
+
+@pytest.mark.parametrize("table", ["TraceStats", "TraceStatsPy"])
+def test_a_make_reads_and_writes_objects_datajoint_python_shares(db, python, trace, table):
+    """The Rust component and the Python one compute the same rows and objects from trace 1."""
+    assert populate(db, table, restriction="'trace_id = 1'")[:2] == (1, 0)
+    target = getattr(python, table)
+    sql = "__trace_stats" if table == "TraceStats" else "__trace_stats_py"
+
+    row = (target & "trace_id = 1").fetch1()
     mean = trace.mean()
     assert row["n"] == trace.size
     assert row["mean"] == pytest.approx(mean)
@@ -88,7 +106,7 @@ def test_a_make_reads_and_writes_objects_datajoint_python_shares(db, python):
     assert report.path.endswith(".txt") and f"trace_id=1" in report.path
     assert report.read().decode().startswith("trace {trace_id: 1}: 150000 samples, shape [3, 50000]")
 
-    windows = (python.TraceStats.Window & "trace_id = 1").to_dicts(order_by="window")
+    windows = (target.Window & "trace_id = 1").to_dicts(order_by="window")
     flat = ((trace - mean) * 2.0).flatten(order="F")
     assert [w["window"] for w in windows] == [0, 1, 2]
     for w in windows:
@@ -98,7 +116,7 @@ def test_a_make_reads_and_writes_objects_datajoint_python_shares(db, python):
         assert w["energy"] == pytest.approx(float((expected**2).sum()))
 
     # The centred trace is hash-addressed like datajoint-python's own, and verifies.
-    ref = db.execute(f"SELECT centered FROM {SCHEMA}.__trace_stats WHERE trace_id = 1").fetchone()[0]
+    ref = db.execute(f"SELECT centered FROM {SCHEMA}.{sql} WHERE trace_id = 1").fetchone()[0]
     assert ref["path"].startswith(f"_hash/{SCHEMA}/")
     assert db.execute("SELECT dj.object_verify(%s::jsonb)", (json.dumps(ref),)).fetchone()[0]
 
@@ -107,7 +125,14 @@ def test_a_large_object_is_streamed_and_spooled(db, python):
     """A 12 MB trace: read in chunks, the 12 MB result spooled past 8 MiB of host memory."""
     trace = np.linspace(-1, 1, 1_500_000)
     python.Trace.insert1({"trace_id": 2, "trace": trace, "gain": np.array([1.0])})
-    assert populate(db, "TraceStats")[:2] == (1, 0)
+    # temp_file_limit bounds what a make spools (PostgreSQL's own limit on temporary files).
+    db.execute("SET temp_file_limit = '4MB'")
+    try:
+        with pytest.raises(errors.ConfigurationLimitExceeded, match="exceed the temporary file limit"):
+            populate(db, "TraceStats", restriction="'trace_id = 2'")
+    finally:
+        db.execute("RESET temp_file_limit")
+    assert populate(db, "TraceStats", restriction="'trace_id = 2'")[:2] == (1, 0)
     row = (python.TraceStats & "trace_id = 2").fetch1()
     np.testing.assert_allclose(row["centered"], trace - trace.mean(), atol=1e-12)
     size = db.execute(f"SELECT (centered ->> 'size')::bigint FROM {SCHEMA}.__trace_stats WHERE trace_id = 2").fetchone()[0]
@@ -128,7 +153,7 @@ def test_a_failed_key_keeps_no_reference_and_gc_takes_its_objects(db, python):
         f"CREATE TRIGGER refuse BEFORE INSERT ON {SCHEMA}.__trace_stats__window FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse()"
     )
     python.Trace.insert1({"trace_id": 3, "trace": np.arange(10.0), "gain": np.array([3.0])})
-    assert populate(db, "TraceStats", suppress_errors="true")[:2] == (0, 1)
+    assert populate(db, "TraceStats", restriction="'trace_id = 3'", suppress_errors="true")[:2] == (0, 1)
     assert len(python.TraceStats & "trace_id = 3") == 0
     # Its report was written (schema-addressed, under the key) and is now garbage.
     garbage = [

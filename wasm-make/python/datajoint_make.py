@@ -38,18 +38,29 @@ uuid.UUID              uuid            uuid
 
 Host errors (a table the make may not read, an SQL error, no row for ``fetch1``...) are not
 exceptions here: they end the call, and the key is recorded as failed with the host's message.
+
+Blobs and objects (contract 0.1.1): an in-row ``<blob>`` arrives as bytes, a store attribute
+(``<blob@store>``, ``<attach@store>``, ``<object@store>``, ...) as its reference (a dict).
+:func:`blob` decodes either (numeric arrays as :class:`datajoint_blob.Array`: dtype, shape and an
+``array.array`` in Fortran order; ``.to_numpy()`` with numpy), :func:`encode_blob` makes the
+bytes to insert, :func:`read_object` / :class:`ObjectReader` read objects in chunks,
+:class:`Upload` / :func:`put_object` / :func:`put_blob` write them and give the reference to
+insert. A make reads only objects of references in rows it fetched, and those it uploaded.
 """
 
 import datetime
 import decimal
+import io
 import json
 import traceback
 import uuid
 from typing import Any, Callable, Iterable, Optional, Union
 
+import datajoint_blob
 import wit_world
 from componentize_py_types import Err
-from wit_world.imports import host, types
+from datajoint_blob import Array, BlobError
+from wit_world.imports import host, objects, types
 
 __all__ = [
     "fetch",
@@ -65,6 +76,17 @@ __all__ = [
     "make_world",
     "to_value",
     "from_value",
+    "Array",
+    "BlobError",
+    "blob",
+    "encode_blob",
+    "decode_blob",
+    "object_info",
+    "read_object",
+    "ObjectReader",
+    "Upload",
+    "put_object",
+    "put_blob",
 ]
 
 _EPOCH_DATE = datetime.date(1970, 1, 1)
@@ -217,6 +239,107 @@ def insert1(table: str, row: dict) -> None:
 def quote(text: str) -> str:
     """``text`` as an SQL string literal for restrictions: ``quote("O'Hara")`` is ``'O''Hara'``."""
     return "'" + str(text).replace("'", "''") + "'"
+
+
+# --------------------------------------------------------------------------------------------
+# Blobs and objects
+# --------------------------------------------------------------------------------------------
+
+#: Bytes read per host call, and written per call by :func:`put_object`.
+CHUNK = 8 << 20
+
+decode_blob = datajoint_blob.unpack
+encode_blob = datajoint_blob.pack
+
+
+def _reference(ref) -> str:
+    """A reference as the host takes it: JSON text (a fetched reference is a dict)."""
+    return ref if isinstance(ref, str) else json.dumps(ref)
+
+
+def object_info(ref, member: Optional[str] = None) -> dict:
+    """What the object of reference ``ref`` (or file ``member`` of a folder object) is:
+    ``store``, ``path``, ``size``, ``is_dir``, ``members``."""
+    i = objects.info(_reference(ref), member)
+    return {"store": i.store, "path": i.path, "size": i.size, "is_dir": i.is_dir, "members": list(i.members)}
+
+
+class ObjectReader(io.RawIOBase):
+    """A binary file over an object (or a folder object's ``member``), read in chunks."""
+
+    def __init__(self, ref, member: Optional[str] = None):
+        super().__init__()
+        self._ref, self._member, self._offset = _reference(ref), member, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        want = min(len(buf), CHUNK)
+        if want == 0:
+            return 0
+        data = objects.read(self._ref, self._member, self._offset, want)
+        buf[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+
+def read_object(ref, member: Optional[str] = None) -> bytes:
+    """The whole object of reference ``ref`` (or file ``member`` of a folder object)."""
+    ref = _reference(ref)
+    parts, offset = [], 0
+    while True:
+        data = objects.read(ref, member, offset, CHUNK)
+        if not data:
+            return b"".join(parts)
+        parts.append(bytes(data))
+        offset += len(data)
+
+
+def blob(value):
+    """The value a blob attribute holds: decoded from the row (``<blob>``, bytes) or read from its
+    store and decoded (``<blob@store>``, a reference)."""
+    if isinstance(value, (bytes, bytearray)):
+        return datajoint_blob.unpack(value)
+    return datajoint_blob.unpack(read_object(value))
+
+
+class Upload:
+    """A new object for ``attribute`` of ``table`` (the target or one of its parts) in the row with
+    primary key ``key`` (the current key fills in what it lacks), written with :meth:`write`;
+    :meth:`finish` stores it and returns the reference to insert. ``filename``: an attachment's
+    name, or what gives an ``<object@>`` its extension."""
+
+    def __init__(self, table: str, attribute: str, key: Optional[dict] = None, filename: Optional[str] = None):
+        self._upload = objects.Upload(table, attribute, _to_row(key or {}), filename)
+
+    def write(self, data) -> int:
+        self._upload.write(bytes(data))
+        return len(data)
+
+    def finish(self) -> dict:
+        return json.loads(self._upload.finish())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def put_object(table: str, attribute: str, content: bytes, key: Optional[dict] = None, filename: Optional[str] = None) -> dict:
+    """Stores ``content`` as a new object for ``attribute`` of ``table`` (see :class:`Upload`);
+    returns the reference to insert."""
+    up = Upload(table, attribute, key, filename)
+    view = memoryview(bytes(content))
+    for at in range(0, len(view), CHUNK):
+        up.write(view[at : at + CHUNK])
+    return up.finish()
+
+
+def put_blob(table: str, attribute: str, value, key: Optional[dict] = None) -> dict:
+    """Stores ``value`` as the ``<blob@store>`` object of ``attribute``; returns the reference."""
+    return put_object(table, attribute, datajoint_blob.pack(value), key)
 
 
 # --------------------------------------------------------------------------------------------

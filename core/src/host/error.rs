@@ -31,6 +31,8 @@ pub enum Kind {
     Io,
     /// More bytes than the guest's memory limit leaves (53200).
     Memory,
+    /// A configured limit reached, such as temp_file_limit (53400).
+    Limit,
     /// A relation expression the algebra refused, with the algebra's own code.
     Algebra(Code),
     /// The guest returned `err(message)` (38000).

@@ -27,7 +27,7 @@ mod tables;
 mod tests;
 
 pub use error::{failure, truncated, HostError, Kind, GUEST_MESSAGE, STDERR_TAIL};
-pub use objects::{key_value, Content, Objects, SpoolFile, MAX_READ, SPOOL_MEMORY};
+pub use objects::{key_value, Content, Objects, SpoolFile, MAX_READ, MAX_UPLOADS, SPOOL_MEMORY};
 pub use scope::{Lookup, Scope};
 pub use statements::{check_one, insert_row, nul_error, JobMetadata, Statement};
 pub use tables::{Column, TableInfo};
@@ -79,6 +79,8 @@ pub trait Backend: Send + 'static {
     ) -> Result<String, Self::Error>;
     /// A new path for a spool file (the host creates it, and removes it when done).
     fn spool_path(&mut self) -> Result<std::path::PathBuf, Self::Error>;
+    /// Bytes a call may write to spool files in all (PostgreSQL's temp_file_limit), if limited.
+    fn spool_limit(&mut self) -> Option<u64>;
 }
 
 /// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.

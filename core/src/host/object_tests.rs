@@ -207,3 +207,30 @@ fn key_values_are_written_as_datajoint_python_prints_them() {
     assert_eq!(key_value(&Value::Null), None);
     assert_eq!(key_value(&Value::Bytes(vec![])), None);
 }
+
+#[test]
+fn uploads_share_one_memory_allowance_and_respect_the_spool_limit() {
+    let mut h = host();
+    // Two uploads of 5 MiB each: the second goes past the 8 MiB the call may hold in memory.
+    let a = upload(&mut h, "Outcome", "value", vec![]).unwrap();
+    let b = upload(&mut h, "Outcome", "value", vec![]).unwrap();
+    Database::upload_write(&mut h, a, vec![1; 5 << 20]).unwrap();
+    assert!(h.backend.spools.is_empty());
+    Database::upload_write(&mut h, b, vec![2; 5 << 20]).unwrap();
+    assert_eq!(h.backend.spools.len(), 1, "the second upload spilled");
+    Database::upload_drop(&mut h, a);
+    Database::upload_drop(&mut h, b);
+
+    // temp_file_limit bounds what a call spools in all.
+    h.backend.spool_limit = Some(12 << 20);
+    let c = upload(&mut h, "Outcome", "value", vec![]).unwrap();
+    let e = Database::upload_write(&mut h, c, vec![3; 13 << 20]).unwrap_err();
+    assert_eq!(e.kind, Kind::Limit, "{e:?}");
+
+    // At most MAX_UPLOADS open at once.
+    let mut h = host();
+    for _ in 0..MAX_UPLOADS {
+        upload(&mut h, "Outcome", "value", vec![]).unwrap();
+    }
+    assert_eq!(upload(&mut h, "Outcome", "value", vec![]).unwrap_err().kind, Kind::Limit);
+}

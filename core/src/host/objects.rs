@@ -24,8 +24,12 @@ use crate::store::schema_path::KeyValue;
 /// Bytes a guest may read in one call.
 pub const MAX_READ: u32 = 16 << 20;
 
-/// Bytes of an upload kept in memory before the rest goes to a spool file.
+/// Bytes of uploads kept in memory (all of a call's together) before the rest goes to spool
+/// files.
 pub const SPOOL_MEMORY: usize = 8 << 20;
+
+/// Uploads a call may have open at once (each may hold a spool file open).
+pub const MAX_UPLOADS: usize = 64;
 
 /// Manifests of folder objects larger than this are refused (a manifest lists file names).
 const MAX_MANIFEST: u64 = 16 << 20;
@@ -40,6 +44,9 @@ pub struct Objects {
     sizes: HashMap<Located, Option<u64>>,
     uploads: HashMap<u32, Upload>,
     next: u32,
+    /// Bytes of uploads held in memory, and written to spool files.
+    in_memory: usize,
+    spooled: u64,
 }
 
 /// An object a guest is writing.
@@ -154,6 +161,16 @@ impl Objects {
                 Ok((store, format!("{path}/{m}")))
             }
         }
+    }
+
+    /// Takes an upload out, no longer counting the memory it holds (its spool file's bytes stay
+    /// counted: the limit is on what the call wrote).
+    fn forget(&mut self, n: u32) -> Option<Upload> {
+        let upload = self.uploads.remove(&n)?;
+        if let Spool::Memory(held) = &upload.spool {
+            self.in_memory -= held.len();
+        }
+        Some(upload)
     }
 
     fn size<B: Backend>(&mut self, backend: &mut B, at: &Located) -> Result<Option<u64>, B::Error> {
@@ -298,6 +315,14 @@ impl<B: Backend> MakeHost<B> {
             };
             row.push(Field { name: c.name.clone(), value });
         }
+        if self.objects.uploads.len() >= MAX_UPLOADS {
+            return Err(HostError::new(
+                Kind::Limit,
+                format!("the make function has {MAX_UPLOADS} uploads open"),
+                "Finish an upload before starting the next.",
+            )
+            .into());
+        }
         let n = self.objects.next;
         self.objects.next = n.wrapping_add(1);
         let upload =
@@ -317,13 +342,32 @@ impl<B: Backend> MakeHost<B> {
     }
 
     pub(super) fn upload_write(&mut self, n: u32, chunk: Vec<u8>) -> Result<(), B::Error> {
-        let spill = match &self.upload(n)?.spool {
-            Spool::Memory(held) if held.len() + chunk.len() > SPOOL_MEMORY => {
-                Some(self.backend.spool_path()?)
-            }
-            _ => None,
+        let in_memory = self.objects.in_memory;
+        let held = match &self.upload(n)?.spool {
+            Spool::Memory(held) => Some(held.len()),
+            Spool::File(..) => None,
         };
-        let upload = self.upload(n)?;
+        let (spill, spooled) = match held {
+            // Past the memory all of the call's uploads may hold: this one goes to a file.
+            Some(held) if in_memory + chunk.len() > SPOOL_MEMORY => {
+                (Some(self.backend.spool_path()?), held + chunk.len())
+            }
+            Some(_) => (None, 0),
+            None => (None, chunk.len()),
+        };
+        if let Some(limit) = self.backend.spool_limit() {
+            if self.objects.spooled + spooled as u64 > limit {
+                return Err(HostError::new(
+                    Kind::Limit,
+                    format!("the make function's uploads exceed the temporary file limit ({limit} bytes)"),
+                    "Uploads past 8 MiB are spooled to temporary files, which temp_file_limit bounds.",
+                )
+                .into());
+            }
+        }
+        self.objects.spooled += spooled as u64;
+        let objects = &mut self.objects;
+        let upload = objects.uploads.get_mut(&n).expect("checked above");
         if let Some(path) = spill {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -333,11 +377,15 @@ impl<B: Backend> MakeHost<B> {
             let guard = SpoolFile(path);
             if let Spool::Memory(held) = &upload.spool {
                 file.write_all(held).map_err(|e| io_error("write", guard.path(), e))?;
+                objects.in_memory -= held.len();
             }
             upload.spool = Spool::File(file, guard);
         }
         match &mut upload.spool {
-            Spool::Memory(held) => held.extend_from_slice(&chunk),
+            Spool::Memory(held) => {
+                held.extend_from_slice(&chunk);
+                objects.in_memory += chunk.len();
+            }
             Spool::File(file, guard) => {
                 file.write_all(&chunk).map_err(|e| io_error("write", guard.path(), e))?
             }
@@ -348,7 +396,7 @@ impl<B: Backend> MakeHost<B> {
     pub(super) fn upload_finish(&mut self, n: u32) -> Result<String, B::Error> {
         self.upload(n)?;
         let Upload { table, attribute, key, filename, spool } =
-            self.objects.uploads.remove(&n).expect("checked above");
+            self.objects.forget(n).expect("checked above");
         let content = match spool {
             Spool::Memory(bytes) => Content::Bytes(bytes),
             Spool::File(mut file, guard) => {
@@ -365,7 +413,7 @@ impl<B: Backend> MakeHost<B> {
     }
 
     pub(super) fn upload_drop(&mut self, n: u32) {
-        self.objects.uploads.remove(&n);
+        self.objects.forget(n);
     }
 }
 

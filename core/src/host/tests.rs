@@ -25,6 +25,7 @@ pub(super) struct Memory {
     pub(super) puts: Vec<(String, String, Row, Option<String>, bool)>,
     /// Spool files handed out.
     pub(super) spools: Vec<std::path::PathBuf>,
+    pub(super) spool_limit: Option<u64>,
 }
 
 fn column(name: &str, type_name: &str, in_key: bool) -> Column {
@@ -82,6 +83,7 @@ impl Memory {
             objects: HashMap::new(),
             puts: Vec::new(),
             spools: Vec::new(),
+            spool_limit: None,
         }
     }
 }
@@ -179,6 +181,10 @@ impl Backend for Memory {
         let size = bytes.len();
         self.objects.insert((Some("local".into()), path.clone()), bytes);
         Ok(format!(r#"{{"path": "{path}", "store": "local", "size": {size}}}"#))
+    }
+
+    fn spool_limit(&mut self) -> Option<u64> {
+        self.spool_limit
     }
 
     fn spool_path(&mut self) -> Result<std::path::PathBuf, HostError> {

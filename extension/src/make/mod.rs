@@ -133,6 +133,12 @@ impl Backend for SpiBackend {
     fn spool_path(&mut self) -> DjResult<std::path::PathBuf> {
         objects::spool_path()
     }
+
+    fn spool_limit(&mut self) -> Option<u64> {
+        // SAFETY: a plain read of a GUC variable (kB; -1: no limit).
+        let kb = unsafe { pg_sys::temp_file_limit };
+        (kb >= 0).then(|| kb as u64 * 1024)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
