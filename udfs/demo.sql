@@ -106,6 +106,50 @@ SELECT subject_id, session, rate, label FROM demo.__quality ORDER BY 1, 2;
 SELECT subject_id, session, left(_job_version, 12) AS module, round(_job_duration::numeric, 6) AS seconds
   FROM demo.__quality ORDER BY 1, 2;
 
+\echo '== Objects: traces in the embedded object store, read and written by a make function'
+SELECT dj.declare('demo.Trace', 'manual', $$
+# a recording's trace, kept in the object store (the embedded file store `local`)
+-> Recording
+---
+trace : <blob@local>          # float64 samples
+gain : <blob>                 # scale factor, in the row
+$$);
+SELECT dj.declare('demo.TraceStats', 'computed', $$
+-> Trace
+---
+n : int64
+mean : float64
+peak : float64
+centered : <blob@local>       # the scaled, mean-centred trace
+summary : <blob>              # [n, mean, peak]
+report : <object@local>       # a text report
+$$);
+SELECT dj.declare('demo.TraceStats.Window', 'part', $$
+-> master
+window : int32
+---
+energy : float64
+samples : <npy@local>         # the window's samples, as numpy's .npy
+$$);
+INSERT INTO demo.trace
+SELECT subject_id, session,
+       dj.object_put('demo.Trace', 'trace', dj.blob_encode(
+         (SELECT pg_catalog.jsonb_agg(sin(x / 50.0 * session) * subject_id) FROM generate_series(1, 100000) x),
+         'float64')),
+       dj.blob_encode('[2.0]', 'float64')
+  FROM demo._recording;
+\set trace_stats `base64 -w0 udfs/components/trace_stats.wasm`
+SELECT dj.register_module('trace_stats', decode(:'trace_stats', 'base64')) AS trace_stats_sha256;
+SELECT dj.set_make('demo.TraceStats', 'trace_stats');
+SELECT * FROM dj.populate('demo.TraceStats');           -- Rust: streams each trace in, writes objects back
+SELECT subject_id, session, n, round(mean::numeric, 6) AS mean, round(peak::numeric, 6) AS peak,
+       dj.blob_decode(summary) -> 'shape' AS summary_shape
+  FROM demo.__trace_stats ORDER BY 1, 2;
+SELECT convert_from(dj.object_read(report), 'UTF8') AS report FROM demo.__trace_stats
+ WHERE subject_id = 1 AND session = 1;
+SELECT attribute, key, store, path, size FROM dj.object_refs('demo.TraceStats') ORDER BY key::text, attribute;
+SELECT count(*) AS windows, sum(energy)::int AS energy FROM demo.__trace_stats__window;
+
 \echo '== The query algebra: the same questions from psql, Python or a BI tool'
 SELECT dj.rel('demo.Recording') * dj.rel('demo.SpikeRate') & 'mean_rate > 1' AS expression;
 SELECT * FROM dj.fetch(dj.rel('demo.Recording') * dj.rel('demo.SpikeRate') & 'mean_rate > 1', 'mean_rate DESC');

@@ -22,6 +22,11 @@ def pytest_configure(config):
         )
 
 
+def component(name: str) -> bytes:
+    """A committed make-function fixture, udfs/components/<name>.wasm."""
+    return (REPO / "udfs" / "components" / f"{name}.wasm").read_bytes()
+
+
 def connect(**kw) -> psycopg.Connection:
     return psycopg.connect(dbname=os.environ.get("PGDATABASE", "datajoint"), autocommit=True, **kw)
 

@@ -13,14 +13,10 @@ import numpy as np
 import pytest
 from psycopg import errors
 
-from conftest import REPO, connect, connect_datajoint
+from conftest import component, connect, connect_datajoint
 
 SCHEMA = "mkobj"
 WINDOW = 65_536
-
-
-def component(name: str) -> bytes:
-    return (REPO / "udfs" / "components" / f"{name}.wasm").read_bytes()
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,9 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import REPO, connect, execute_in_thread, wait_until_active
+from conftest import component, connect, execute_in_thread, wait_until_active
 
 SCHEMA = "client_populate"
-
-
-def component(name: str) -> bytes:
-    return (REPO / "udfs" / "components" / f"{name}.wasm").read_bytes()
 
 
 @pytest.fixture(scope="module")

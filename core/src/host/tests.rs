@@ -188,8 +188,10 @@ impl Backend for Memory {
     }
 
     fn spool_path(&mut self) -> Result<std::path::PathBuf, HostError> {
-        let p =
-            std::env::temp_dir().join(format!("dj-host-test-{}-{}", std::process::id(), self.spools.len()));
+        // Unique across the tests of this process, which run in parallel.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("dj-host-test-{}-{n}", std::process::id()));
         self.spools.push(p.clone());
         Ok(p)
     }
@@ -204,24 +206,9 @@ fn a_component_built_against_contract_0_1_0_links_and_runs() {
     let imports: Vec<String> =
         component.component_type().imports(crate::sandbox::engine()).map(|(n, _)| n.to_string()).collect();
     assert!(imports.iter().any(|n| n == "datajoint:make/host@0.1.0"), "{imports:?}");
-    let mut memory = Memory::new(vec![case_row("ok", 21)]);
-    let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
-    let scope =
-        Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
-    let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
-    let prepared = Prepared::new(&make::linker::<MakeHost<Memory>>().unwrap(), &component).unwrap();
-    let key = vec![Field { name: "case_id".into(), value: Value::Int(1) }];
-    let host = MakeHost {
-        session,
-        backend: memory,
-        key: key.clone(),
-        started: Instant::now(),
-        started_at: 7,
-        objects: Default::default(),
-    };
-    let (result, _, host) = prepared.call(host, &key, &Limits::default(), &Cancel::Never);
-    result.map_err(|e| format!("{e:?}")).unwrap();
-    assert_eq!(host.backend.inserts[0].1[1], Value::Int(42));
+    let (result, _, memory) = call_with(&component, vec![case_row("ok", 21)]);
+    result.unwrap();
+    assert_eq!(memory.inserts[0].1[1], Value::Int(42));
 }
 
 fn misbehave() -> &'static Component {
@@ -232,15 +219,19 @@ fn misbehave() -> &'static Component {
     })
 }
 
-/// One make call for key case_id=1 with Case's rows `case_rows`.
+/// One make call of misbehave for key case_id=1 with Case's rows `case_rows`.
 fn call(case_rows: Vec<Row>) -> (Result<(), HostError>, Output, Memory) {
+    call_with(misbehave(), case_rows)
+}
+
+fn call_with(component: &Component, case_rows: Vec<Row>) -> (Result<(), HostError>, Output, Memory) {
     let mut memory = Memory::new(case_rows);
     let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
     let scope =
         Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
     let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
     let linker = make::linker::<MakeHost<Memory>>().unwrap();
-    let prepared = Prepared::new(&linker, misbehave()).unwrap();
+    let prepared = Prepared::new(&linker, component).unwrap();
     let key = vec![Field { name: "case_id".into(), value: Value::Int(1) }];
     let host = MakeHost {
         session,
