@@ -179,3 +179,52 @@ def test_a_make_reads_only_fetched_references_and_writes_only_its_tables(db, mod
         populate(db, "Outcome", restriction=f"'case_id = {case_id}'")
     assert e.value.sqlstate == sqlstate, e.value
     assert message in str(e.value), e.value
+
+
+def test_a_make_uses_stores_as_the_role_that_asked(db):
+    """A LOGIN role that may read the trace and write the results, but is not granted the trace's
+    store: its populate stops at the store (as its dj.object_read would); granted, it runs."""
+    schema, role, store = "mkobj_priv", "mkobj_lab", "mkpriv"
+
+    def clean():
+        db.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        db.execute("SELECT dj.drop_store(name) FROM dj._stores WHERE name = %s", (store,))
+        if db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            db.execute(f"DROP OWNED BY {role}")
+            db.execute(f"DROP ROLE {role}")
+
+    clean()
+    db.execute(f"CREATE ROLE {role} LOGIN")
+    db.execute("SELECT dj.add_store(%s, %s)", (store, json.dumps({"protocol": "file", "location": "mkpriv_store"})))
+    try:
+        for cls, tier, definition in [
+            ("Trace", "manual", f"trace_id : int32\n---\ntrace : <blob@{store}>\ngain : <blob>"),
+            (
+                "TraceStats",
+                "computed",
+                "-> Trace\n---\nn : int64\nmean : float64\npeak : float64\ncentered : <blob@local>\n"
+                "summary : <blob>\nreport : <object@local>",
+            ),
+            ("TraceStats.Window", "part", "-> master\nwindow : int32\n---\nenergy : float64\nsamples : <npy@local>"),
+        ]:
+            db.execute("SELECT dj.declare(%s, %s, %s)", (f"{schema}.{cls}", tier, definition))
+        db.execute(f"SELECT dj.set_make('{schema}.TraceStats', 'trace_stats')")
+        db.execute(
+            f"INSERT INTO {schema}.trace VALUES (1, dj.object_put('{schema}.Trace', 'trace', "
+            "dj.blob_encode('[1, 2, 3]', 'float64')), dj.blob_encode('[2.0]', 'float64'))"
+        )
+        db.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        db.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        db.execute(f"GRANT INSERT ON {schema}.__trace_stats, {schema}.__trace_stats__window TO {role}")
+        lab = connect(user=role)
+        try:
+            with pytest.raises(errors.InsufficientPrivilege, match=f"permission denied for store {store}"):
+                lab.execute(f"SELECT * FROM dj.populate('{schema}.TraceStats')")
+            assert db.execute(f"SELECT count(*) FROM {schema}.__trace_stats").fetchone()[0] == 0
+            db.execute("SELECT dj.grant_store(%s, %s)", (store, role))
+            assert lab.execute(f"SELECT * FROM dj.populate('{schema}.TraceStats')").fetchone()[:2] == (1, 0)
+            assert db.execute(f"SELECT n, mean FROM {schema}.__trace_stats").fetchone() == (3, 2.0)
+        finally:
+            lab.close()
+    finally:
+        clean()
