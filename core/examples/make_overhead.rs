@@ -32,7 +32,12 @@ impl Database for Memory {
         Ok(rows.len() as u64)
     }
 
-    fn object_info(&mut self, _reference: String, _member: Option<String>) -> Result<ObjectInfo, String> {
+    fn object_info(
+        &mut self,
+        _reference: String,
+        _member: Option<String>,
+        _budget: usize,
+    ) -> Result<ObjectInfo, String> {
         Err("no objects here".into())
     }
 

@@ -56,8 +56,14 @@ pub trait Database: Send + 'static {
     fn fetch(&mut self, query: Query, one: bool, budget: usize) -> Result<Vec<Row>, Self::Error>;
     /// Inserts into the target or one of its parts; returns the number of rows inserted.
     fn insert(&mut self, table: String, rows: Vec<Row>) -> Result<u64, Self::Error>;
-    /// What an object reference (or a folder object's `member`) names.
-    fn object_info(&mut self, reference: String, member: Option<String>) -> Result<ObjectInfo, Self::Error>;
+    /// What an object reference (or a folder object's `member`) names; a folder's manifest may
+    /// take at most `budget` bytes of host memory.
+    fn object_info(
+        &mut self,
+        reference: String,
+        member: Option<String>,
+        budget: usize,
+    ) -> Result<ObjectInfo, Self::Error>;
     /// Up to `length` bytes of an object from `offset`, taking at most `budget` bytes.
     fn object_read(
         &mut self,
@@ -168,7 +174,8 @@ impl<D: Database> bindings::datajoint::make::host::Host for State<D> {
 
 impl<D: Database> bindings::datajoint::make::objects::Host for State<D> {
     fn info(&mut self, reference: String, member: Option<String>) -> wasmtime::Result<ObjectInfo> {
-        self.db.object_info(reference, member).map_err(|e| self.fail(e))
+        let budget = self.guard.memory_left();
+        self.db.object_info(reference, member, budget).map_err(|e| self.fail(e))
     }
 
     fn read(

@@ -10,6 +10,7 @@ use pgrx::pg_sys;
 pub static MAKE_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
 pub static MAKE_MEMORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
 pub static MAKE_FUEL: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static MAKE_UPLOAD_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(10 * 1024 * 1024);
 pub static MAX_MODULE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 pub static MODULE_COMPILE_MEMORY: GucSetting<i32> = GucSetting::<i32>::new(2 * 1024 * 1024);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
@@ -49,6 +50,17 @@ pub fn init() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dj.make_upload_limit",
+        c"Bytes a make-function call may spool for its uploads.",
+        c"Uploads past 8 MiB are spooled to temporary files; more than this (or than temp_file_limit) stops \
+          the call with SQLSTATE 53400. Only superusers may change it.",
+        &MAKE_UPLOAD_LIMIT,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
         c"dj.max_module_size",

@@ -27,6 +27,17 @@ def component(name: str) -> bytes:
     return (REPO / "udfs" / "components" / f"{name}.wasm").read_bytes()
 
 
+def signal_masks(pid: int) -> dict:
+    """Each thread of process `pid`: its name and blocked-signal mask."""
+    masks = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        status = open(f"/proc/{pid}/task/{task}/status").read()
+        name = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Name:"))
+        blocked = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("SigBlk:"))
+        masks[int(task)] = (name, int(blocked, 16))
+    return masks
+
+
 def connect(**kw) -> psycopg.Connection:
     return psycopg.connect(dbname=os.environ.get("PGDATABASE", "datajoint"), autocommit=True, **kw)
 

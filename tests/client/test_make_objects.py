@@ -7,13 +7,14 @@ parts; objects of a key that failed are referenced by nothing and collected."""
 import json
 import os
 import pathlib
+import shutil
 
 import datajoint as dj
 import numpy as np
 import pytest
 from psycopg import errors
 
-from conftest import component, connect, connect_datajoint
+from conftest import component, connect, connect_datajoint, signal_masks
 
 SCHEMA = "mkobj"
 WINDOW = 65_536
@@ -117,26 +118,58 @@ def test_a_make_reads_and_writes_objects_datajoint_python_shares(db, python, tra
     assert db.execute("SELECT dj.object_verify(%s::jsonb)", (json.dumps(ref),)).fetchone()[0]
 
 
-def test_a_large_object_is_streamed_and_spooled(db, python):
-    """A 12 MB trace: read in chunks, the 12 MB result spooled past 8 MiB of host memory."""
+def test_a_large_object_is_streamed_and_spooled(python):
+    """A 12 MB trace: read in chunks, the 12 MB result spooled past 8 MiB of host memory; the
+    spool bounded by temp_file_limit and dj.make_upload_limit, and never left behind."""
     trace = np.linspace(-1, 1, 1_500_000)
     python.Trace.insert1({"trace_id": 2, "trace": trace, "gain": np.array([1.0])})
+    db = connect()
+    # What a killed backend of the same pid left: removed when this one first spools.
+    datadir = pathlib.Path(db.execute("SHOW data_directory").fetchone()[0])
+    spool_dir = datadir / "base" / "pgsql_tmp"
+    if not spool_dir.exists():
+        spool_dir.mkdir()
+        shutil.chown(spool_dir, "postgres", "postgres")
+    stale = spool_dir / f"pgsql_tmp{db.info.backend_pid}.dj_upload7"
+    stale.write_bytes(b"left by a backend that died")
     # temp_file_limit bounds what a make spools (PostgreSQL's own limit on temporary files).
     db.execute("SET temp_file_limit = '4MB'")
     try:
-        with pytest.raises(errors.ConfigurationLimitExceeded, match="exceed the temporary file limit"):
+        with pytest.raises(errors.ConfigurationLimitExceeded, match="exceed the spool limit"):
             populate(db, "TraceStats", restriction="'trace_id = 2'")
     finally:
         db.execute("RESET temp_file_limit")
+    db.execute("SET dj.make_upload_limit = '4MB'")
+    try:
+        with pytest.raises(errors.ConfigurationLimitExceeded, match="dj.make_upload_limit"):
+            populate(db, "TraceStats", restriction="'trace_id = 2'")
+    finally:
+        db.execute("RESET dj.make_upload_limit")
     assert populate(db, "TraceStats", restriction="'trace_id = 2'")[:2] == (1, 0)
     row = (python.TraceStats & "trace_id = 2").fetch1()
     np.testing.assert_allclose(row["centered"], trace - trace.mean(), atol=1e-12)
     size = db.execute(f"SELECT (centered ->> 'size')::bigint FROM {SCHEMA}.__trace_stats WHERE trace_id = 2").fetchone()[0]
     assert size > 8 << 20, "the upload went past the host's 8 MiB of memory"
     assert len(python.TraceStats.Window & "trace_id = 2") == -(-1_500_000 // WINDOW)
-    # No spool file is left behind.
-    datadir = pathlib.Path(db.execute("SHOW data_directory").fetchone()[0])
-    assert not list((datadir / "base" / "pgsql_tmp").glob("*dj_upload*"))
+    # No spool file is left behind, the stale one included.
+    assert not list(spool_dir.glob("*dj_upload*"))
+    db.close()
+
+
+def test_threads_started_for_objects_never_take_signals(db, python):
+    """A make's object I/O on a file store (reads, uploads, spooling) starts threads only with
+    every signal blocked, so Postgres' signals reach the main thread alone."""
+    python.Trace.insert1({"trace_id": 5, "trace": np.arange(3000.0), "gain": np.array([1.0])})
+    victim = connect()
+    try:
+        pid = victim.info.backend_pid
+        assert victim.execute(f"SELECT * FROM dj.populate('{SCHEMA}.TraceStats', 'trace_id = 5')").fetchone()[:2] == (1, 0)
+        for tid, (name, blocked) in signal_masks(pid).items():
+            if tid != pid:
+                for sig in (2, 10, 14, 15):
+                    assert blocked & (1 << (sig - 1)), f"thread {name} ({tid}) may take signal {sig}"
+    finally:
+        victim.close()
 
 
 def test_a_failed_key_keeps_no_reference_and_gc_takes_its_objects(db, python):
@@ -170,10 +203,12 @@ def test_a_failed_key_keeps_no_reference_and_gc_takes_its_objects(db, python):
     [
         ("object-forge", "42501", "did not fetch a reference to object _hash/secret/"),
         ("object-foreign", "42501", 'may not insert into "mkobj"."case"'),
+        ("object-expr", "42501", "did not fetch a reference to object _hash/secret/"),
     ],
 )
 def test_a_make_reads_only_fetched_references_and_writes_only_its_tables(db, mode, sqlstate, message):
-    case_id = {"object-forge": 1, "object-foreign": 2}[mode]
+    """Made up, computed by a relation expression, or for another table: refused."""
+    case_id = {"object-forge": 1, "object-foreign": 2, "object-expr": 3}[mode]
     db.execute(f"INSERT INTO {SCHEMA}.case VALUES (%s, %s, 1)", (case_id, mode))
     with pytest.raises(errors.Error) as e:
         populate(db, "Outcome", restriction=f"'case_id = {case_id}'")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import component, connect, execute_in_thread, wait_until_active
+from conftest import component, connect, execute_in_thread, signal_masks, wait_until_active
 
 SCHEMA = "client_populate"
 
@@ -71,16 +71,6 @@ def test_cancel_stops_a_running_make_and_keeps_nothing_of_it(pipeline, admin, se
     conn.close()
     pipeline.execute(f"DELETE FROM {SCHEMA}.__outcome")
     pipeline.execute(f"DELETE FROM {SCHEMA}.case")
-
-
-def signal_masks(pid: int) -> dict:
-    masks = {}
-    for task in os.listdir(f"/proc/{pid}/task"):
-        status = open(f"/proc/{pid}/task/{task}/status").read()
-        name = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Name:"))
-        blocked = next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("SigBlk:"))
-        masks[int(task)] = (name, int(blocked, 16))
-    return masks
 
 
 def test_wasi_threads_never_take_signals_and_terminate_still_works(pipeline, admin, server_log):

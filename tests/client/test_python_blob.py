@@ -80,3 +80,15 @@ def test_arrays_the_sdk_builds_are_what_numpy_would_pack():
         sdk.unpack(b"mYm\0A" + b"\xff" * 8)
     with pytest.raises(sdk.BlobError):
         sdk.Array("float64", (2, 2), [1.0])
+    # Elements of another type are converted to the dtype's.
+    import array
+
+    assert sdk.pack(sdk.Array("float32", (2,), array.array("d", [1.0, 2.5]))) == djblob.pack(
+        np.array([1.0, 2.5], dtype="float32")
+    )
+    # Damage is a BlobError, whatever it is.
+    for damaged in [b"ZL123\0\x01", b"ZL123\0" + b"\x10" * 8 + b"junk", b"dj0\0\x0a\x00\x00", b"dj0\0t" + (20241399).to_bytes(4, "little") + b"\xff" * 8]:
+        with pytest.raises(sdk.BlobError):
+            sdk.unpack(damaged)
+    with pytest.raises(sdk.BlobError):
+        sdk.pack(1 << (8 * 70_000))

@@ -52,8 +52,9 @@ class Array:
     def __init__(self, dtype: str, shape, data):
         self.dtype = dtype
         self.shape = tuple(int(d) for d in shape)
-        if not isinstance(data, array.array):
-            data = array.array(_typecode(dtype), data)
+        code = _typecode(dtype)
+        if not isinstance(data, array.array) or data.typecode != code:
+            data = array.array(code, data)  # the dtype's element type, whatever was given
         self.data = data
         n = 1
         for d in self.shape:
@@ -166,7 +167,10 @@ class _Reader:
         if code == 0x06:
             return bytes(self.take(self.u64()))
         if code == 0x0A:
-            return int.from_bytes(self.take(self.unpack("H")[0]), "little", signed=True)
+            n = self.unpack("H")[0]
+            if n == 0:
+                raise BlobError("an int of zero bytes")
+            return int.from_bytes(self.take(n), "little", signed=True)
         if code == 0x0B:
             return self.take(1)[0] != 0
         if code == 0x0C:
@@ -227,8 +231,13 @@ def unpack(blob: bytes):
     """The value DataJoint's blob bytes hold."""
     blob = bytes(blob)
     if blob.startswith(b"ZL123\0"):
+        if len(blob) < 14:
+            raise BlobError("truncated compressed blob")
         (size,) = struct.unpack("<Q", blob[6:14])
-        blob = zlib.decompress(blob[14:])
+        try:
+            blob = zlib.decompress(blob[14:])
+        except zlib.error as e:
+            raise BlobError(f"the blob's zlib stream is damaged: {e}") from None
         if len(blob) != size:
             raise BlobError(f"blob size mismatch: expected {size}, got {len(blob)}")
     nul = blob.find(b"\0")
@@ -238,7 +247,9 @@ def unpack(blob: bytes):
     r.pos = nul + 1
     try:
         v = r.value()
-    except (struct.error, UnicodeDecodeError, OverflowError, MemoryError) as e:
+    except BlobError:
+        raise
+    except (struct.error, ValueError, OverflowError, MemoryError, IndexError) as e:
         raise BlobError(f"a damaged blob: {e}") from None
     if r.pos != len(blob):
         raise BlobError("blob length check failed: bytes after the value")
@@ -310,6 +321,8 @@ class _Writer:
             self.out += bytes([0x0B, int(v)])
         elif isinstance(v, int):
             n = v.bit_length() // 8 + 1
+            if n > 0xFFFF:
+                raise BlobError("integers are limited to 65 535 bytes")
             self.out.append(0x0A)
             self.out += struct.pack("<H", n) + v.to_bytes(n, "little", signed=True)
         elif isinstance(v, float):

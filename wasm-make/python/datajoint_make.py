@@ -320,21 +320,26 @@ class Upload:
     def finish(self) -> dict:
         return json.loads(self._upload.finish())
 
+    def close(self) -> None:
+        """Releases the upload (finished or not: an unfinished one is forgotten, its spool too)."""
+        self._upload.__exit__(None, None, None)
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        self.close()
         return False
 
 
 def put_object(table: str, attribute: str, content: bytes, key: Optional[dict] = None, filename: Optional[str] = None) -> dict:
     """Stores ``content`` as a new object for ``attribute`` of ``table`` (see :class:`Upload`);
     returns the reference to insert."""
-    up = Upload(table, attribute, key, filename)
-    view = memoryview(bytes(content))
-    for at in range(0, len(view), CHUNK):
-        up.write(view[at : at + CHUNK])
-    return up.finish()
+    with Upload(table, attribute, key, filename) as up:
+        view = memoryview(bytes(content))
+        for at in range(0, len(view), CHUNK):
+            up.write(view[at : at + CHUNK])
+        return up.finish()
 
 
 def put_blob(table: str, attribute: str, value, key: Optional[dict] = None) -> dict:

@@ -82,8 +82,12 @@ impl io::Read for Reader {
 
 /// The whole object of `reference`.
 pub fn read(reference: &str) -> Vec<u8> {
-    let size = info(reference).size;
-    let mut out = Vec::with_capacity(size as usize);
+    // Reserved as the object says, within what a 32-bit guest can address; grown past that.
+    let size = usize::try_from(info(reference).size).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    if out.try_reserve_exact(size).is_err() {
+        out.reserve(CHUNK);
+    }
     let mut offset = 0;
     loop {
         let bytes = wit::read(reference, None, offset, CHUNK as u32);

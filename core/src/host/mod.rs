@@ -79,8 +79,15 @@ pub trait Backend: Send + 'static {
     ) -> Result<String, Self::Error>;
     /// A new path for a spool file (the host creates it, and removes it when done).
     fn spool_path(&mut self) -> Result<std::path::PathBuf, Self::Error>;
-    /// Bytes a call may write to spool files in all (PostgreSQL's temp_file_limit), if limited.
+    /// Bytes a call may write to spool files in all, if limited.
     fn spool_limit(&mut self) -> Option<u64>;
+}
+
+/// A guest query's checked statement, and the attributes of its rows that hold object references
+/// (store attributes of the table it reads; none for an expression).
+struct Fetch {
+    statement: Statement,
+    references: Vec<String>,
 }
 
 /// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.
@@ -95,7 +102,7 @@ pub struct Session {
     /// The sha256 of the module that runs (`_job_version`).
     pub version: String,
     tables: Mutex<HashMap<String, Arc<TableInfo>>>,
-    fetches: Mutex<HashMap<FetchKey, Arc<Statement>>>,
+    fetches: Mutex<HashMap<FetchKey, Arc<Fetch>>>,
 }
 
 impl Session {
@@ -150,7 +157,7 @@ impl Session {
         q: Query,
         one: bool,
         key: &Row,
-    ) -> Result<Arc<Statement>, B::Error> {
+    ) -> Result<Arc<Fetch>, B::Error> {
         statements::check_query_text(&q)?;
         let cache_key: FetchKey = (q.relation, q.restrictions, q.attributes, q.order_by, q.limit, one);
         if let Some(f) = lock(&self.fetches).get(&cache_key) {
@@ -165,28 +172,36 @@ impl Session {
             limit: *limit,
         };
         let limit = if one { Some(2) } else { *limit };
-        let statement = match statements::relation_expression(relation)? {
+        let (statement, references) = match statements::relation_expression(relation)? {
             Some(mut expression) => {
                 let compiled =
                     algebra::compile(&mut expression, &mut GuestCatalog { session: self, backend })?;
-                statements::fetch_expression(
+                let statement = statements::fetch_expression(
                     expression.to_string(),
                     &compiled,
                     &self.target,
                     key,
                     &query,
                     limit,
-                )?
+                )?;
+                // An expression's attributes may be computed: none is taken for a reference.
+                (statement, vec![])
             }
             None => {
                 let info = self.table(backend, relation)?;
                 self.scope.check_read(&info.table)?;
-                statements::fetch_table(&info, key, &query, limit)?
+                let references = info
+                    .columns
+                    .iter()
+                    .filter(|c| c.store && (attributes.is_empty() || attributes.contains(&c.name)))
+                    .map(|c| c.name.clone())
+                    .collect();
+                (statements::fetch_table(&info, key, &query, limit)?, references)
             }
         };
-        let statement = Arc::new(statement);
-        lock(&self.fetches).insert(cache_key, statement.clone());
-        Ok(statement)
+        let fetch = Arc::new(Fetch { statement, references });
+        lock(&self.fetches).insert(cache_key, fetch.clone());
+        Ok(fetch)
     }
 }
 
@@ -234,18 +249,19 @@ impl<B: Backend> Database for MakeHost<B> {
     }
 
     fn fetch(&mut self, q: Query, one: bool, budget: usize) -> Result<Vec<Row>, B::Error> {
-        let statement = self.session.fetch_statement(&mut self.backend, q, one, &self.key)?;
+        let fetch = self.session.fetch_statement(&mut self.backend, q, one, &self.key)?;
+        let statement = &fetch.statement;
         let mut args = Vec::with_capacity(statement.params.len());
         for c in &statement.params {
             // Parameters are the key's attributes, by construction.
             let value = self.key.iter().find(|f| f.name == c.name).map(|f| &f.value);
             args.push(value.unwrap_or(&Value::Null));
         }
-        let rows = self.backend.query(&statement, &args, budget)?;
+        let rows = self.backend.query(statement, &args, budget)?;
         if one {
             check_one(&rows, &statement.label, &self.key)?;
         }
-        self.objects.note_rows(&rows);
+        self.objects.note_rows(&rows, &fetch.references);
         Ok(rows)
     }
 
@@ -268,8 +284,13 @@ impl<B: Backend> Database for MakeHost<B> {
         Ok(count)
     }
 
-    fn object_info(&mut self, reference: String, member: Option<String>) -> Result<ObjectInfo, B::Error> {
-        self.info(&reference, member.as_deref())
+    fn object_info(
+        &mut self,
+        reference: String,
+        member: Option<String>,
+        budget: usize,
+    ) -> Result<ObjectInfo, B::Error> {
+        self.info(&reference, member.as_deref(), budget)
     }
 
     fn object_read(

@@ -107,7 +107,7 @@ fn members_of_a_fetched_folder_stay_inside_it() {
     let e = read(&mut h, &reference(TRACE), Some("missing"), 0, 1).unwrap_err();
     assert!(e.message.contains("is not in its store"), "{}", e.message);
 
-    let info = Database::object_info(&mut h, reference(TRACE), None).unwrap();
+    let info = Database::object_info(&mut h, reference(TRACE), None, usize::MAX).unwrap();
     assert_eq!((info.store.as_str(), info.size, info.is_dir), ("local", 10, false));
 }
 
@@ -123,7 +123,9 @@ fn a_folder_object_lists_its_members_from_its_manifest() {
         r#"{"files": [{"path": "a.bin", "size": 3}, {"path": "d/b.bin", "size": 2}], "total_size": 5}"#;
     h.backend.objects.insert((Some("local".into()), format!("{folder}.manifest.json")), manifest.into());
     fetch_recording(&mut h);
-    let info = Database::object_info(&mut h, reference(folder), None).unwrap();
+    let e = Database::object_info(&mut h, reference(folder), None, 100).unwrap_err();
+    assert_eq!(e.kind, Kind::Memory, "a manifest is charged to the guest's memory");
+    let info = Database::object_info(&mut h, reference(folder), None, usize::MAX).unwrap();
     assert!(info.is_dir);
     assert_eq!(info.size, 5);
     assert_eq!(info.members, vec!["a.bin".to_string(), "d/b.bin".into()]);
@@ -233,4 +235,35 @@ fn uploads_share_one_memory_allowance_and_respect_the_spool_limit() {
         upload(&mut h, "Outcome", "value", vec![]).unwrap();
     }
     assert_eq!(upload(&mut h, "Outcome", "value", vec![]).unwrap_err().kind, Kind::Limit);
+}
+
+#[test]
+fn references_count_only_from_a_tables_store_attributes() {
+    let mut h = host();
+    // A plain json column of a readable table holding a reference-shaped value: not a reference.
+    let planted = "_hash/other/aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    h.backend.rows.insert(
+        "\"t\".\"recording\"".into(),
+        vec![vec![
+            field("rec", Value::Int(5)),
+            field("trace", Value::Json(reference(TRACE))),
+            field("notes", Value::Json(reference(planted))),
+        ]],
+    );
+    h.backend.objects.insert((Some("local".into()), planted.into()), vec![1]);
+    fetch_recording(&mut h);
+    assert_eq!(read(&mut h, &reference(planted), None, 0, 1).unwrap_err().kind, Kind::Privilege);
+    assert_eq!(read(&mut h, &reference(TRACE), None, 0, 1).unwrap(), vec![0]);
+
+    // A fetch that leaves the store attribute out makes nothing readable.
+    let mut h = host();
+    let q = Query {
+        relation: "Recording".into(),
+        restrictions: vec![],
+        attributes: vec!["rec".into()],
+        order_by: vec![],
+        limit: None,
+    };
+    Database::fetch(&mut h, q, false, usize::MAX).unwrap();
+    assert_eq!(read(&mut h, &reference(TRACE), None, 0, 1).unwrap_err().kind, Kind::Privilege);
 }

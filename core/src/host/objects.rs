@@ -1,8 +1,9 @@
 //! Objects as a make function reaches them: the rules, whatever store and database are behind.
 //!
-//! A guest reads only objects whose references were in rows it fetched this call (the target's
-//! ancestors, restricted by its key, as the role that asked) or that it uploaded itself: a
-//! reference it makes up is refused, so a make cannot read around its scope by naming a path.
+//! A guest reads only objects whose references were in the store attributes of table rows it
+//! fetched this call (the target's ancestors, restricted by its key, as the role that asked) or
+//! that it uploaded itself: a reference it makes up (or computes in a relation expression) is
+//! refused, so a make cannot read around its scope by naming a path.
 //! Reads are ranges of at most [`MAX_READ`] bytes, each charged to the guest's memory. Uploads go
 //! to the target and its parts only, for rows of the current key; their chunks are kept in
 //! memory up to [`SPOOL_MEMORY`], then in a spool file the backend names, so a large object never
@@ -135,12 +136,18 @@ fn reference_in(text: &str) -> Option<Located> {
 }
 
 impl Objects {
-    /// Records the references in rows the guest fetched: their objects become readable.
-    pub fn note_rows(&mut self, rows: &[Row]) {
+    /// Records the references in rows the guest fetched, in the store attributes `references`
+    /// (values of a table's store columns, never computed ones): their objects become readable.
+    pub fn note_rows(&mut self, rows: &[Row], references: &[String]) {
+        if references.is_empty() {
+            return;
+        }
         for field in rows.iter().flatten() {
             if let Value::Json(text) = &field.value {
-                if let Some(located) = reference_in(text) {
-                    self.readable.insert(located);
+                if references.contains(&field.name) {
+                    if let Some(located) = reference_in(text) {
+                        self.readable.insert(located);
+                    }
                 }
             }
         }
@@ -184,7 +191,12 @@ impl Objects {
 }
 
 impl<B: Backend> MakeHost<B> {
-    pub(super) fn info(&mut self, reference: &str, member: Option<&str>) -> Result<ObjectInfo, B::Error> {
+    pub(super) fn info(
+        &mut self,
+        reference: &str,
+        member: Option<&str>,
+        budget: usize,
+    ) -> Result<ObjectInfo, B::Error> {
         let at = self.objects.locate(reference, member)?;
         let store = self.backend.store_name(at.0.as_deref());
         if let Some(size) = self.objects.size(&mut self.backend, &at)? {
@@ -196,6 +208,15 @@ impl<B: Backend> MakeHost<B> {
             (None, Some(size)) => size,
             _ => return Err(absent(&at.1).into()),
         };
+        // Parsed, a manifest takes several times its size: charged as eight.
+        if size.saturating_mul(8) > budget as u64 {
+            return Err(HostError::new(
+                Kind::Memory,
+                format!("the manifest of folder object {} ({size} bytes) exceeds the make function's memory limit", at.1),
+                "Read the folder's files by member without listing them, or have a superuser raise dj.make_memory_limit.",
+            )
+            .into());
+        }
         if size > MAX_MANIFEST {
             return Err(HostError::new(
                 Kind::Memory,
@@ -359,8 +380,9 @@ impl<B: Backend> MakeHost<B> {
             if self.objects.spooled + spooled as u64 > limit {
                 return Err(HostError::new(
                     Kind::Limit,
-                    format!("the make function's uploads exceed the temporary file limit ({limit} bytes)"),
-                    "Uploads past 8 MiB are spooled to temporary files, which temp_file_limit bounds.",
+                    format!("the make function's uploads exceed the spool limit ({limit} bytes)"),
+                    "Uploads past 8 MiB are spooled to temporary files, which dj.make_upload_limit and \
+                     temp_file_limit bound.",
                 )
                 .into());
             }

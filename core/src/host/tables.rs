@@ -13,9 +13,17 @@ pub struct Column {
     /// by it.
     pub type_id: u32,
     pub in_key: bool,
+    /// A store attribute (`<blob@store>`, ...): its values are object references.
+    pub store: bool,
 }
 
 impl Column {
+    /// A statement parameter of type `type_id` that is no column of the table (an error message,
+    /// a duration).
+    pub fn parameter(name: &str, type_id: u32) -> Column {
+        Column { name: name.into(), type_name: String::new(), type_id, in_key: false, store: false }
+    }
+
     /// Hidden attributes (`_job_version`, ...) are written by the host, never by a guest.
     pub fn hidden(&self) -> bool {
         self.name.starts_with('_')

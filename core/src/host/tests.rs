@@ -29,7 +29,12 @@ pub(super) struct Memory {
 }
 
 fn column(name: &str, type_name: &str, in_key: bool) -> Column {
-    Column { name: name.into(), type_name: type_name.into(), type_id: 0, in_key }
+    Column { name: name.into(), type_name: type_name.into(), type_id: 0, in_key, store: false }
+}
+
+/// A store attribute: its values are object references.
+fn store_column(name: &str) -> Column {
+    Column { store: true, ..column(name, "jsonb", false) }
 }
 
 fn text(s: &str) -> Value {
@@ -63,7 +68,10 @@ impl Memory {
                 ],
             ),
             t("other", vec![column("case_id", "integer", true)]),
-            t("recording", vec![column("rec", "integer", true), column("trace", "jsonb", false)]),
+            t(
+                "recording",
+                vec![column("rec", "integer", true), store_column("trace"), column("notes", "jsonb", false)],
+            ),
             t(
                 "__outcome__part",
                 vec![

@@ -1,10 +1,12 @@
 //! Reading and writing a store's objects through `object_store`.
 //!
 //! File stores run their I/O on the calling thread: `object_store`'s local file system only moves
-//! blocking calls to threads when a tokio runtime is current, and none is here, so a backend
-//! starts no thread for them (and its signal handling stays as PostgreSQL expects). S3 stores
-//! run on a current-thread tokio runtime of the process, driven by the calling thread with every
-//! signal blocked while it waits, so the threads tokio starts (name resolution) block them too.
+//! blocking calls to threads when a tokio runtime is current (a make call enters WASI's); every
+//! call runs with every signal blocked, so any thread started meanwhile blocks them too and a
+//! backend's signal handling stays as PostgreSQL expects. S3 stores run on a tokio runtime of the
+//! process with one worker thread (started with signals blocked), driven by the calling thread
+//! with every signal blocked while it waits; the worker sends upload parts while the caller
+//! reads the next one.
 
 use std::future::Future;
 use std::io::Read;
@@ -79,8 +81,8 @@ fn io(what: &str, key: &str, e: object_store::Error) -> StoreError {
     }
 }
 
-/// The part size of streamed writes and the chunk size of streamed reads: S3 wants parts of 5
-/// MiB or more, and a backend holds one at a time.
+/// The part size of streamed writes: S3 wants parts of 5 MiB or more; a backend holds one (a
+/// file store) or up to [`PARTS_IN_FLIGHT`] + 1 (S3) at a time.
 pub const PART: usize = 8 << 20;
 
 /// Bytes a file store's object is read by in [`Store::get_into`]: small enough that a chunk is
@@ -151,12 +153,14 @@ impl Store {
         Ok(Store { name: name.to_string(), spec: spec.clone(), inner, networked, signer, root: root_folder })
     }
 
-    /// Runs one I/O future to completion on the calling thread.
+    /// Runs one I/O future to completion on the calling thread, with every signal blocked: a
+    /// file store's I/O goes to the blocking pool of whatever tokio runtime is entered (a make
+    /// call enters WASI's), and a thread that pool starts inherits the caller's signal mask.
     fn run<F: Future>(&self, f: F) -> F::Output {
         if self.networked {
             threads::with_signals_blocked(|| runtime().block_on(f))
         } else {
-            futures::executor::block_on(f)
+            threads::with_signals_blocked(|| futures::executor::block_on(f))
         }
     }
 
@@ -180,8 +184,8 @@ impl Store {
         self.run(self.inner.put(&p, PutPayload::from(content))).map(|_| ()).map_err(|e| io("write", key, e))
     }
 
-    /// Writes an object from `reader` in parts of [`PART`] bytes (a multipart upload: one part
-    /// is held at a time), showing each part to `seen` first; returns the bytes written. Readers
+    /// Writes an object from `reader` in parts of [`PART`] bytes (a multipart upload; S3 parts
+    /// are sent while the next is read), showing each part to `seen` first; returns the bytes written. Readers
     /// see the object only once it is whole; a failed upload leaves nothing at `key`. The reader
     /// runs between parts, outside the store's I/O (signals are not blocked there): a reader
     /// that fails stops the upload.
@@ -219,7 +223,7 @@ impl Store {
                 total += n as u64;
                 let sending = upload.put_part(PutPayload::from(part));
                 if self.networked {
-                    in_flight.push_back(runtime().spawn(sending));
+                    in_flight.push_back(threads::with_signals_blocked(|| runtime().spawn(sending)));
                     while in_flight.len() >= PARTS_IN_FLIGHT {
                         self.sent(in_flight.pop_front().expect("a part"), key)?;
                     }
@@ -234,7 +238,9 @@ impl Store {
         let mut outcome = upload_parts();
         while let Some(part) = in_flight.pop_front() {
             if outcome.is_err() {
+                // Stopped and waited for, so no part lands after the upload is aborted.
                 part.abort();
+                let _ = self.run(part);
             } else {
                 outcome = self.sent(part, key);
             }

@@ -36,6 +36,7 @@ pub fn describe(name: &Table) -> DjResult<TableInfo> {
     let columns = catalog::typed_columns(name)?
         .into_iter()
         .map(|(c, type_oid)| host::Column {
+            store: crate::objects::is_store_column(c.comment.as_deref()),
             name: c.name,
             type_name: c.sql_type,
             type_id: type_oid.to_u32(),
@@ -136,8 +137,9 @@ impl Backend for SpiBackend {
 
     fn spool_limit(&mut self) -> Option<u64> {
         // SAFETY: a plain read of a GUC variable (kB; -1: no limit).
-        let kb = unsafe { pg_sys::temp_file_limit };
-        (kb >= 0).then(|| kb as u64 * 1024)
+        let temp_file_limit = unsafe { pg_sys::temp_file_limit };
+        let own = crate::gucs::MAKE_UPLOAD_LIMIT.get() as u64 * 1024;
+        Some(if temp_file_limit >= 0 { own.min(temp_file_limit as u64 * 1024) } else { own })
     }
 }
 

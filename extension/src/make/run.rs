@@ -71,12 +71,7 @@ impl<'p> Run<'p> {
         let names: Vec<String> = key.iter().map(|c| c.name.clone()).collect();
         let statement =
             |sql: String, params: Vec<core_host::Column>| Statement { label: jobs.qualified(), sql, params };
-        let text = |name: &str, type_id: pg_sys::Oid| core_host::Column {
-            name: name.into(),
-            type_name: String::new(),
-            type_id: type_id.to_u32(),
-            in_key: false,
-        };
+        let text = |name: &str, type_id: pg_sys::Oid| core_host::Column::parameter(name, type_id.to_u32());
         let mut record_params = key.clone();
         record_params.extend([
             text("error_message", pg_sys::TEXTOID),

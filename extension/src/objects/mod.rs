@@ -172,6 +172,13 @@ pub fn store_columns() -> DjResult<Vec<StoreColumn>> {
         .collect())
 }
 
+/// Whether a column with this comment is a store attribute (its declared type, as declare
+/// parses it, names a store).
+pub fn is_store_column(comment: Option<&str>) -> bool {
+    let declared = comment.and_then(split_type_comment).map(|(t, _)| t);
+    matches!(declared.map(AttributeType::parse), Some(Ok(AttributeType::Codec { store: Some(_), .. })))
+}
+
 /// The codec and store of a table's store column.
 pub fn column_codec(table: &Table, attribute: &str) -> DjResult<(Codec, String)> {
     let columns = catalog::columns(table)?;

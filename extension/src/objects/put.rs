@@ -38,13 +38,15 @@ pub fn put(
         Content::File(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
         Content::Bytes(_) => None,
     };
-    put_into(&table, attribute, content, filename, source_name, &|| schema::key_of(&table, key))
+    put_into(&table, attribute, content, filename, source_name, &|| schema::key_of(&table, key), true)
 }
 
 /// Stores `content` for `attribute` of `table` (which the caller may write) and returns the
 /// reference to insert. `source_name`: the name of the file the content comes from (an
 /// attachment's name and an object's extension when `filename` gives none); `key`: the row's
-/// primary key, asked for schema-addressed objects only.
+/// primary key, asked for schema-addressed objects only. `decode_blob`: whether `<blob@>` bytes
+/// are decoded to check them (a caller's own bytea) or only their header (a make function's: what
+/// a compressed blob inflates to is bounded by no limit of the guest's).
 pub fn put_into(
     table: &Table,
     attribute: &str,
@@ -52,6 +54,7 @@ pub fn put_into(
     filename: Option<&str>,
     source_name: Option<String>,
     key: &dyn Fn() -> DjResult<Vec<(String, schema_path::KeyValue)>>,
+    decode_blob: bool,
 ) -> DjResult<JsonB> {
     let (codec, store_name) = super::column_codec(table, attribute)?;
     // An attachment from a file keeps the file's name unless told otherwise.
@@ -113,8 +116,14 @@ pub fn put_into(
         }
         (codec, Content::Bytes(bytes)) => {
             let stored = match (codec, filename.as_deref()) {
-                (Codec::Blob, _) => {
+                (Codec::Blob, _) if decode_blob => {
                     blob::unpack(bytes)?;
+                    bytes.to_vec()
+                }
+                (Codec::Blob, _) => {
+                    if !blob::looks_like_blob(bytes) {
+                        return Err(not_a_blob("the content"));
+                    }
                     bytes.to_vec()
                 }
                 (Codec::Attach, Some(name)) => address::attachment(name, bytes)?,
@@ -130,11 +139,7 @@ pub fn put_into(
                     let mut head = [0u8; 6];
                     let n = file.read(&mut head).map_err(|e| file_error("read", &p, e))?;
                     if !blob::looks_like_blob(&head[..n]) {
-                        return Err(DjError::new(
-                            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
-                            format!("{} does not hold a blob (no mYm, dj0 or ZL123 header)", p.display()),
-                            "A <blob@store> attribute takes DataJoint's serialization; store other files in <attach@store> or <hash@store>.",
-                        ));
+                        return Err(not_a_blob(&p.display().to_string()));
                     }
                     file.rewind().map_err(|e| file_error("read", &p, e))?;
                     vec![]
@@ -195,6 +200,14 @@ fn write(store: &Store, path: &str, content: Content) -> DjResult<u64> {
             Ok(written?)
         }
     }
+}
+
+fn not_a_blob(what: &str) -> DjError {
+    DjError::new(
+        PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+        format!("{what} does not hold a blob (no mYm, dj0 or ZL123 header)"),
+        "A <blob@store> attribute takes DataJoint's serialization; store other files in <attach@store> or <hash@store>.",
+    )
 }
 
 /// Opens a server file for reading (not a folder).

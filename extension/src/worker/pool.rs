@@ -428,12 +428,7 @@ impl<'p> PoolRun<'p> {
     fn new(h: Handle, group: Handle, spec: Spec, inner: Run<'p>, source: &Source) -> PoolRun<'p> {
         let jobs = inner.jobs().clone();
         let key: Vec<core_host::Column> = inner.session().target.key().into_iter().cloned().collect();
-        let text = |name: &str, type_id: pg_sys::Oid| core_host::Column {
-            name: name.into(),
-            type_name: String::new(),
-            type_id: type_id.to_u32(),
-            in_key: false,
-        };
+        let text = |name: &str, type_id: pg_sys::Oid| core_host::Column::parameter(name, type_id.to_u32());
         let statement =
             |sql: String, params: Vec<core_host::Column>| Statement { label: jobs.qualified(), sql, params };
         let mut retry_params = key.clone();

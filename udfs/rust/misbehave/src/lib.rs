@@ -39,6 +39,7 @@
 //! | `parts` | inserts `value = n` and `n` rows into the part `Outcome.Detail` (`detail` 0..n), master and parts in one make |
 //! | `object-forge` | reads an object by a reference it made up (not in any row it fetched) |
 //! | `object-foreign` | uploads an object for `Case`, which is not the target |
+//! | `object-expr` | computes a reference in a relation expression over `Case` and reads it |
 
 use datajoint_make::{fetch, fetch1, insert1, log, objects, row, Key, Make, Query, Value};
 use std::hint::black_box;
@@ -149,6 +150,12 @@ impl Make for Misbehave {
             "object-forge" => {
                 let forged = r#"{"path": "_hash/secret/aaaaaaaaaaaaaaaaaaaaaaaaaa", "store": "local"}"#;
                 objects::read(forged);
+            }
+            "object-expr" => {
+                let forged = fetch1(Query::new(
+                    "proj(Case, 'r = CAST(''{\"path\": \"_hash/secret/aaaaaaaaaaaaaaaaaaaaaaaaaa\", \"store\": \"local\"}'' AS jsonb)')",
+                ));
+                objects::read(&forged.reference("r")?);
             }
             "object-foreign" => {
                 objects::put("Case", "mode", &key, None, b"x");
