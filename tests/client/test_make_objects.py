@@ -132,19 +132,14 @@ def test_a_large_object_is_streamed_and_spooled(python):
         shutil.chown(spool_dir, "postgres", "postgres")
     stale = spool_dir / f"pgsql_tmp{db.info.backend_pid}.dj_upload7"
     stale.write_bytes(b"left by a backend that died")
-    # temp_file_limit bounds what a make spools (PostgreSQL's own limit on temporary files).
-    db.execute("SET temp_file_limit = '4MB'")
-    try:
-        with pytest.raises(errors.ConfigurationLimitExceeded, match="exceed the spool limit"):
-            populate(db, "TraceStats", restriction="'trace_id = 2'")
-    finally:
-        db.execute("RESET temp_file_limit")
-    db.execute("SET dj.make_upload_limit = '4MB'")
-    try:
-        with pytest.raises(errors.ConfigurationLimitExceeded, match="dj.make_upload_limit"):
-            populate(db, "TraceStats", restriction="'trace_id = 2'")
-    finally:
-        db.execute("RESET dj.make_upload_limit")
+    # PostgreSQL's own limit on temporary files, and ours, bound what a make spools.
+    for setting in ("temp_file_limit", "dj.make_upload_limit"):
+        db.execute(f"SET {setting} = '4MB'")
+        try:
+            with pytest.raises(errors.ConfigurationLimitExceeded, match="exceed the spool limit"):
+                populate(db, "TraceStats", restriction="'trace_id = 2'")
+        finally:
+            db.execute(f"RESET {setting}")
     assert populate(db, "TraceStats", restriction="'trace_id = 2'")[:2] == (1, 0)
     row = (python.TraceStats & "trace_id = 2").fetch1()
     np.testing.assert_allclose(row["centered"], trace - trace.mean(), atol=1e-12)

@@ -87,12 +87,24 @@ impl Value {
     pub fn int(v: i128) -> Value {
         let magnitude_bits = 128 - v.unsigned_abs().leading_zeros() as usize;
         let n = magnitude_bits / 8 + 1;
-        Value::Int(v.to_le_bytes()[..n.min(16)].to_vec())
+        // Up to 17 bytes (i128::MIN's magnitude needs 128 bits): sign-extended past the 16.
+        let mut bytes = v.to_le_bytes().to_vec();
+        bytes.resize(n, if v < 0 { 0xff } else { 0 });
+        Value::Int(bytes)
     }
 
     /// The int's value when it fits in an i128.
-    pub fn as_i128(bytes: &[u8]) -> Option<i128> {
-        if bytes.is_empty() || bytes.len() > 16 {
+    pub fn as_i128(mut bytes: &[u8]) -> Option<i128> {
+        // Bytes past the 16th that only extend the sign (i128::MIN takes 17) say nothing more.
+        while bytes.len() > 16 {
+            let (last, rest) = bytes.split_last()?;
+            let sign = if rest[rest.len() - 1] & 0x80 != 0 { 0xff } else { 0 };
+            if *last != sign {
+                return None;
+            }
+            bytes = rest;
+        }
+        if bytes.is_empty() {
             return None;
         }
         let fill = if bytes[bytes.len() - 1] & 0x80 != 0 { 0xff } else { 0 };

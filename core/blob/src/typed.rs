@@ -69,6 +69,28 @@ mod tests {
     }
 
     #[test]
+    fn ints_take_as_many_bytes_as_datajoint_python_gives_them() {
+        // Python: n.bit_length() // 8 + 1 bytes, little-endian two's complement.
+        let bytes = |v: i128| match Value::int(v) {
+            Value::Int(b) => b,
+            _ => unreachable!(),
+        };
+        assert_eq!(bytes(0), vec![0]);
+        assert_eq!(bytes(255), vec![255, 0]);
+        assert_eq!(bytes(-300), vec![0xd4, 0xfe]);
+        assert_eq!(bytes(i128::MAX).len(), 16);
+        let min = bytes(i128::MIN);
+        assert_eq!(min.len(), 17);
+        assert_eq!(min[16], 0xff);
+        assert_eq!(Value::as_i128(&min), Some(i128::MIN));
+        assert_eq!(
+            Value::as_i128(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0]),
+            None,
+            "2^127 does not fit"
+        );
+    }
+
+    #[test]
     fn large_arrays_compress_and_decode_with_either_zlib() {
         let ramp: Vec<i32> = (0..100_000).map(|i| i % 1000).collect();
         let bytes = pack(&Value::Array(Array::from_values(vec![100_000, 1], &ramp).unwrap())).unwrap();

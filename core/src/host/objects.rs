@@ -29,7 +29,7 @@ pub const MAX_READ: u32 = 16 << 20;
 /// files.
 pub const SPOOL_MEMORY: usize = 8 << 20;
 
-/// Uploads a call may have open at once (each may hold a spool file open).
+/// Uploads a call may have open at once.
 pub const MAX_UPLOADS: usize = 64;
 
 /// Manifests of folder objects larger than this are refused (a manifest lists file names).
@@ -84,8 +84,9 @@ impl Drop for SpoolFile {
 
 enum Spool {
     Memory(Vec<u8>),
-    // The file is declared first so that it closes before the path is removed.
-    File(std::fs::File, SpoolFile),
+    /// Opened for each chunk and closed after, so that open uploads hold no file descriptor (the
+    /// backend's are PostgreSQL's to count).
+    File(SpoolFile),
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> HostError {
@@ -401,16 +402,18 @@ impl<B: Backend> MakeHost<B> {
                 file.write_all(held).map_err(|e| io_error("write", guard.path(), e))?;
                 objects.in_memory -= held.len();
             }
-            upload.spool = Spool::File(file, guard);
+            upload.spool = Spool::File(guard);
         }
         match &mut upload.spool {
             Spool::Memory(held) => {
                 held.extend_from_slice(&chunk);
                 objects.in_memory += chunk.len();
             }
-            Spool::File(file, guard) => {
-                file.write_all(&chunk).map_err(|e| io_error("write", guard.path(), e))?
-            }
+            Spool::File(guard) => std::fs::OpenOptions::new()
+                .append(true)
+                .open(guard.path())
+                .and_then(|mut file| file.write_all(&chunk))
+                .map_err(|e| io_error("write", guard.path(), e))?,
         }
         Ok(())
     }
@@ -421,11 +424,7 @@ impl<B: Backend> MakeHost<B> {
             self.objects.forget(n).expect("checked above");
         let content = match spool {
             Spool::Memory(bytes) => Content::Bytes(bytes),
-            Spool::File(mut file, guard) => {
-                file.flush().map_err(|e| io_error("write", guard.path(), e))?;
-                drop(file);
-                Content::File(guard)
-            }
+            Spool::File(guard) => Content::File(guard),
         };
         let reference = self.backend.object_put(&table, &attribute, &key, filename.as_deref(), content)?;
         if let Some(located) = reference_in(&reference) {
