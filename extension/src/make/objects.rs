@@ -60,13 +60,13 @@ pub fn put(
         given.insert(f.name.clone(), json);
     }
     let given = JsonB(Json::Object(given));
-    let table = put::writable(&table.qualified())?;
+    put::check_writable(table)?;
     let content = match &content {
         Content::Bytes(b) => put::Content::Bytes(b),
         Content::File(f) => put::Content::File(f.path().to_path_buf()),
     };
-    let key_values = || schema::key_of(&table, Some(&given));
-    let reference = put::put_into(&table, attribute, content, filename, None, &key_values, false)?;
+    let key_values = || schema::key_of(table, Some(&given));
+    let reference = put::put_into(table, attribute, content, filename, None, &key_values, false)?;
     Ok(reference.0.to_string())
 }
 

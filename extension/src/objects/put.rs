@@ -226,6 +226,12 @@ fn open_file(p: &std::path::Path) -> DjResult<std::fs::File> {
 /// The table, once the caller is found to may write it.
 pub fn writable(table: &str) -> DjResult<Table> {
     let table = catalog::resolve(table)?;
+    check_writable(&table)?;
+    Ok(table)
+}
+
+/// Refuses a table the caller may neither insert into nor update.
+pub fn check_writable(table: &Table) -> DjResult<()> {
     let may = catalog::read_one::<bool>(
         "SELECT pg_catalog.has_table_privilege($1, 'INSERT') OR pg_catalog.has_table_privilege($1, 'UPDATE')",
         &[table.qualified().into()],
@@ -238,7 +244,7 @@ pub fn writable(table: &str) -> DjResult<Table> {
             "Objects are stored for tables the role may insert into or update.",
         ));
     }
-    Ok(table)
+    Ok(())
 }
 
 /// Refuses a codec objects cannot be stored for, and a file name where it makes no sense.
