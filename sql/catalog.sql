@@ -55,10 +55,11 @@ CREATE TABLE dj.makes (
     set_at      timestamptz NOT NULL DEFAULT now(),
     set_by      name NOT NULL DEFAULT current_user,
     sha256      text NOT NULL,
+    fresh_instance boolean NOT NULL DEFAULT false,
     PRIMARY KEY (schema_name, table_name),
     CONSTRAINT makes_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256)
 );
-COMMENT ON TABLE dj.makes IS 'The make function of each Computed or Imported table: the module version (sha256) its owner bound with dj.set_make.';
+COMMENT ON TABLE dj.makes IS 'The make function of each Computed or Imported table: the module version (sha256) its owner bound with dj.set_make, and whether each key gets a fresh instance of it (fresh_instance).';
 
 ALTER TABLE dj.makes ENABLE ROW LEVEL SECURITY;
 CREATE POLICY read_all ON dj.makes FOR SELECT USING (true);

@@ -33,7 +33,8 @@ UPDATE dj.makes k SET sha256 = m.sha256 FROM dj.modules m WHERE m.name OPERATOR(
 ALTER TABLE dj.makes ALTER COLUMN sha256 SET NOT NULL;
 ALTER TABLE dj.makes ADD CONSTRAINT makes_sha256_fkey FOREIGN KEY (sha256) REFERENCES dj.module_versions (sha256);
 DROP POLICY owner_writes ON dj.makes;
-COMMENT ON TABLE dj.makes IS 'The make function of each Computed or Imported table: the module version (sha256) its owner bound with dj.set_make.';
+ALTER TABLE dj.makes ADD COLUMN fresh_instance boolean NOT NULL DEFAULT false;
+COMMENT ON TABLE dj.makes IS 'The make function of each Computed or Imported table: the module version (sha256) its owner bound with dj.set_make, and whether each key gets a fresh instance of it (fresh_instance).';
 
 -- Names point at versions; their bytes live in the versions.
 ALTER TABLE dj.modules DROP COLUMN component;
@@ -86,7 +87,6 @@ REVOKE ALL ON FUNCTION dj.register_module(text, bytea) FROM PUBLIC;
 COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make function: a WebAssembly component of world datajoint:make/make; compiles it once and returns its sha256. Not executable by PUBLIC: grant EXECUTE to the roles that may add code.';
 COMMENT ON FUNCTION dj.drop(text, text) IS
   'Drop a table and every table downstream of it, parts with their master, with their ~lineage rows, jobs tables and unused enum types. Returns the dropped tables.';
-COMMENT ON FUNCTION dj.set_make(text, text) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); table owner only.';
 
 CREATE FUNCTION dj."unregister_module"(
 	"name" TEXT /* &str */
@@ -814,3 +814,16 @@ COMMENT ON FUNCTION dj.drop_store(text) IS 'Removes a store from the catalog (it
 COMMENT ON FUNCTION dj.grant_store(text, text) IS 'Lets a role (or PUBLIC) write and read the objects of a store (its owner or a superuser).';
 COMMENT ON FUNCTION dj.revoke_store(text, text) IS 'Takes back dj.grant_store.';
 COMMENT ON FUNCTION dj.store_config(text) IS 'The "stores" block of datajoint-python''s datajoint.json for a store, or for every store the caller may use (with "default"): locations resolved, no secrets.';
+
+-- dj.set_make(table, module, fresh_instance): after dj._auto_populate exists (dropping a function
+-- fires the event trigger that reads it).
+DROP FUNCTION dj.set_make(text, text);
+CREATE FUNCTION dj."set_make"(
+	"table" TEXT, /* & str */
+	"module" TEXT, /* & str */
+	"fresh_instance" bool DEFAULT false /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_make_wrapper';
+COMMENT ON FUNCTION dj.set_make(text, text, boolean) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); with fresh_instance, every key gets a fresh instance of the code instead of one instance serving the keys of a run in turn; table owner only.';

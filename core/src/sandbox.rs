@@ -441,6 +441,20 @@ pub fn guarded_store<T: Guarded>(mut data: T) -> Result<Store<T>, SandboxError> 
     Ok(store)
 }
 
+/// Renews `store`'s limits for another call of the instance it holds: a deadline counted from
+/// now, the fuel budget whole again, nothing recorded from the last call. The memory its instance
+/// holds stays counted.
+pub fn renew<T: Guarded>(store: &mut Store<T>, limits: &Limits) -> Result<(), SandboxError> {
+    let g = store.data_mut().guard();
+    g.limits = *limits;
+    g.deadline = limits.timeout.map(|t| Instant::now() + t);
+    g.stopped = None;
+    g.memory_requested = None;
+    store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| SandboxError::Internal(format!("{e:#}")))?;
+    store.set_epoch_deadline(1);
+    Ok(())
+}
+
 /// Turns a failed call into the reason the user should see. The host's own records (deadline,
 /// cancel, memory cap) take precedence over the trap code they caused.
 pub(crate) fn classify(err: wasmtime::Error, guard: &Guard) -> SandboxError {

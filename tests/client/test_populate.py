@@ -165,3 +165,106 @@ def test_our_populate_fills_a_pipeline_datajoint_python_declared(pipeline, dj_co
     assert pipeline.execute(f"SELECT count(*) FROM dj.stale('{theirs}.SpikeRate')").fetchone()[0] == 0
     pipeline.execute(f"DELETE FROM dj.makes WHERE schema_name = '{theirs}'")
     schema.drop(prompt=False)
+
+
+def outcome_values(c, low):
+    return dict(c.execute(f"SELECT case_id, value FROM {SCHEMA}.__outcome WHERE case_id >= %s ORDER BY 1", (low,)).fetchall())
+
+
+def test_one_instance_serves_the_keys_of_a_run_and_a_failed_key_replaces_it(pipeline):
+    """As a datajoint-python process keeps its objects between keys, one instance of the make
+    serves a run's keys in turn (misbehave's `count` inserts how many makes its instance ran); a
+    trap or an error spends the instance (the next key gets a fresh one); a new run, a pool worker
+    and a binding with fresh_instance => true start fresh."""
+    c = pipeline
+    modes = {901: "count", 902: "count", 903: "count", 904: "trap", 905: "count", 906: "count",
+             907: "err", 908: "count"}
+    with c.cursor() as cur:
+        cur.executemany(f"INSERT INTO {SCHEMA}.case VALUES (%s, %s, 0)", list(modes.items()))
+    populate = f"SELECT * FROM dj.populate('{SCHEMA}.Outcome', 'case_id >= 900', suppress_errors => true, \"order\" => 'original')"
+    assert c.execute(populate).fetchone() == (6, 2, 2)
+    assert outcome_values(c, 900) == {901: 1, 902: 2, 903: 3, 905: 1, 906: 2, 908: 1}
+    # A new run (in the same backend) starts with a fresh instance.
+    c.execute(f"DELETE FROM {SCHEMA}.__outcome WHERE case_id IN (901, 902)")
+    c.execute(f"UPDATE {SCHEMA}.case SET mode = 'ok' WHERE case_id IN (904, 907)")
+    c.execute(f'DELETE FROM {SCHEMA}."~~outcome"')
+    assert c.execute(populate).fetchone() == (4, 0, 0)
+    got = outcome_values(c, 900)
+    assert (got[901], got[902]) == (1, 2) and (got[904], got[907]) == (0, 0)
+    # A pool worker keeps its instance too.
+    c.execute(f"DELETE FROM {SCHEMA}.__outcome WHERE case_id >= 900")
+    c.execute(f"UPDATE {SCHEMA}.case SET mode = 'count' WHERE case_id >= 900")
+    assert c.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Outcome', 'case_id >= 900', workers => 1)").fetchone() == (8, 0, 0)
+    assert sorted(outcome_values(c, 900).values()) == list(range(1, 9))
+    # A binding may ask for a fresh instance per key.
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.Outcome', 'misbehave', fresh_instance => true)")
+    assert c.execute(f"SELECT fresh_instance FROM dj.makes WHERE table_name = '__outcome'").fetchone() == (True,)
+    c.execute(f"DELETE FROM {SCHEMA}.__outcome WHERE case_id >= 900")
+    for workers in ["NULL", "1"]:
+        assert c.execute(f"SELECT * FROM dj.populate('{SCHEMA}.Outcome', 'case_id >= 900', workers => {workers})").fetchone() == (8, 0, 0)
+        assert set(outcome_values(c, 900).values()) == {1}
+        c.execute(f"DELETE FROM {SCHEMA}.__outcome WHERE case_id >= 900")
+    c.execute(f"SELECT dj.set_make('{SCHEMA}.Outcome', 'misbehave')")
+    assert c.execute(f"SELECT fresh_instance FROM dj.makes WHERE table_name = '__outcome'").fetchone() == (False,)
+    c.execute(f"DELETE FROM {SCHEMA}.case WHERE case_id >= 900")
+
+
+@pytest.mark.parametrize("order", ["original", "reverse"])
+def test_keys_read_in_batches_get_their_own_rows(pipeline, server_log, order):
+    """After the first few keys, the queries a make asks are read for a whole batch of keys in one
+    statement, and the batch's rows are written in one INSERT: every key still gets exactly its
+    own row. A key failing in the middle of a batch (an error, rows inserted then an error) keeps
+    none of its rows; a key whose rows fail only when written (a duplicate row) fails alone, and
+    the batch's other keys are kept; each failure is recorded."""
+    c = connect()
+    # auto_explain logs the statements the make's calls run.
+    c.execute("LOAD 'auto_explain'")
+    c.execute("SET auto_explain.log_min_duration = 0")
+    c.execute("SET auto_explain.log_nested_statements = on")
+    failing = {17: "err", 30: "dup", 40: "partial"}
+    with c.cursor() as cur:
+        cur.executemany(f"INSERT INTO {SCHEMA}.case VALUES (%s, %s, %s)",
+                        [(1000 + i, failing.get(i, "ok"), 3 * i) for i in range(60)])
+    populate = f"SELECT * FROM dj.populate('{SCHEMA}.Outcome', 'case_id >= 1000', suppress_errors => true, \"order\" => '{order}')"
+    assert c.execute(populate).fetchone() == (57, 3, 3)
+    assert outcome_values(c, 1000) == {1000 + i: 6 * i for i in range(60) if i not in failing}
+    errors = dict(c.execute(f'SELECT case_id, error_message FROM {SCHEMA}."~~outcome" WHERE status = \'error\'').fetchall())
+    assert sorted(errors) == [1017, 1030, 1040]
+    assert "case 1017 refused" in errors[1017] and "duplicate key value" in errors[1030]
+    assert "gave up after inserting" in errors[1040]
+    log = server_log()
+    # The first 8 keys read their own rows; the other 52 were read in one statement. The rows of
+    # the first 8 were written in one INSERT (auto_explain logs statements that finish); the other
+    # keys' rows were tried in one, which failed, then written key by key.
+    assert log.count("Query Text: SELECT k.dj_key_ordinal, s.*") == 1
+    assert log.count('Query Text: SELECT "mode", "n" FROM') == 8
+    insert = 'Query Text: INSERT INTO "client_populate"."__outcome" ("case_id", "value", "_job_start_time", "_job_duration", "_job_version") '
+    assert log.count(insert + "SELECT * FROM ROWS FROM") == 1
+    assert log.count(insert + "VALUES") >= 49
+    c.execute(f"DELETE FROM {SCHEMA}.__outcome WHERE case_id >= 1000")
+    c.execute(f'DELETE FROM {SCHEMA}."~~outcome"')
+    c.execute(f"DELETE FROM {SCHEMA}.case WHERE case_id >= 1000")
+    c.close()
+
+
+def test_keys_of_several_attributes_read_and_write_in_batches(pipeline, server_log):
+    """The same for a key of two attributes (int32, int16): arrays of each."""
+    c = connect()
+    c.execute("LOAD 'auto_explain'")
+    c.execute("SET auto_explain.log_min_duration = 0")
+    c.execute("SET auto_explain.log_nested_statements = on")
+    c.execute(f"INSERT INTO {SCHEMA}.subject VALUES (7)")
+    c.execute(f"INSERT INTO {SCHEMA}.session SELECT 7, s FROM generate_series(1, 40) s")
+    c.execute(f"INSERT INTO {SCHEMA}._recording SELECT 7, s, s, 10 * s * s FROM generate_series(1, 40) s")
+    assert c.execute(f"SELECT * FROM dj.populate('{SCHEMA}.SpikeRate', 'subject_id = 7')").fetchone() == (40, 0, 0)
+    rates = c.execute(f"SELECT session, mean_rate FROM {SCHEMA}.__spike_rate WHERE subject_id = 7 ORDER BY 1").fetchall()
+    assert rates == [(s, 10.0 * s) for s in range(1, 41)]
+    log = server_log()
+    assert log.count("Query Text: SELECT k.dj_key_ordinal, s.*") == 1, log
+    assert log.count('Query Text: INSERT INTO "client_populate"."__spike_rate" ("subject_id", "session", "mean_rate", '
+                     '"_job_start_time", "_job_duration", "_job_version") SELECT * FROM ROWS FROM') == 2
+    c.execute(f"DELETE FROM {SCHEMA}.__spike_rate WHERE subject_id = 7")
+    c.execute(f"DELETE FROM {SCHEMA}._recording WHERE subject_id = 7")
+    c.execute(f"DELETE FROM {SCHEMA}.session WHERE subject_id = 7")
+    c.execute(f"DELETE FROM {SCHEMA}.subject WHERE subject_id = 7")
+    c.close()

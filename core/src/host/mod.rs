@@ -16,6 +16,7 @@ use crate::algebra::{self, AlgebraError, Catalog};
 use crate::dependencies::Table;
 use crate::make::{Database, Level, ObjectInfo, Query, Row, Value};
 
+mod batch;
 mod error;
 #[cfg(test)]
 mod object_tests;
@@ -26,10 +27,14 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
+pub use batch::{Batchable, Prefetched, PREFETCH_BUDGET};
 pub use error::{failure, truncated, HostError, Kind, GUEST_MESSAGE, STDERR_TAIL};
 pub use objects::{key_value, Content, Objects, SpoolFile, MAX_READ, MAX_UPLOADS, SPOOL_MEMORY};
 pub use scope::{Lookup, Scope};
-pub use statements::{check_one, insert_row, nul_error, JobMetadata, Statement};
+pub use statements::{
+    check_one, insert_many_sql, insert_row, insert_statement, insert_values, nul_error, JobMetadata,
+    Statement, KEY_ORDINAL,
+};
 pub use tables::{Column, TableInfo};
 
 /// What a host needs from the database: names, descriptions, and running statements as the role
@@ -53,8 +58,24 @@ pub trait Backend: Send + 'static {
         args: &[&Value],
         budget: usize,
     ) -> Result<Vec<Row>, Self::Error>;
+    /// The rows of a statement that reads for many keys at once (see [`Session::prefetch`]):
+    /// parameter `i` takes the array of the values `args[i]`, elements of `statement.params[i]`'s
+    /// type; at most `budget` bytes of rows, as [`Backend::query`].
+    fn query_keys(
+        &mut self,
+        statement: &Statement,
+        args: &[Vec<&Value>],
+        budget: usize,
+    ) -> Result<Vec<Row>, Self::Error>;
     /// Runs a statement for its effect.
     fn execute(&mut self, statement: &Statement, args: &[&Value]) -> Result<(), Self::Error>;
+    /// Inserts a guest's row into `table` (`statement` is its single-row INSERT). A backend may
+    /// hold the row back and write the rows of many keys together later (see
+    /// [`crate::populate::KeyRun::flush`]), once it has checked the values as the INSERT would.
+    fn insert(&mut self, table: &Table, statement: &Statement, args: &[&Value]) -> Result<(), Self::Error> {
+        let _ = table;
+        self.execute(statement, args)
+    }
     /// The name of the store a reference names (`None`: the default store).
     fn store_name(&mut self, store: Option<&str>) -> String;
     /// The size of object `key`, None when it is absent; refused when the role may not use the
@@ -86,7 +107,11 @@ pub trait Backend: Send + 'static {
 /// A guest query's checked statement, and the attributes of its rows that hold object references
 /// (store attributes of the table it reads; none for an expression).
 struct Fetch {
+    /// Numbered in the order the run met them.
+    id: usize,
     statement: Statement,
+    /// The same query for many keys at once (None when it does not depend on the key).
+    batched: Option<Statement>,
     references: Vec<String>,
 }
 
@@ -103,6 +128,10 @@ pub struct Session {
     pub version: String,
     tables: Mutex<HashMap<String, Arc<TableInfo>>>,
     fetches: Mutex<HashMap<FetchKey, Arc<Fetch>>>,
+    /// Fetches whose batched read failed: read per key.
+    unbatchable: Mutex<std::collections::HashSet<usize>>,
+    /// Single-row INSERTs by table and columns (positions), built once per run.
+    inserts: Mutex<HashMap<Table, Vec<(Vec<usize>, Arc<Statement>)>>>,
 }
 
 impl Session {
@@ -114,6 +143,8 @@ impl Session {
             version,
             tables: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
+            unbatchable: Mutex::new(Default::default()),
+            inserts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,7 +203,7 @@ impl Session {
             limit: *limit,
         };
         let limit = if one { Some(2) } else { *limit };
-        let (statement, references) = match statements::relation_expression(relation)? {
+        let ((statement, batched), references) = match statements::relation_expression(relation)? {
             Some(mut expression) => {
                 let compiled =
                     algebra::compile(&mut expression, &mut GuestCatalog { session: self, backend })?;
@@ -199,8 +230,9 @@ impl Session {
                 (statements::fetch_table(&info, key, &query, limit)?, references)
             }
         };
-        let fetch = Arc::new(Fetch { statement, references });
-        lock(&self.fetches).insert(cache_key, fetch.clone());
+        let mut fetches = lock(&self.fetches);
+        let fetch = Arc::new(Fetch { id: fetches.len(), statement, batched, references });
+        fetches.insert(cache_key, fetch.clone());
         Ok(fetch)
     }
 }
@@ -237,6 +269,8 @@ pub struct MakeHost<B> {
     pub started_at: i64,
     /// The objects this call may read, and its uploads.
     pub objects: Objects,
+    /// Rows read ahead for the batch of keys this call's key belongs to.
+    pub prefetched: Prefetched,
 }
 
 impl<B: Backend> Database for MakeHost<B> {
@@ -251,13 +285,18 @@ impl<B: Backend> Database for MakeHost<B> {
     fn fetch(&mut self, q: Query, one: bool, budget: usize) -> Result<Vec<Row>, B::Error> {
         let fetch = self.session.fetch_statement(&mut self.backend, q, one, &self.key)?;
         let statement = &fetch.statement;
-        let mut args = Vec::with_capacity(statement.params.len());
-        for c in &statement.params {
-            // Parameters are the key's attributes, by construction.
-            let value = self.key.iter().find(|f| f.name == c.name).map(|f| &f.value);
-            args.push(value.unwrap_or(&Value::Null));
-        }
-        let rows = self.backend.query(statement, &args, budget)?;
+        let rows = match self.prefetched.take(&fetch).filter(|rows| batch::rows_bytes(rows) <= budget) {
+            Some(rows) => rows,
+            None => {
+                let mut args = Vec::with_capacity(statement.params.len());
+                for c in &statement.params {
+                    // Parameters are the key's attributes, by construction.
+                    let value = self.key.iter().find(|f| f.name == c.name).map(|f| &f.value);
+                    args.push(value.unwrap_or(&Value::Null));
+                }
+                self.backend.query(statement, &args, budget)?
+            }
+        };
         if one {
             check_one(&rows, &statement.label, &self.key)?;
         }
@@ -276,9 +315,21 @@ impl<B: Backend> Database for MakeHost<B> {
                 duration: self.started.elapsed().as_secs_f64(),
                 version: self.session.version.clone(),
             });
-            let (statement, values) = insert_row(&info, row, &self.key, job.as_ref())?;
+            let (columns, values) = statements::insert_values(&info, row, &self.key, job.as_ref())?;
+            let statement = {
+                let mut inserts = lock(&self.session.inserts);
+                let known = inserts.get(&info.table).and_then(|v| v.iter().find(|(c, _)| *c == columns));
+                match known {
+                    Some((_, s)) => s.clone(),
+                    None => {
+                        let s = Arc::new(statements::insert_statement(&info, &columns));
+                        inserts.entry(info.table.clone()).or_default().push((columns, s.clone()));
+                        s
+                    }
+                }
+            };
             let args: Vec<&Value> = values.iter().collect();
-            self.backend.execute(&statement, &args)?;
+            self.backend.insert(&info.table, &statement, &args)?;
             count += 1;
         }
         Ok(count)

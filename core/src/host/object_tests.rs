@@ -40,6 +40,7 @@ fn host() -> MakeHost<Memory> {
         started: Instant::now(),
         started_at: 0,
         objects: Default::default(),
+        prefetched: Default::default(),
     }
 }
 

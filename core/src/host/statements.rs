@@ -57,13 +57,14 @@ pub fn relation_expression(relation: &str) -> Result<Option<algebra::Rel>, HostE
 }
 
 /// A guest's query over a table: its visible attributes, restricted by the key attributes it
-/// shares with `key` (bound in the table's column order).
+/// shares with `key` (bound in the table's column order). With it, the same query for many keys
+/// at once ([`batched`]).
 pub fn fetch_table(
     info: &TableInfo,
     key: &Row,
     q: &Query,
     limit: Option<u64>,
-) -> Result<Statement, HostError> {
+) -> Result<(Statement, Option<Statement>), HostError> {
     let label = info.qualified();
     let params: Vec<Column> =
         info.columns.iter().filter(|c| key.iter().any(|f| f.name == c.name)).cloned().collect();
@@ -73,8 +74,10 @@ pub fn fetch_table(
         .filter(|c| !c.hidden())
         .map(|c| Attribute { name: c.name.clone(), in_key: c.in_key, lineage: None })
         .collect();
-    let sql = select(&info.table.qualified(), &heading, &params, q, limit, &label)?;
-    Ok(Statement { label, sql, params })
+    let from = info.table.qualified();
+    let sql = select(&from, &heading, &params, q, limit, &label, &positional)?;
+    let batch = batched(&label, &params, |param| select(&from, &heading, &params, q, limit, &label, param))?;
+    Ok((Statement { label, sql, params }, batch))
 }
 
 /// A guest's query over a compiled relation expression (`aggr(Recording, Recording.Channel, 'n =
@@ -87,7 +90,7 @@ pub fn fetch_expression(
     key: &Row,
     q: &Query,
     limit: Option<u64>,
-) -> Result<Statement, HostError> {
+) -> Result<(Statement, Option<Statement>), HostError> {
     let params: Vec<Column> = target
         .columns
         .iter()
@@ -95,8 +98,45 @@ pub fn fetch_expression(
         .cloned()
         .collect();
     let from = format!("({}) AS q", compiled.sql);
-    let sql = select(&from, &compiled.heading, &params, q, limit, &label)?;
-    Ok(Statement { label, sql, params })
+    let sql = select(&from, &compiled.heading, &params, q, limit, &label, &positional)?;
+    let batch =
+        batched(&label, &params, |param| select(&from, &compiled.heading, &params, q, limit, &label, param))?;
+    Ok((Statement { label, sql, params }, batch))
+}
+
+/// `$i`: the statement's own parameters.
+fn positional(i: usize) -> String {
+    format!("${i}")
+}
+
+/// The name of the key's ordinal in the rows of a [`batched`] statement (their first column).
+pub const KEY_ORDINAL: &str = "dj_key_ordinal";
+
+/// A per-key query for many keys in one statement: parameter `i` is an array holding the `i`-th
+/// key attribute of every key, the per-key query runs once per element (a LATERAL subquery, so
+/// its order and limit hold per key), and each row starts with the 1-based ordinal of its key.
+/// `None` for a query that depends on no key attribute (nothing to gain).
+fn batched(
+    label: &str,
+    params: &[Column],
+    per_key: impl FnOnce(&dyn Fn(usize) -> String) -> Result<String, HostError>,
+) -> Result<Option<Statement>, HostError> {
+    if params.is_empty() {
+        return Ok(None);
+    }
+    // Inside the subquery the table's own columns come first, so no attribute can be shadowed by
+    // these names.
+    let element = |i: usize| format!("k.dj_key_{i}");
+    let inner = per_key(&element)?;
+    let arrays: Vec<String> = (1..=params.len()).map(|i| format!("pg_catalog.unnest(${i})")).collect();
+    let names: Vec<String> = (1..=params.len()).map(|i| format!("dj_key_{i}")).collect();
+    let sql = format!(
+        "SELECT k.{KEY_ORDINAL}, s.* FROM ROWS FROM ({}) WITH ORDINALITY AS k({}, {KEY_ORDINAL}) \
+         CROSS JOIN LATERAL ({inner}) AS s",
+        arrays.join(", "),
+        names.join(", ")
+    );
+    Ok(Some(Statement { label: label.to_string(), sql, params: params.to_vec() }))
 }
 
 /// `SELECT attributes FROM from WHERE key = $i ... AND (conditions) ORDER BY ... LIMIT n`.
@@ -107,6 +147,7 @@ fn select(
     q: &Query,
     limit: Option<u64>,
     label: &str,
+    param: &dyn Fn(usize) -> String,
 ) -> Result<String, HostError> {
     let names: Vec<String> = heading.iter().map(|a| a.name.clone()).collect();
     let unknown = |a: &str| {
@@ -126,8 +167,11 @@ fn select(
     if q.attributes.is_empty() {
         selected = names.iter().map(|a| sql::ident(a)).collect();
     }
-    let mut wheres: Vec<String> =
-        params.iter().enumerate().map(|(i, c)| format!("{} = ${}", sql::ident(&c.name), i + 1)).collect();
+    let mut wheres: Vec<String> = params
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = {}", sql::ident(&c.name), param(i + 1)))
+        .collect();
     for c in &q.restrictions {
         let condition = restriction::condition(c, &names).map_err(|e| {
             HostError::new(Kind::Syntax, format!("restriction on {label}: {}", e.message), e.hint.clone())
@@ -184,48 +228,62 @@ pub fn insert_row(
     key: &Row,
     job: Option<&JobMetadata>,
 ) -> Result<(Statement, Vec<Value>), HostError> {
-    let qualified = info.qualified();
+    let (columns, values) = insert_values(info, row, key, job)?;
+    Ok((insert_statement(info, &columns), values))
+}
+
+/// The columns (positions in `info.columns`) and values of a guest's row, as [`insert_row`]
+/// checks and completes them; the statement for those columns is [`insert_statement`]'s (the
+/// same for every row with the same columns).
+pub fn insert_values(
+    info: &TableInfo,
+    row: Row,
+    key: &Row,
+    job: Option<&JobMetadata>,
+) -> Result<(Vec<usize>, Vec<Value>), HostError> {
     let key_value = |name: &str| key.iter().find(|f| f.name == name).map(|f| &f.value);
-    let mut columns: Vec<Column> = Vec::with_capacity(row.len() + key.len() + 3);
+    let position = |name: &str| info.columns.iter().position(|c| c.name == name);
+    let mut columns: Vec<usize> = Vec::with_capacity(row.len() + key.len() + 3);
     let mut values: Vec<Value> = Vec::with_capacity(columns.capacity());
     for Field { name, value } in row {
-        let Some(c) = info.column(&name).filter(|c| !c.hidden()) else {
+        let Some(i) = position(&name).filter(|&i| !info.columns[i].hidden()) else {
             return Err(HostError::new(
                 Kind::UndefinedColumn,
-                format!("{qualified} has no attribute {name}"),
+                format!("{} has no attribute {name}", info.qualified()),
                 format!("Its attributes: {}.", info.visible().join(", ")),
             ));
         };
-        if columns.iter().any(|d| d.name == c.name) {
+        if columns.contains(&i) {
             return Err(HostError::new(
                 Kind::DuplicateColumn,
-                format!("attribute {name} appears twice in a row for {qualified}"),
+                format!("attribute {name} appears twice in a row for {}", info.qualified()),
                 "Give each attribute once per row.",
             ));
         }
-        if let Some(k) = key_value(&c.name) {
+        if let Some(k) = key_value(&name) {
             if *k != value {
                 return Err(HostError::new(
                     Kind::Privilege,
                     format!(
-                        "the make function inserted {name}={} into {qualified}, but its key has {name}={}",
+                        "the make function inserted {name}={} into {}, but its key has {name}={}",
                         make::display_value(&value),
+                        info.qualified(),
                         make::display_value(k)
                     ),
                     "A make call writes only rows of its own key.",
                 ));
             }
         }
-        columns.push(c.clone());
+        columns.push(i);
         values.push(value);
     }
     // Key attributes the row left out come from the key.
-    for c in &info.columns {
-        if columns.iter().any(|d| d.name == c.name) {
+    for (i, c) in info.columns.iter().enumerate() {
+        if columns.contains(&i) {
             continue;
         }
         if let Some(k) = key_value(&c.name) {
-            columns.push(c.clone());
+            columns.push(i);
             values.push(k.clone());
         }
     }
@@ -235,15 +293,20 @@ pub fn insert_row(
             ("_job_duration", Value::Float(job.duration)),
             ("_job_version", Value::Text(job.version.clone())),
         ] {
-            if let Some(c) = info.column(name) {
-                columns.push(c.clone());
+            if let Some(i) = position(name) {
+                columns.push(i);
                 values.push(value);
             }
         }
     }
-    let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-    let sql = insert_sql(&info.table, &names);
-    Ok((Statement { label: qualified, sql, params: columns }, values))
+    Ok((columns, values))
+}
+
+/// The single-row INSERT of `info`'s `columns` (positions).
+pub fn insert_statement(info: &TableInfo, columns: &[usize]) -> Statement {
+    let params: Vec<Column> = columns.iter().map(|&i| info.columns[i].clone()).collect();
+    let names: Vec<String> = params.iter().map(|c| c.name.clone()).collect();
+    Statement { label: info.qualified(), sql: insert_sql(&info.table, &names), params }
 }
 
 /// `INSERT INTO table (columns) VALUES ($1, ...)`.
@@ -251,4 +314,17 @@ pub fn insert_sql(table: &Table, columns: &[String]) -> String {
     let names: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
     let params: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
     format!("INSERT INTO {} ({}) VALUES ({})", table.qualified(), names.join(", "), params.join(", "))
+}
+
+/// `INSERT INTO table (columns) SELECT * FROM ROWS FROM (unnest($1), ...)`: many rows in one
+/// statement, parameter `i` the array of the rows' values of column `i`.
+pub fn insert_many_sql(table: &Table, columns: &[String]) -> String {
+    let names: Vec<String> = columns.iter().map(|c| sql::ident(c)).collect();
+    let params: Vec<String> = (1..=columns.len()).map(|i| format!("pg_catalog.unnest(${i})")).collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT * FROM ROWS FROM ({})",
+        table.qualified(),
+        names.join(", "),
+        params.join(", ")
+    )
 }

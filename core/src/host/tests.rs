@@ -143,6 +143,28 @@ impl Backend for Memory {
         Ok(self.rows.get(&s.label).cloned().unwrap_or_default())
     }
 
+    /// Every key gets the label's rows, led by its ordinal.
+    fn query_keys(
+        &mut self,
+        s: &Statement,
+        args: &[Vec<&Value>],
+        _budget: usize,
+    ) -> Result<Vec<Row>, HostError> {
+        assert_eq!(args.len(), s.params.len());
+        self.queries.push((s.sql.clone(), args.len()));
+        let rows = self.rows.get(&s.label).cloned().unwrap_or_default();
+        let keys = args.first().map_or(0, |a| a.len());
+        let mut out = Vec::new();
+        for ordinal in 1..=keys {
+            for row in &rows {
+                let mut row = row.clone();
+                row.insert(0, Field { name: KEY_ORDINAL.into(), value: Value::Int(ordinal as i64) });
+                out.push(row);
+            }
+        }
+        Ok(out)
+    }
+
     fn execute(&mut self, s: &Statement, args: &[&Value]) -> Result<(), HostError> {
         self.inserts.push((s.clone(), args.iter().map(|v| (*v).clone()).collect()));
         Ok(())
@@ -248,6 +270,7 @@ fn call_with(component: &Component, case_rows: Vec<Row>) -> (Result<(), HostErro
         started: Instant::now(),
         started_at: 7,
         objects: Default::default(),
+        prefetched: Default::default(),
     };
     let (result, output, host) = prepared.call(host, &key, &Limits::default(), &Cancel::Never);
     let result = result.map_err(|e| failure(e, &output, "\"t\".\"__outcome\""));
@@ -413,12 +436,25 @@ fn a_query_with_nul_or_a_bad_order_is_refused() {
         limit: None,
     };
     assert_eq!(statements::check_query_text(&q(&["mode = 'a\0b'"], &[])).unwrap_err().kind, Kind::Nul);
-    let s = statements::fetch_table(&info, &key, &q(&["n > 1"], &["n desc", "KEY"]), Some(5)).unwrap();
+    let (s, batch) =
+        statements::fetch_table(&info, &key, &q(&["n > 1"], &["n desc", "KEY"]), Some(5)).unwrap();
     assert_eq!(
         s.sql,
         "SELECT \"case_id\", \"mode\", \"n\" FROM \"t\".\"case\" WHERE \"case_id\" = $1 AND (\"n\" > 1) \
          ORDER BY \"n\" DESC, \"case_id\" LIMIT 5"
     );
+    // For many keys: one array parameter per key attribute, the same query per element (its order
+    // and limit per key), each row led by its key's ordinal.
+    let batch = batch.unwrap();
+    assert_eq!(
+        batch.sql,
+        "SELECT k.dj_key_ordinal, s.* FROM ROWS FROM (pg_catalog.unnest($1)) WITH ORDINALITY AS k(dj_key_1, dj_key_ordinal) \
+         CROSS JOIN LATERAL (SELECT \"case_id\", \"mode\", \"n\" FROM \"t\".\"case\" WHERE \"case_id\" = k.dj_key_1 \
+         AND (\"n\" > 1) ORDER BY \"n\" DESC, \"case_id\" LIMIT 5) AS s"
+    );
+    assert_eq!(batch.params, s.params);
+    // A query sharing no attribute with the key is the same for every key: nothing to batch.
+    assert!(statements::fetch_table(&info, &vec![], &q(&[], &[]), None).unwrap().1.is_none());
     let e = statements::fetch_table(&info, &key, &q(&[], &["n sideways"]), None).unwrap_err();
     assert_eq!(e.kind, Kind::Algebra(Code::Syntax));
     let e = statements::fetch_table(&info, &key, &q(&["1=1) or (true"], &[]), None).unwrap_err();
@@ -467,4 +503,120 @@ fn the_read_scope_is_the_ancestors_and_their_parts() {
     );
     assert_eq!(Lookup::of(&scope, "Session.Trial").name, "\"lab\".Session.Trial");
     assert_eq!(Lookup::of(&scope, "x.Y").name, "x.Y");
+}
+
+#[test]
+fn an_instance_serves_keys_in_turn_and_is_spent_by_a_failure() {
+    // misbehave counts its makes in a static: kept across the calls of one instance.
+    let mut memory = Memory::new(vec![case_row("count", 0)]);
+    let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
+    let scope =
+        Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
+    let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
+    let linker = make::linker::<MakeHost<Memory>>().unwrap();
+    let prepared = Prepared::new(&linker, misbehave()).unwrap();
+    let key = |id: i64| vec![Field { name: "case_id".into(), value: Value::Int(id) }];
+    let host = MakeHost {
+        session,
+        backend: memory,
+        key: key(1),
+        started: Instant::now(),
+        started_at: 7,
+        objects: Default::default(),
+        prefetched: Default::default(),
+    };
+    let limits = Limits { timeout: Some(std::time::Duration::from_millis(100)), ..Limits::default() };
+    let mut instance = prepared.instance(host, &limits, &Cancel::Never);
+    let values = |instance: &mut make::Instance<MakeHost<Memory>>| -> Vec<Value> {
+        instance.db_mut().backend.inserts.iter().map(|(_, args)| args[1].clone()).collect()
+    };
+    for id in 1..=3 {
+        instance.db_mut().key = key(id);
+        let (result, output) = instance.call(&prepared, &key(id), &limits);
+        assert!(result.is_ok() && output.stdout.is_empty());
+        assert!(instance.usable());
+    }
+    assert_eq!(values(&mut instance), vec![Value::Int(1), Value::Int(2), Value::Int(3)]);
+    assert_eq!(instance.calls(), 3);
+    // Each call has its own output and its own deadline: 2 calls of "stdout" print one line each,
+    // and 3 calls computing 60 ms each all finish within a 100 ms limit.
+    instance.db_mut().backend.rows.insert("\"t\".\"case\"".into(), vec![case_row("stdout", 5)]);
+    for id in 4..=5 {
+        instance.db_mut().key = key(id);
+        let (result, output) = instance.call(&prepared, &key(id), &limits);
+        assert!(result.is_ok());
+        assert_eq!((output.stdout.as_str(), output.stderr.as_str()), ("to stdout\n", "to stderr\n"));
+    }
+    instance.db_mut().backend.rows.insert("\"t\".\"case\"".into(), vec![case_row("busy", 60)]);
+    for id in 6..=8 {
+        instance.db_mut().key = key(id);
+        assert!(instance.call(&prepared, &key(id), &limits).0.is_ok(), "deadline renewed per call");
+    }
+    // A trap spends the instance: calling it again is refused, and a fresh one counts from 1.
+    instance.db_mut().backend.rows.insert("\"t\".\"case\"".into(), vec![case_row("trap", 0)]);
+    let (result, _) = instance.call(&prepared, &key(9), &limits);
+    assert!(matches!(result, Err(MakeError::Sandbox(SandboxError::Trap { .. }))));
+    assert!(!instance.usable());
+    let again = instance.call(&prepared, &key(10), &limits).0;
+    assert!(matches!(again, Err(MakeError::Sandbox(SandboxError::Internal(_)))));
+    let mut backend = instance.into_db();
+    backend.backend.rows.insert("\"t\".\"case\"".into(), vec![case_row("count", 0)]);
+    backend.backend.inserts.clear();
+    backend.key = key(11);
+    let mut fresh = prepared.instance(backend, &limits, &Cancel::Never);
+    assert!(fresh.call(&prepared, &key(11), &limits).0.is_ok());
+    assert_eq!(values(&mut fresh), vec![Value::Int(1)]);
+}
+
+#[test]
+fn a_batch_of_keys_reads_a_seen_query_once_and_each_key_gets_its_rows() {
+    let mut memory = Memory::new(vec![case_row("ok", 4)]);
+    let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
+    let scope =
+        Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
+    let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
+    let linker = make::linker::<MakeHost<Memory>>().unwrap();
+    let prepared = Prepared::new(&linker, misbehave()).unwrap();
+    let key = |id: i64| vec![Field { name: "case_id".into(), value: Value::Int(id) }];
+    let host = MakeHost {
+        session: session.clone(),
+        backend: memory,
+        key: key(1),
+        started: Instant::now(),
+        started_at: 7,
+        objects: Default::default(),
+        prefetched: Default::default(),
+    };
+    let limits = Limits::default();
+    let mut instance = prepared.instance(host, &limits, &Cancel::Never);
+    // Nothing seen yet: the first key reads its own row.
+    assert!(session.batchable().is_empty());
+    assert!(instance.call(&prepared, &key(1), &limits).0.is_ok());
+    let queries = |i: &mut make::Instance<MakeHost<Memory>>| i.db_mut().backend.queries.len();
+    assert_eq!(queries(&mut instance), 1);
+    // Now the query is known: keys 2..4 are read in one statement, then served from it.
+    let batchable = session.batchable();
+    assert_eq!(batchable.len(), 1);
+    assert!(batchable[0].statement().sql.contains("CROSS JOIN LATERAL"));
+    let keys: Vec<Row> = (2..=4).map(key).collect();
+    let host = instance.db_mut();
+    let rows = session.prefetch(&mut host.backend, &batchable[0], &keys).unwrap();
+    assert_eq!(rows.len(), 3);
+    host.prefetched.insert(&batchable[0], keys.len(), rows);
+    for (position, k) in keys.iter().enumerate() {
+        let host = instance.db_mut();
+        host.key = k.clone();
+        host.prefetched.at(Some(position));
+        assert!(instance.call(&prepared, k, &limits).0.is_ok());
+    }
+    assert_eq!(queries(&mut instance), 2, "one statement for the three keys");
+    let values: Vec<Value> = instance.db_mut().backend.inserts.iter().map(|(_, a)| a[1].clone()).collect();
+    assert_eq!(values, vec![Value::Int(8); 4]);
+    // A key outside the batch, or one whose rows were handed out, reads its own.
+    instance.db_mut().prefetched.at(None);
+    instance.db_mut().key = key(9);
+    assert!(instance.call(&prepared, &key(9), &limits).0.is_ok());
+    assert_eq!(queries(&mut instance), 3);
+    session.not_batchable(&batchable[0]);
+    assert!(session.batchable().is_empty());
 }

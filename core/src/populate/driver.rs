@@ -2,6 +2,9 @@
 //! holds is skipped; each other key is made in its own transaction; a failure either stops the
 //! run (the key and its error returned) or, with `suppress_errors`, is recorded and the run goes
 //! on; a key another session made meanwhile is no failure; progress is reported now and then.
+//! A host may hold the rows of made keys back and write a batch's rows together ([`KeyRun::flush`],
+//! after each batch): a key whose rows then fail is a failed key like any other, and only its
+//! rows are left out.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +42,12 @@ pub trait KeyRun {
     fn record_failure(&mut self, key: &Row, error: &Self::Error, took: Duration) -> Result<(), Self::Error>;
     /// Progress, every `Settings::report_every`.
     fn report(&mut self, progress: &Progress);
+    /// Writes the rows held back for the keys made since the last flush, if the host holds any
+    /// back. Returns the keys whose rows could not be written, each with its error and the time
+    /// its make took (their rows are not written; every other key's are). An error ends the run.
+    fn flush(&mut self) -> Result<Vec<(Row, Self::Error, Duration)>, Self::Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// How a run goes.
@@ -138,23 +147,7 @@ pub fn run<R: KeyRun>(run: &mut R, settings: Settings) -> Result<Summary, Stop<R
             let t0 = Instant::now();
             match run.make(&key) {
                 Ok(()) => summary.done += 1,
-                Err(error) => match run.class(&error) {
-                    Class::Cancel => return Err(Stop::Error(error)),
-                    // Made meanwhile by a session that committed after this run read its keys.
-                    Class::Duplicate if run.made_meanwhile(&key)? => continue,
-                    _ if !settings.suppress_errors => return Err(Stop::KeyFailed { key, error }),
-                    _ => {
-                        summary.errors += 1;
-                        run.record_failure(&key, &error, t0.elapsed())?;
-                        if summary.first_failures.len() < SHOWN_FAILURES {
-                            summary.first_failures.push(format!(
-                                "({}): {}",
-                                display_row(&key),
-                                run.message(&error)
-                            ));
-                        }
-                    }
-                },
+                Err(error) => failed(run, &settings, &mut summary, key, error, t0.elapsed())?,
             }
             if last_report.elapsed() >= settings.report_every {
                 last_report = Instant::now();
@@ -167,8 +160,39 @@ pub fn run<R: KeyRun>(run: &mut R, settings: Settings) -> Result<Summary, Stop<R
                 });
             }
         }
+        // The batch's rows held back, written: a key whose rows fail was not done after all.
+        for (key, error, took) in run.flush()? {
+            summary.done -= 1;
+            failed(run, &settings, &mut summary, key, error, took)?;
+        }
     }
     Ok(summary)
+}
+
+/// A key that failed: the run ends (cancelled, or not suppressing errors), or the failure is
+/// recorded; a key another session made meanwhile is no failure.
+fn failed<R: KeyRun>(
+    run: &mut R,
+    settings: &Settings,
+    summary: &mut Summary,
+    key: Row,
+    error: R::Error,
+    took: Duration,
+) -> Result<(), Stop<R::Error>> {
+    match run.class(&error) {
+        Class::Cancel => Err(Stop::Error(error)),
+        // Made meanwhile by a session that committed after this run read its keys.
+        Class::Duplicate if run.made_meanwhile(&key)? => Ok(()),
+        _ if !settings.suppress_errors => Err(Stop::KeyFailed { key, error }),
+        _ => {
+            summary.errors += 1;
+            run.record_failure(&key, &error, took)?;
+            if summary.first_failures.len() < SHOWN_FAILURES {
+                summary.first_failures.push(format!("({}): {}", display_row(&key), run.message(&error)));
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +210,10 @@ mod tests {
         made: Vec<i64>,
         recorded: Vec<i64>,
         interrupts: usize,
+        /// Keys whose rows fail when flushed, and the keys held back since the last flush.
+        fail_at_flush: Vec<(i64, Class)>,
+        held: Vec<i64>,
+        flushes: usize,
     }
 
     fn id(key: &Row) -> i64 {
@@ -214,7 +242,7 @@ mod tests {
             match self.fail.iter().find(|(k, _)| *k == id(key)) {
                 Some(e) => Err(*e),
                 None => {
-                    self.made.push(id(key));
+                    self.held.push(id(key));
                     Ok(())
                 }
             }
@@ -233,6 +261,21 @@ mod tests {
             Ok(())
         }
         fn report(&mut self, _: &Progress) {}
+        fn flush(&mut self) -> Result<Vec<(Row, Self::Error, Duration)>, Self::Error> {
+            self.flushes += 1;
+            let mut failures = Vec::new();
+            for k in std::mem::take(&mut self.held) {
+                match self.fail_at_flush.iter().find(|(f, _)| *f == k) {
+                    Some(e) => failures.push((
+                        vec![Field { name: "id".into(), value: Value::Int(k) }],
+                        *e,
+                        Duration::ZERO,
+                    )),
+                    None => self.made.push(k),
+                }
+            }
+            Ok(failures)
+        }
     }
 
     fn settings(suppress_errors: bool) -> Settings {
@@ -256,7 +299,8 @@ mod tests {
             Err(Stop::KeyFailed { key, error }) => assert_eq!((id(&key), error), (2, (2, Class::Failure))),
             other => panic!("{other:?}"),
         }
-        assert_eq!(f.made, vec![1]);
+        // Key 1 was made; the run ended before its batch was flushed (its statement fails).
+        assert_eq!((f.made.clone(), f.held.clone()), (vec![], vec![1]));
         let mut f = Fake { batches: vec![vec![1, 2, 3, 4, 5, 6]], fail, ..Fake::default() };
         let summary = run(&mut f, settings(true)).unwrap();
         assert_eq!((summary.done, summary.errors), (2, 4));
@@ -283,6 +327,28 @@ mod tests {
         // 1 was made by another session: no failure; 2 was not: a failure, recorded.
         assert_eq!(f.recorded, vec![2]);
         assert!(f.made.is_empty());
+    }
+
+    #[test]
+    fn rows_that_fail_when_flushed_fail_their_keys_only() {
+        let fail_at_flush = vec![(2, Class::Failure), (3, Class::Duplicate), (5, Class::Duplicate)];
+        let mut f = Fake {
+            batches: vec![vec![1, 2, 3], vec![4, 5, 6]],
+            fail_at_flush: fail_at_flush.clone(),
+            made_elsewhere: vec![5],
+            ..Fake::default()
+        };
+        let summary = run(&mut f, settings(true)).unwrap();
+        // 2 failed, 3 was a duplicate nobody else made (a failure), 5 was made meanwhile.
+        assert_eq!((summary.done, summary.errors), (3, 2));
+        assert_eq!((f.made.clone(), f.recorded.clone(), f.flushes), (vec![1, 4, 6], vec![2, 3], 2));
+        // Without suppress_errors the first key failing at its flush ends the run.
+        let mut f = Fake { batches: vec![vec![1, 2, 3], vec![4]], fail_at_flush, ..Fake::default() };
+        match run(&mut f, settings(false)) {
+            Err(Stop::KeyFailed { key, .. }) => assert_eq!(id(&key), 2),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.flushes, 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use pgrx::PgSqlErrorCode;
 
 use crate::catalog;
 use crate::error::{DjError, DjResult, OrRaise};
-use crate::make::source::{auto_populated, count_rows, make_of, source_of};
+use crate::make::source::{auto_populated, count_rows, fresh_instance_of, make_of, source_of};
 use crate::make::{self as host, Plans, Run};
 use crate::pipeline::delete;
 use crate::pipeline::writes::PipelineWrite;
@@ -135,8 +135,11 @@ fn unregister_module(name: &str) -> bool {
 
 /// `dj.set_make(table, module)`: `dj.populate(table)` runs the code registered under `module`
 /// now, and keeps running exactly that code (by its sha256) until the table's owner binds again.
+/// One instance of the code serves the keys of a run in turn (what it keeps in memory is there
+/// for the next key; a failed key's instance is replaced), unless `fresh_instance` asks for a
+/// fresh instance for every key.
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_make(table: &str, module: &str) {
+fn set_make(table: &str, module: &str, fresh_instance: default!(bool, false)) {
     const FN: &str = "dj.set_make";
     let _pin = security::pin();
     let name = catalog::resolve(table).or_raise(FN);
@@ -159,13 +162,20 @@ fn set_make(table: &str, module: &str) {
     let role = security::current_role();
     let bound = security::as_extension_owner(|| {
         let bound = catalog::write_one::<bool>(
-            "INSERT INTO dj.makes (schema_name, table_name, module, sha256, set_by) \
-             SELECT $1, $2, m.name, m.sha256, $4::pg_catalog.name FROM dj.modules m \
+            "INSERT INTO dj.makes (schema_name, table_name, module, sha256, set_by, fresh_instance) \
+             SELECT $1, $2, m.name, m.sha256, $4::pg_catalog.name, $5 FROM dj.modules m \
              WHERE m.name OPERATOR(pg_catalog.=) $3 \
              ON CONFLICT (schema_name, table_name) DO UPDATE SET module = EXCLUDED.module, \
-               sha256 = EXCLUDED.sha256, set_at = pg_catalog.now(), set_by = EXCLUDED.set_by \
+               sha256 = EXCLUDED.sha256, set_at = pg_catalog.now(), set_by = EXCLUDED.set_by, \
+               fresh_instance = EXCLUDED.fresh_instance \
              RETURNING true",
-            &[name.schema.as_str().into(), name.name.as_str().into(), module.into(), role.as_str().into()],
+            &[
+                name.schema.as_str().into(),
+                name.name.as_str().into(),
+                module.into(),
+                role.as_str().into(),
+                fresh_instance.into(),
+            ],
         )?;
         collect_module_versions()?;
         Ok(bound.is_some())
@@ -390,6 +400,7 @@ fn run(
     let parts = scope.parts.iter().map(host::describe).collect::<DjResult<Vec<_>>>()?;
     let session = Arc::new(Session::new(scope, info, parts, sha256));
     let total = count_rows(&keys_sql)?;
+    let fresh = fresh_instance_of(&name)?;
     // SPI stays connected for the whole run (the kept plans and the cursor need it). The keys come
     // through a cursor, a batch at a time: memory stays flat however many keys there are. Its
     // snapshot is taken here (not read-only: it sees this transaction's own changes, such as
@@ -398,6 +409,7 @@ fn run(
     let plans = Rc::new(Plans::default());
     let result = plans.open_cursor(&keys_sql).and_then(|cursor| {
         let result = Run::new(session, &prepared, plans.clone(), cursor).and_then(|mut run| {
+            run = run.with_fresh_instances(fresh);
             let settings = Settings { total: total as usize, suppress_errors, report_every: PROGRESS_EVERY };
             let outcome = populate::run(&mut run, settings);
             run.finish(outcome)
@@ -446,7 +458,7 @@ REVOKE ALL ON FUNCTION dj.register_module(text, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION dj.unregister_module(text) FROM PUBLIC;
 COMMENT ON FUNCTION dj.register_module(text, bytea) IS 'Registers a make function: a WebAssembly component of world datajoint:make/make; compiles it once and returns its sha256. Not executable by PUBLIC: grant EXECUTE to the roles that may add code.';
 COMMENT ON FUNCTION dj.unregister_module(text) IS 'Removes a module name (registrant only); tables bound to one of its versions keep running it.';
-COMMENT ON FUNCTION dj.set_make(text, text) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); table owner only.';
+COMMENT ON FUNCTION dj.set_make(text, text, boolean) IS 'Binds a Computed or Imported table to the code a module name holds now (by sha256; re-registering the name changes nothing until the owner binds again); with fresh_instance, every key gets a fresh instance of the code instead of one instance serving the keys of a run in turn; table owner only.';
 COMMENT ON FUNCTION dj.key_source(text, text) IS 'The keys a populate would compute: the primary-key parents'' keys not yet in the table, optionally restricted.';
 COMMENT ON FUNCTION dj.progress(text, text) IS 'How many keys of a Computed or Imported table remain, of how many (NULL for other tiers).';
 COMMENT ON FUNCTION dj._pipeline_tables() IS 'Internal: the rows of the view dj.pipeline_tables.';

@@ -18,6 +18,7 @@ use crate::headings;
 
 mod modules;
 mod objects;
+mod pending;
 mod run;
 pub mod source;
 mod spi;
@@ -56,11 +57,13 @@ pub fn datums(statement: &Statement, args: &[&Value]) -> DjResult<Vec<Option<pg_
 pub struct SpiBackend {
     pub plans: Rc<Plans>,
     pub stores: objects::Stores,
+    /// Where a populate run holds the rows of its keys back (None: each row is inserted at once).
+    pub pending: Option<Rc<std::cell::RefCell<pending::Pending>>>,
 }
 
 impl SpiBackend {
     pub fn new(plans: Rc<Plans>) -> SpiBackend {
-        SpiBackend { plans, stores: objects::Stores::default() }
+        SpiBackend { plans, stores: objects::Stores::default(), pending: None }
     }
 }
 
@@ -98,9 +101,34 @@ impl Backend for SpiBackend {
         self.plans.query(statement, &args, &mut Budget::new(budget))
     }
 
+    fn query_keys(
+        &mut self,
+        statement: &Statement,
+        args: &[Vec<&Value>],
+        budget: usize,
+    ) -> DjResult<Vec<Row>> {
+        // Each parameter is an array of its column's type (prepared as such).
+        let mut params = Vec::with_capacity(args.len());
+        let mut datums = Vec::with_capacity(args.len());
+        for (column, values) in statement.params.iter().zip(args) {
+            let (array_type, datum) = values::array_datum(values, column, &statement.label)?;
+            params.push(host::Column { type_id: array_type.to_u32(), ..column.clone() });
+            datums.push(Some(datum));
+        }
+        let arrays = Statement { params, ..statement.clone() };
+        self.plans.query(&arrays, &datums, &mut Budget::new(budget))
+    }
+
     fn execute(&mut self, statement: &Statement, args: &[&Value]) -> DjResult<()> {
         let args = datums(statement, args)?;
         self.plans.execute(statement, &args)
+    }
+
+    fn insert(&mut self, table: &Table, statement: &Statement, args: &[&Value]) -> DjResult<()> {
+        match &self.pending {
+            Some(pending) => pending.borrow_mut().push(table, statement, args),
+            None => self.execute(statement, args),
+        }
     }
 
     fn store_name(&mut self, store: Option<&str>) -> String {

@@ -2,25 +2,29 @@
 //! over a cursor of keys, each key made by the core's make host in a subtransaction within its
 //! own memory context, failures recorded in the jobs table.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datajoint_core::dependencies::Table;
 use datajoint_core::host::{self as core_host, Session, Statement};
-use datajoint_core::make::{self, MakeError, Prepared, Row, Value};
+use datajoint_core::make::{self, Instance, MakeError, Prepared, Row, Value};
 use datajoint_core::populate::{self, Buckets, Class, KeyRun, Progress, Stop, Summary};
 use datajoint_core::sandbox::{Cancel, Limits, SandboxError};
 use pgrx::prelude::*;
 use pgrx::{IntoDatum, PgMemoryContexts, PgSqlErrorCode};
 
+use super::pending::Pending;
 use super::{self as host, Failure, Plans, SpiBackend, SpiHost};
 use crate::catalog;
 use crate::error::{DjError, DjResult};
 use crate::pipeline::tables;
 use crate::{gucs, interrupts};
 
-/// Keys read from the key source at a time.
+/// Keys read from the key source at a time: a few first (the queries the make asks are learnt
+/// from them), then batches whose queries are read for all keys at once.
+const FIRST_BATCH: i64 = 8;
 const KEY_BATCH: i64 = 1000;
 
 /// One populate run in this backend: the core's loop over a cursor of keys, each key made in a
@@ -47,6 +51,18 @@ pub struct Run<'p> {
     record_error: Statement,
     /// When a running guest must stop.
     stop_check: fn() -> bool,
+    /// The instance that made the last key, kept for the next one unless that failed or the
+    /// table's binding asks for a fresh instance per key.
+    instance: Option<Instance<SpiHost>>,
+    fresh_instance: bool,
+    /// The keys of the current batch, and the rows read ahead for them.
+    batch: Vec<Row>,
+    prefetched: core_host::Prefetched,
+    /// Where the last key made was in the batch.
+    position: usize,
+    seen_batch: bool,
+    /// The rows of the keys made since the last flush (None: each row inserted at once).
+    pending: Option<Rc<RefCell<Pending>>>,
 }
 
 impl<'p> Run<'p> {
@@ -99,6 +115,13 @@ impl<'p> Run<'p> {
             jobs_exist,
             jobs_recorded,
             stop_check: interrupts::stop_requested,
+            instance: None,
+            fresh_instance: false,
+            batch: Vec::new(),
+            prefetched: Default::default(),
+            position: 0,
+            seen_batch: false,
+            pending: Some(Rc::new(RefCell::new(Pending::new()))),
         })
     }
 
@@ -107,6 +130,15 @@ impl<'p> Run<'p> {
     pub fn for_queue(mut self) -> Self {
         self.jobs_exist = true;
         self.jobs_recorded = true;
+        // Each key of the queue commits on its own: its rows are written as it is made.
+        self.pending = None;
+        self
+    }
+
+    /// A fresh instance for every key (the table's binding asks for it) rather than one instance
+    /// for the keys of the run.
+    pub fn with_fresh_instances(mut self, fresh: bool) -> Self {
+        self.fresh_instance = fresh;
         self
     }
 
@@ -120,6 +152,41 @@ impl<'p> Run<'p> {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Reads the queries the run's guests have asked so far for every key of `keys` at once,
+    /// each in a subtransaction: one that fails (too many rows, say) is left to the keys; a
+    /// cancel ends the run.
+    fn prefetch(&mut self, keys: &[Row]) -> Result<(), Failure> {
+        self.prefetched = Default::default();
+        self.batch.clear();
+        self.position = 0;
+        if keys.len() < 2 {
+            return Ok(());
+        }
+        self.batch = keys.to_vec();
+        let mut backend = SpiBackend::new(self.plans.clone());
+        for query in self.session.batchable() {
+            let session = &self.session;
+            let read = unsafe {
+                self.key_cx.reset();
+                self.key_cx
+                    .switch_to(|_| host::in_subtransaction(|| session.prefetch(&mut backend, &query, keys)))
+            };
+            match read {
+                Ok(rows) => self.prefetched.insert(&query, keys.len(), rows),
+                Err(e) if self.class(&e) == Class::Cancel => return Err(e),
+                Err(e) => {
+                    pgrx::debug1!(
+                        "populate {}: reading a query for a batch of keys failed: {}",
+                        self.target,
+                        e.parts().1
+                    );
+                    self.session.not_batchable(&query);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the key's row from the jobs table.
@@ -141,10 +208,6 @@ impl<'p> Run<'p> {
 
     pub fn jobs(&self) -> &Table {
         &self.jobs
-    }
-
-    fn backend(&self) -> SpiBackend {
-        SpiBackend::new(self.plans.clone())
     }
 
     pub fn target(&self) -> &str {
@@ -182,7 +245,11 @@ impl KeyRun for Run<'_> {
     type Error = Failure;
 
     fn next_batch(&mut self) -> Result<Vec<Row>, Failure> {
-        Ok(self.plans.fetch_cursor(self.cursor, KEY_BATCH)?)
+        let n = if self.seen_batch { KEY_BATCH } else { FIRST_BATCH };
+        self.seen_batch = true;
+        let keys = self.plans.fetch_cursor(self.cursor, n)?;
+        self.prefetch(&keys)?;
+        Ok(keys)
     }
 
     fn check_interrupts(&mut self) {
@@ -208,22 +275,41 @@ impl KeyRun for Run<'_> {
 
     fn make(&mut self, key: &Row) -> Result<(), Failure> {
         let target = self.target.as_str();
-        let db = SpiHost {
-            session: self.session.clone(),
-            backend: self.backend(),
-            key: key.clone(),
-            started: Instant::now(),
-            started_at: local_now_micros(),
-            objects: Default::default(),
-        };
         let (prepared, limits, jobs_recorded) = (self.prepared, &self.limits, self.jobs_recorded);
-        let stop_check = self.stop_check;
+        let mut instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => {
+                let mut backend = SpiBackend::new(self.plans.clone());
+                backend.pending = self.pending.clone();
+                let db = SpiHost {
+                    session: self.session.clone(),
+                    backend,
+                    key: Vec::new(),
+                    started: Instant::now(),
+                    started_at: 0,
+                    objects: Default::default(),
+                    prefetched: Default::default(),
+                };
+                prepared.instance(db, limits, &Cancel::Check(self.stop_check))
+            }
+        };
+        // The key's place in the batch (keys come in order; some are skipped).
+        let position = (self.position..self.batch.len()).find(|&i| self.batch[i] == *key);
+        self.position = position.map_or(self.position, |p| p + 1);
+        self.prefetched.at(position);
+        let db = instance.db_mut();
+        db.key = key.clone();
+        db.started = Instant::now();
+        db.started_at = local_now_micros();
+        std::mem::swap(&mut db.prefetched, &mut self.prefetched);
         let (clear_job, session, plans) = (&self.clear_job, &self.session, &self.plans);
-        unsafe {
+        // Rows held back clear their key's job record when they are written.
+        let clear_now = jobs_recorded && self.pending.is_none();
+        let result = unsafe {
             self.key_cx.reset();
             self.key_cx.switch_to(|_| {
                 host::in_subtransaction(|| {
-                    let (result, output, _db) = prepared.call(db, key, limits, &Cancel::Check(stop_check));
+                    let (result, output) = instance.call(prepared, key, limits);
                     if !output.stdout.is_empty() {
                         pgrx::log!("{target} make stdout: {}", output.stdout.trim_end());
                     }
@@ -232,14 +318,29 @@ impl KeyRun for Run<'_> {
                         pgrx::check_for_interrupts!();
                     }
                     result.map_err(|e| core_host::failure(e, &output, target))?;
-                    if jobs_recorded {
+                    if clear_now {
                         let args = session.key_values(key);
                         plans.execute(clear_job, &host::datums(clear_job, &args)?)?;
                     }
                     Ok(())
                 })
             })
+        };
+        if let Some(pending) = &self.pending {
+            match &result {
+                Ok(()) => pending.borrow_mut().keep_key(key, instance.db_mut().started.elapsed()),
+                Err(_) => pending.borrow_mut().discard_key(),
+            }
         }
+        // The key's uploads and store handles go with it (spool files removed now).
+        let db = instance.db_mut();
+        std::mem::swap(&mut db.prefetched, &mut self.prefetched);
+        db.objects = Default::default();
+        db.backend.stores = Default::default();
+        if result.is_ok() && instance.usable() && !self.fresh_instance {
+            self.instance = Some(instance);
+        }
+        result
     }
 
     fn class(&self, error: &Failure) -> Class {
@@ -294,6 +395,23 @@ impl KeyRun for Run<'_> {
 
     fn report(&mut self, progress: &Progress) {
         pgrx::notice!("{}", progress.describe(self.target()));
+    }
+
+    fn flush(&mut self) -> Result<Vec<(Row, Failure, Duration)>, Failure> {
+        let Some(pending) = self.pending.clone() else {
+            return Ok(Vec::new());
+        };
+        let (clear_job, session, plans) = (&self.clear_job, &self.session, &self.plans);
+        let jobs_recorded = self.jobs_recorded;
+        let done = |key: &Row| -> DjResult<()> {
+            if jobs_recorded {
+                let args = session.key_values(key);
+                plans.execute(clear_job, &host::datums(clear_job, &args)?)?;
+            }
+            Ok(())
+        };
+        let result = pending.borrow_mut().flush(&self.plans, |e| self.class(e) == Class::Cancel, &done);
+        result
     }
 }
 

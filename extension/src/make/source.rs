@@ -93,6 +93,17 @@ pub fn make_of(name: &Table) -> DjResult<(String, String)> {
     })
 }
 
+/// Whether the table's binding asks for a fresh instance of its make for every key
+/// (`dj.set_make(..., fresh_instance => true)`).
+pub fn fresh_instance_of(name: &Table) -> DjResult<bool> {
+    Ok(crate::catalog::read_one::<bool>(
+        "SELECT k.fresh_instance FROM dj.makes k \
+         WHERE k.schema_name OPERATOR(pg_catalog.=) $1 AND k.table_name OPERATOR(pg_catalog.=) $2",
+        &[name.schema.as_str().into(), name.name.as_str().into()],
+    )?
+    .unwrap_or(false))
+}
+
 /// Refuses tables that no make fills.
 pub fn auto_populated(name: &Table) -> DjResult<()> {
     match Tier::of_table(&name.name) {

@@ -210,3 +210,53 @@ fn numeric_text(f: f64) -> String {
         f.to_string()
     }
 }
+
+/// A one-dimensional array of `values` as elements of `column`'s type, with the array type's oid.
+pub fn array_datum(
+    values: &[&Value],
+    column: &Column,
+    table: &str,
+) -> DjResult<(pg_sys::Oid, pg_sys::Datum)> {
+    let datums = values.iter().map(|v| to_datum(v, column, table)).collect::<DjResult<Vec<_>>>()?;
+    array_from_datums(&datums, column, table)
+}
+
+/// A one-dimensional array of datums of `column`'s type (None: NULL), with the array type's oid.
+pub fn array_from_datums(
+    datums: &[Option<pg_sys::Datum>],
+    column: &Column,
+    table: &str,
+) -> DjResult<(pg_sys::Oid, pg_sys::Datum)> {
+    let element = pg_sys::Oid::from(column.type_id);
+    // SAFETY: a catalog lookup by oid.
+    let array_type = unsafe { pg_sys::get_array_type(element) };
+    if array_type == pg_sys::InvalidOid {
+        return Err(DjError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("attribute {} ({}) of {table} has no array type", column.name, column.type_name),
+            "Its values are read and written one key at a time.",
+        ));
+    }
+    let mut nulls: Vec<bool> = datums.iter().map(Option::is_none).collect();
+    let mut elements: Vec<pg_sys::Datum> =
+        datums.iter().map(|d| d.unwrap_or(pg_sys::Datum::from(0usize))).collect();
+    let (mut len, mut by_value, mut align) = (0i16, false, 0 as std::os::raw::c_char);
+    let mut dims = [datums.len() as i32];
+    let mut lower = [1i32];
+    // SAFETY: as many datums and nulls as the one dimension says, of the element type given.
+    let array = unsafe {
+        pg_sys::get_typlenbyvalalign(element, &mut len, &mut by_value, &mut align);
+        pg_sys::construct_md_array(
+            elements.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lower.as_mut_ptr(),
+            element,
+            len as i32,
+            by_value,
+            align,
+        )
+    };
+    Ok((array_type, pg_sys::Datum::from(array)))
+}

@@ -19,7 +19,7 @@ use super::txn::{self, begin, commit, identity, run_as, transaction, transaction
 use crate::catalog;
 use crate::error::{DjError, DjResult};
 use crate::gucs;
-use crate::make::source::{make_of, source_of, Source};
+use crate::make::source::{fresh_instance_of, make_of, source_of, Source};
 use crate::make::{self as host, Failure, Plans, Run};
 use crate::pipeline::writes::PipelineWrite;
 use crate::pipeline::{delete, tables};
@@ -153,6 +153,7 @@ pub(super) struct Setup {
     session: Arc<Session>,
     pub writable: Vec<pg_sys::Oid>,
     limits: datajoint_core::sandbox::Limits,
+    fresh_instance: bool,
 }
 
 impl Setup {
@@ -166,7 +167,8 @@ impl Setup {
         let parts = scope.parts.iter().map(host::describe).collect::<DjResult<Vec<_>>>()?;
         let session = Arc::new(Session::new(scope, info, parts, sha256));
         let limits = gucs::limits(spec.timeout_ms, spec.fuel_millions, spec.memory_kb);
-        Ok(Setup { source, prepared, session, writable, limits })
+        let fresh_instance = fresh_instance_of(&source.name)?;
+        Ok(Setup { source, prepared, session, writable, limits, fresh_instance })
     }
 }
 
@@ -421,6 +423,7 @@ impl<'p> PoolRun<'p> {
         }?
         .for_queue()
         .with_limits(setup.limits.clone())
+        .with_fresh_instances(setup.fresh_instance)
         .with_stop_check(super::stop_requested);
         Ok(Self::new(h, group, spec, inner, &setup.source))
     }

@@ -40,14 +40,20 @@
 //! | `object-forge` | reads an object by a reference it made up (not in any row it fetched) |
 //! | `object-foreign` | uploads an object for `Case`, which is not the target |
 //! | `object-expr` | computes a reference in a relation expression over `Case` and reads it |
+//! | `count` | inserts `value` = the makes this instance has run, this one included (state kept across keys) |
 
 use datajoint_make::{fetch, fetch1, insert1, log, objects, row, Key, Make, Query, Value};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 struct Misbehave;
 
+/// Makes this instance has run (kept across keys while the host keeps the instance).
+static CALLS: AtomicI64 = AtomicI64::new(0);
+
 impl Make for Misbehave {
     fn make(key: Key) -> Result<(), String> {
+        CALLS.fetch_add(1, Ordering::Relaxed);
         let case = fetch1(Query::new("Case").attributes(["mode", "n"]));
         let mode: String = case.get("mode")?;
         let n: i64 = case.get("n")?;
@@ -56,6 +62,7 @@ impl Make for Misbehave {
 
         match mode.as_str() {
             "ok" => insert1("Outcome", outcome(2 * n)),
+            "count" => insert1("Outcome", outcome(CALLS.load(Ordering::Relaxed))),
             "err" => return Err(format!("case {id} refused")),
             "panic" => panic!("boom {id}"),
             "trap" => core::arch::wasm32::unreachable(),

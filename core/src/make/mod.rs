@@ -12,12 +12,13 @@
 use std::sync::OnceLock;
 
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::isolate;
 use crate::sandbox::{self, ActiveCall, Cancel, Guard, Guarded, Limits, SandboxError};
 use crate::threads;
+
+mod output;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -327,8 +328,15 @@ impl<D: Database> Prepared<D> {
         limits: &Limits,
         cancel: &Cancel,
     ) -> (Result<(), MakeError<D::Error>>, Output, D) {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPACITY);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPACITY);
+        let mut instance = self.instance(db, limits, cancel);
+        let (outcome, output) = instance.call(self, key, limits);
+        (outcome, output, instance.into_db())
+    }
+
+    /// A store for `db` under `limits`, not instantiated yet: its first [`Instance::call`]
+    /// instantiates the component.
+    pub fn instance(&self, db: D, limits: &Limits, cancel: &Cancel) -> Instance<D> {
+        let (stdout, stderr) = (output::Pipe::default(), output::Pipe::default());
         let wasi = WasiCtxBuilder::new().stdout(stdout.clone()).stderr(stderr.clone()).build();
         let state = State {
             guard: Guard::new(limits, cancel.clone()),
@@ -338,14 +346,78 @@ impl<D: Database> Prepared<D> {
             host_error: None,
         };
         // Setting fuel on a fuel-enabled engine, the only thing that could fail here, cannot fail.
-        let mut store =
-            sandbox::guarded_store(state).unwrap_or_else(|e| panic!("cannot create a store: {e}"));
+        let store = sandbox::guarded_store(state).unwrap_or_else(|e| panic!("cannot create a store: {e}"));
+        Instance { store, make: None, stdout, stderr, failed: false, calls: 0 }
+    }
+}
+
+/// A component instance that may serve several keys of one run, as a datajoint-python process
+/// serves them: what the guest keeps in its memory (a loaded model, a cache) is there for the
+/// next key. Each call gets its own limits (deadline and fuel from the call's start; the memory
+/// the instance holds counts against the memory limit), its own output, and the database handle as
+/// the host set it for the key ([`Instance::db_mut`]). After any failed call the instance is
+/// spent: its state may be half-updated, so the host starts a fresh one.
+pub struct Instance<D: Database> {
+    store: wasmtime::Store<State<D>>,
+    make: Option<bindings::Make>,
+    stdout: output::Pipe,
+    stderr: output::Pipe,
+    failed: bool,
+    calls: u64,
+}
+
+impl<D: Database> Instance<D> {
+    /// The database handle the next call uses.
+    pub fn db_mut(&mut self) -> &mut D {
+        &mut self.store.data_mut().db
+    }
+
+    pub fn into_db(self) -> D {
+        self.store.into_data().db
+    }
+
+    /// Whether another key may be made with this instance (no call failed).
+    pub fn usable(&self) -> bool {
+        !self.failed
+    }
+
+    /// Calls made so far (the first instantiated the component).
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Calls `make(key)` under `limits`, instantiating `prepared` first if this is the first
+    /// call. A spent instance refuses (see [`Instance::usable`]).
+    pub fn call(
+        &mut self,
+        prepared: &Prepared<D>,
+        key: &Row,
+        limits: &Limits,
+    ) -> (Result<(), MakeError<D::Error>>, Output) {
+        if self.failed {
+            let e = SandboxError::Internal("a make instance whose call failed was called again".into());
+            return (Err(MakeError::Sandbox(e)), Output::default());
+        }
+        self.calls += 1;
+        if self.calls > 1 {
+            // Setting fuel on a fuel-enabled engine cannot fail.
+            sandbox::renew(&mut self.store, limits).unwrap_or_else(|e| panic!("cannot renew a store: {e}"));
+        }
+        let store = &mut self.store;
         let outcome = match ActiveCall::begin() {
             Err(e) => Err(MakeError::Sandbox(e)),
             Ok(_active) => {
                 // WASI's blocking calls run on our runtime: its worker never takes a signal.
                 let _tokio = runtime().enter();
-                let result = self.pre.instantiate(&mut store).and_then(|m| m.call_make(&mut store, key));
+                let make = match self.make.take() {
+                    Some(make) => Ok(make),
+                    None => prepared.pre.instantiate(&mut *store),
+                };
+                let result = make.and_then(|m| {
+                    let r = m.call_make(&mut *store, key);
+                    self.make = Some(m);
+                    r
+                });
                 match result {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(message)) => Err(MakeError::Guest(message)),
@@ -356,11 +428,9 @@ impl<D: Database> Prepared<D> {
                 }
             }
         };
-        let output = Output {
-            stdout: String::from_utf8_lossy(&stdout.contents()).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
-        };
-        (outcome, output, store.into_data().db)
+        self.failed = outcome.is_err();
+        let output = Output { stdout: self.stdout.take(), stderr: self.stderr.take() };
+        (outcome, output)
     }
 }
 
