@@ -5,6 +5,7 @@
 //! guest is given is the same either way: the same statement per key, in the same snapshot.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::make::{Field, Row, Value};
@@ -12,8 +13,12 @@ use crate::make::{Field, Row, Value};
 use super::statements::Statement;
 use super::{lock, Backend, Fetch, Session};
 
-/// Bytes of rows one batched read may take; a read that needs more is left to the keys.
+/// Bytes of rows the batched reads of one batch may take together (at most the make's memory
+/// limit); a read that needs more is left to the keys.
 pub const PREFETCH_BUDGET: usize = 64 << 20;
+
+/// Queries read for a batch at most (the ones most keys asked).
+pub const MAX_BATCHED: usize = 8;
 
 /// A query of the run that can be read for a batch of keys.
 pub struct Batchable {
@@ -68,7 +73,7 @@ impl Prefetched {
 }
 
 /// Host memory rows take, as the backends charge a guest's budget (roughly).
-pub(super) fn rows_bytes(rows: &[Row]) -> usize {
+pub fn rows_bytes(rows: &[Row]) -> usize {
     let value = |v: &Value| match v {
         Value::Text(s) | Value::Json(s) | Value::Decimal(s) => s.len(),
         Value::Bytes(b) => b.len(),
@@ -81,25 +86,30 @@ pub(super) fn rows_bytes(rows: &[Row]) -> usize {
 }
 
 impl Session {
-    /// The run's queries seen so far that can be read for many keys at once.
-    pub fn batchable(&self) -> Vec<Batchable> {
+    /// The queries worth reading for the next batch: those asked at least `min_uses` times since
+    /// the last call (by most keys of the last batch, say), that can be read for many keys at
+    /// once, at most [`MAX_BATCHED`] of them, the most asked first. Counting starts again.
+    pub fn batchable(&self, min_uses: usize) -> Vec<Batchable> {
         let unbatchable = lock(&self.unbatchable);
-        let mut fetches: Vec<Arc<Fetch>> = lock(&self.fetches)
+        let mut fetches: Vec<(usize, Arc<Fetch>)> = lock(&self.fetches)
             .values()
-            .filter(|f| f.batched.is_some() && !unbatchable.contains(&f.id))
-            .cloned()
+            .map(|f| (f.uses.swap(0, Ordering::Relaxed), f.clone()))
+            .filter(|(uses, f)| {
+                *uses >= min_uses.max(1) && f.batched.is_some() && !unbatchable.contains(&f.id)
+            })
             .collect();
-        fetches.sort_by_key(|f| f.id);
-        fetches.into_iter().map(|fetch| Batchable { fetch }).collect()
+        fetches.sort_by_key(|(uses, f)| (std::cmp::Reverse(*uses), f.id));
+        fetches.into_iter().take(MAX_BATCHED).map(|(_, fetch)| Batchable { fetch }).collect()
     }
 
     /// The rows of `query` for every key of `keys`, each led by its key's ordinal (1-based), at
-    /// most [`PREFETCH_BUDGET`] bytes of them.
+    /// most `budget` bytes of them.
     pub fn prefetch<B: Backend>(
         &self,
         backend: &mut B,
         query: &Batchable,
         keys: &[Row],
+        budget: usize,
     ) -> Result<Vec<Row>, B::Error> {
         const NULL: &Value = &Value::Null;
         let statement = query.statement();
@@ -110,7 +120,7 @@ impl Session {
                 keys.iter().map(|k| k.iter().find(|f| f.name == c.name).map_or(NULL, |f| &f.value)).collect()
             })
             .collect();
-        backend.query_keys(statement, &args, PREFETCH_BUDGET)
+        backend.query_keys(statement, &args, budget)
     }
 
     /// `query` failed to read for a batch: the keys of this run read it themselves from now on.

@@ -27,7 +27,7 @@ mod tables;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{Batchable, Prefetched, PREFETCH_BUDGET};
+pub use batch::{rows_bytes, Batchable, Prefetched, MAX_BATCHED, PREFETCH_BUDGET};
 pub use error::{failure, truncated, HostError, Kind, GUEST_MESSAGE, STDERR_TAIL};
 pub use objects::{key_value, Content, Objects, SpoolFile, MAX_READ, MAX_UPLOADS, SPOOL_MEMORY};
 pub use scope::{Lookup, Scope};
@@ -113,6 +113,8 @@ struct Fetch {
     /// The same query for many keys at once (None when it does not depend on the key).
     batched: Option<Statement>,
     references: Vec<String>,
+    /// Calls since [`Session::batchable`] last counted.
+    uses: std::sync::atomic::AtomicUsize,
 }
 
 /// A guest query as the cache knows it: relation, restrictions, attributes, order, limit, fetch1.
@@ -231,7 +233,8 @@ impl Session {
             }
         };
         let mut fetches = lock(&self.fetches);
-        let fetch = Arc::new(Fetch { id: fetches.len(), statement, batched, references });
+        let fetch =
+            Arc::new(Fetch { id: fetches.len(), statement, batched, references, uses: Default::default() });
         fetches.insert(cache_key, fetch.clone());
         Ok(fetch)
     }
@@ -284,6 +287,7 @@ impl<B: Backend> Database for MakeHost<B> {
 
     fn fetch(&mut self, q: Query, one: bool, budget: usize) -> Result<Vec<Row>, B::Error> {
         let fetch = self.session.fetch_statement(&mut self.backend, q, one, &self.key)?;
+        fetch.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let statement = &fetch.statement;
         let rows = match self.prefetched.take(&fetch).filter(|rows| batch::rows_bytes(rows) <= budget) {
             Some(rows) => rows,

@@ -232,8 +232,8 @@ pub fn insert_row(
     Ok((insert_statement(info, &columns), values))
 }
 
-/// The columns (positions in `info.columns`) and values of a guest's row, as [`insert_row`]
-/// checks and completes them; the statement for those columns is [`insert_statement`]'s (the
+/// The columns (positions in `info.columns`, in order) and values of a guest's row, as
+/// [`insert_row`] checks and completes them; the statement for those columns is [`insert_statement`]'s (the
 /// same for every row with the same columns).
 pub fn insert_values(
     info: &TableInfo,
@@ -299,7 +299,11 @@ pub fn insert_values(
             }
         }
     }
-    Ok((columns, values))
+    // In the table's order: rows of one table with the same attributes have one statement,
+    // whatever order the guest gave them in.
+    let mut pairs: Vec<(usize, Value)> = columns.into_iter().zip(values).collect();
+    pairs.sort_by_key(|(i, _)| *i);
+    Ok(pairs.into_iter().unzip())
 }
 
 /// The single-row INSERT of `info`'s `columns` (positions).

@@ -418,9 +418,12 @@ fn a_row_of_another_key_or_with_an_attribute_twice_is_refused() {
     assert_eq!(e.kind, Kind::DuplicateColumn);
     let e = insert_row(&info, row(&[("_job_version", 1)]), &key, None).unwrap_err();
     assert_eq!(e.kind, Kind::UndefinedColumn, "hidden attributes are the host's");
+    // Columns in the table's order, whatever the row's: one statement per table and attributes.
     let (statement, values) = insert_row(&info, row(&[("value", 5)]), &key, None).unwrap();
-    assert_eq!(statement.sql, "INSERT INTO \"t\".\"__outcome\" (\"value\", \"case_id\") VALUES ($1, $2)");
-    assert_eq!(values, vec![Value::Int(5), Value::Int(1)]);
+    assert_eq!(statement.sql, "INSERT INTO \"t\".\"__outcome\" (\"case_id\", \"value\") VALUES ($1, $2)");
+    assert_eq!(values, vec![Value::Int(1), Value::Int(5)]);
+    let (same, values) = insert_row(&info, row(&[("value", 6), ("case_id", 1)]), &key, None).unwrap();
+    assert_eq!((same, values), (statement, vec![Value::Int(1), Value::Int(6)]));
 }
 
 #[test]
@@ -505,19 +508,22 @@ fn the_read_scope_is_the_ancestors_and_their_parts() {
     assert_eq!(Lookup::of(&scope, "x.Y").name, "x.Y");
 }
 
-#[test]
-fn an_instance_serves_keys_in_turn_and_is_spent_by_a_failure() {
-    // misbehave counts its makes in a static: kept across the calls of one instance.
-    let mut memory = Memory::new(vec![case_row("count", 0)]);
+/// The key `case_id = id`.
+fn key(id: i64) -> Row {
+    vec![Field { name: "case_id".into(), value: Value::Int(id) }]
+}
+
+/// misbehave prepared, and a host for key 1 whose Case rows are one row of `mode` and `n`.
+fn misbehave_host(mode: &str, n: i64) -> (Arc<Session>, Prepared<MakeHost<Memory>>, MakeHost<Memory>) {
+    let mut memory = Memory::new(vec![case_row(mode, n)]);
     let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
     let scope =
         Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
     let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
     let linker = make::linker::<MakeHost<Memory>>().unwrap();
     let prepared = Prepared::new(&linker, misbehave()).unwrap();
-    let key = |id: i64| vec![Field { name: "case_id".into(), value: Value::Int(id) }];
     let host = MakeHost {
-        session,
+        session: session.clone(),
         backend: memory,
         key: key(1),
         started: Instant::now(),
@@ -525,6 +531,13 @@ fn an_instance_serves_keys_in_turn_and_is_spent_by_a_failure() {
         objects: Default::default(),
         prefetched: Default::default(),
     };
+    (session, prepared, host)
+}
+
+#[test]
+fn an_instance_serves_keys_in_turn_and_is_spent_by_a_failure() {
+    // misbehave counts its makes in a static: kept across the calls of one instance.
+    let (_, prepared, host) = misbehave_host("count", 0);
     let limits = Limits { timeout: Some(std::time::Duration::from_millis(100)), ..Limits::default() };
     let mut instance = prepared.instance(host, &limits, &Cancel::Never);
     let values = |instance: &mut make::Instance<MakeHost<Memory>>| -> Vec<Value> {
@@ -570,37 +583,26 @@ fn an_instance_serves_keys_in_turn_and_is_spent_by_a_failure() {
 
 #[test]
 fn a_batch_of_keys_reads_a_seen_query_once_and_each_key_gets_its_rows() {
-    let mut memory = Memory::new(vec![case_row("ok", 4)]);
-    let target = memory.describe(&Table::new("t", "__outcome")).unwrap();
-    let scope =
-        Scope { target: target.table.clone(), parts: vec![], readable: vec![Table::new("t", "case")] };
-    let session = Arc::new(Session::new(scope, target, vec![], "sha".into()));
-    let linker = make::linker::<MakeHost<Memory>>().unwrap();
-    let prepared = Prepared::new(&linker, misbehave()).unwrap();
-    let key = |id: i64| vec![Field { name: "case_id".into(), value: Value::Int(id) }];
-    let host = MakeHost {
-        session: session.clone(),
-        backend: memory,
-        key: key(1),
-        started: Instant::now(),
-        started_at: 7,
-        objects: Default::default(),
-        prefetched: Default::default(),
-    };
+    let (session, prepared, host) = misbehave_host("ok", 4);
     let limits = Limits::default();
     let mut instance = prepared.instance(host, &limits, &Cancel::Never);
     // Nothing seen yet: the first key reads its own row.
-    assert!(session.batchable().is_empty());
+    assert!(session.batchable(1).is_empty());
     assert!(instance.call(&prepared, &key(1), &limits).0.is_ok());
     let queries = |i: &mut make::Instance<MakeHost<Memory>>| i.db_mut().backend.queries.len();
     assert_eq!(queries(&mut instance), 1);
-    // Now the query is known: keys 2..4 are read in one statement, then served from it.
-    let batchable = session.batchable();
+    // Now the query is known: keys 2..4 are read in one statement, then served from it. (Only
+    // queries most keys asked are read: not one asked once when 2 calls are needed.)
+    assert!(session.batchable(2).is_empty(), "counting starts again");
+    assert!(instance.call(&prepared, &key(1), &limits).0.is_ok());
+    assert!(instance.call(&prepared, &key(1), &limits).0.is_ok());
+    assert_eq!(queries(&mut instance), 3);
+    let batchable = session.batchable(2);
     assert_eq!(batchable.len(), 1);
     assert!(batchable[0].statement().sql.contains("CROSS JOIN LATERAL"));
     let keys: Vec<Row> = (2..=4).map(key).collect();
     let host = instance.db_mut();
-    let rows = session.prefetch(&mut host.backend, &batchable[0], &keys).unwrap();
+    let rows = session.prefetch(&mut host.backend, &batchable[0], &keys, PREFETCH_BUDGET).unwrap();
     assert_eq!(rows.len(), 3);
     host.prefetched.insert(&batchable[0], keys.len(), rows);
     for (position, k) in keys.iter().enumerate() {
@@ -609,14 +611,14 @@ fn a_batch_of_keys_reads_a_seen_query_once_and_each_key_gets_its_rows() {
         host.prefetched.at(Some(position));
         assert!(instance.call(&prepared, k, &limits).0.is_ok());
     }
-    assert_eq!(queries(&mut instance), 2, "one statement for the three keys");
+    assert_eq!(queries(&mut instance), 4, "one statement for the three keys");
     let values: Vec<Value> = instance.db_mut().backend.inserts.iter().map(|(_, a)| a[1].clone()).collect();
-    assert_eq!(values, vec![Value::Int(8); 4]);
+    assert_eq!(values, vec![Value::Int(8); 6]);
     // A key outside the batch, or one whose rows were handed out, reads its own.
     instance.db_mut().prefetched.at(None);
     instance.db_mut().key = key(9);
     assert!(instance.call(&prepared, &key(9), &limits).0.is_ok());
-    assert_eq!(queries(&mut instance), 3);
+    assert_eq!(queries(&mut instance), 5);
     session.not_batchable(&batchable[0]);
-    assert!(session.batchable().is_empty());
+    assert!(session.batchable(0).is_empty());
 }

@@ -116,7 +116,7 @@ impl Backend for SpiBackend {
             datums.push(Some(datum));
         }
         let arrays = Statement { params, ..statement.clone() };
-        self.plans.query(&arrays, &datums, &mut Budget::new(budget))
+        self.plans.query_all(&arrays, &datums, &mut Budget::new(budget))
     }
 
     fn execute(&mut self, statement: &Statement, args: &[&Value]) -> DjResult<()> {

@@ -17,6 +17,7 @@ use crate::error::DjResult;
 
 /// Rows of one INSERT (a table and a column set).
 struct Group {
+    table: Table,
     /// The single-row INSERT each row came with.
     statement: Statement,
     /// The same for many rows, its parameters arrays.
@@ -26,16 +27,26 @@ struct Group {
 }
 
 pub struct Pending {
+    /// The target: its rows are written before its parts' (which refer to them).
+    target: Table,
     /// Where the held values live, until the flush.
     cx: PgMemoryContexts,
     groups: Vec<Group>,
+    /// Every row held, in the order the guests inserted them: (key number, group, row in group).
+    order: Vec<(usize, usize, usize)>,
     /// The keys made since the last flush, with the time their make took.
     keys: Vec<(Row, Duration)>,
 }
 
 impl Pending {
-    pub fn new() -> Pending {
-        Pending { cx: PgMemoryContexts::new("dj.populate rows"), groups: Vec::new(), keys: Vec::new() }
+    pub fn new(target: Table) -> Pending {
+        Pending {
+            target,
+            cx: PgMemoryContexts::new("dj.populate rows"),
+            groups: Vec::new(),
+            order: Vec::new(),
+            keys: Vec::new(),
+        }
     }
 
     /// Holds back a row of the key being made, its values checked and converted now (a value its
@@ -52,10 +63,13 @@ impl Pending {
                     sql: core_host::insert_many_sql(table, &names),
                     params: statement.params.clone(),
                 };
-                self.groups.push(Group { statement: statement.clone(), many, rows: Vec::new() });
+                let group =
+                    Group { table: table.clone(), statement: statement.clone(), many, rows: Vec::new() };
+                self.groups.push(group);
                 self.groups.len() - 1
             }
         };
+        self.order.push((key, group, self.groups[group].rows.len()));
         self.groups[group].rows.push((key, row));
         Ok(())
     }
@@ -63,10 +77,10 @@ impl Pending {
     /// The key being made failed: its rows go.
     pub fn discard_key(&mut self) {
         let key = self.keys.len();
-        for g in &mut self.groups {
-            while g.rows.last().is_some_and(|(k, _)| *k == key) {
-                g.rows.pop();
-            }
+        while let Some(&(k, group, _)) = self.order.last().filter(|(k, ..)| *k == key) {
+            debug_assert_eq!(self.groups[group].rows.last().map(|(k, _)| *k), Some(k));
+            self.groups[group].rows.pop();
+            self.order.pop();
         }
     }
 
@@ -89,11 +103,14 @@ impl Pending {
             self.clear();
             return Ok(Vec::new());
         }
-        let (groups, keys) = (&self.groups, &self.keys);
+        let (groups, keys, target) = (&self.groups, &self.keys, &self.target);
         let together = unsafe {
             self.cx.switch_to(|_| {
                 in_subtransaction(|| {
-                    for g in groups.iter().filter(|g| !g.rows.is_empty()) {
+                    // The target's rows first, then its parts'.
+                    let (first, then): (Vec<&Group>, Vec<&Group>) =
+                        groups.iter().filter(|g| !g.rows.is_empty()).partition(|g| g.table == *target);
+                    for g in first.into_iter().chain(then) {
                         insert_many(plans, g)?;
                     }
                     for (key, _) in keys {
@@ -113,37 +130,30 @@ impl Pending {
         outcome
     }
 
+    /// Each key's rows in its own subtransaction, in the order its make inserted them.
     fn one_by_one(
         &mut self,
         plans: &Plans,
         stop: &impl Fn(&Failure) -> bool,
         done: &dyn Fn(&Row) -> DjResult<()>,
     ) -> Result<Vec<(Row, Failure, Duration)>, Failure> {
-        let mut next = vec![0usize; self.groups.len()];
         let mut failures = Vec::new();
+        let mut at = 0;
         for (n, (key, took)) in self.keys.iter().enumerate() {
-            let groups = &self.groups;
-            let next = &mut next;
+            let end = at + self.order[at..].iter().take_while(|(k, ..)| *k == n).count();
+            let (rows, groups) = (&self.order[at..end], &self.groups);
+            at = end;
             let written = unsafe {
                 self.cx.switch_to(|_| {
                     in_subtransaction(|| {
-                        for (g, at) in groups.iter().zip(next.iter_mut()) {
-                            while let Some((_, row)) = g.rows.get(*at).filter(|(k, _)| *k == n) {
-                                plans.execute(&g.statement, row)?;
-                                *at += 1;
-                            }
+                        for &(_, g, r) in rows {
+                            plans.execute(&groups[g].statement, &groups[g].rows[r].1)?;
                         }
                         done(key)?;
                         Ok(())
                     })
                 })
             };
-            // Rows of this key not reached (after the failing one) are passed over.
-            for (g, at) in self.groups.iter().zip(next.iter_mut()) {
-                while g.rows.get(*at).is_some_and(|(k, _)| *k == n) {
-                    *at += 1;
-                }
-            }
             match written {
                 Ok(()) => {}
                 Err(e) if stop(&e) => return Err(e),
@@ -155,6 +165,7 @@ impl Pending {
 
     fn clear(&mut self) {
         self.groups.clear();
+        self.order.clear();
         self.keys.clear();
         unsafe { self.cx.reset() };
     }

@@ -63,6 +63,8 @@ pub struct Run<'p> {
     seen_batch: bool,
     /// The rows of the keys made since the last flush (None: each row inserted at once).
     pending: Option<Rc<RefCell<Pending>>>,
+    /// Make calls since the last batch's reads.
+    made_in_batch: usize,
 }
 
 impl<'p> Run<'p> {
@@ -121,7 +123,8 @@ impl<'p> Run<'p> {
             prefetched: Default::default(),
             position: 0,
             seen_batch: false,
-            pending: Some(Rc::new(RefCell::new(Pending::new()))),
+            pending: Some(Rc::new(RefCell::new(Pending::new(target.clone())))),
+            made_in_batch: 0,
         })
     }
 
@@ -154,9 +157,9 @@ impl<'p> Run<'p> {
         self
     }
 
-    /// Reads the queries the run's guests have asked so far for every key of `keys` at once,
-    /// each in a subtransaction: one that fails (too many rows, say) is left to the keys; a
-    /// cancel ends the run.
+    /// Reads the queries most keys of the last batch asked for every key of `keys` at once, each
+    /// in a subtransaction: one that fails (too many rows, say) is left to the keys from then on;
+    /// a cancel ends the run.
     fn prefetch(&mut self, keys: &[Row]) -> Result<(), Failure> {
         self.prefetched = Default::default();
         self.batch.clear();
@@ -165,16 +168,25 @@ impl<'p> Run<'p> {
             return Ok(());
         }
         self.batch = keys.to_vec();
+        // The queries most keys of the last batch asked, within one budget for all of them (at
+        // most the make's memory limit).
+        let min_uses = self.made_in_batch.div_ceil(2);
+        self.made_in_batch = 0;
+        let mut budget = core_host::PREFETCH_BUDGET.min(self.limits.memory_bytes);
         let mut backend = SpiBackend::new(self.plans.clone());
-        for query in self.session.batchable() {
+        for query in self.session.batchable(min_uses) {
             let session = &self.session;
             let read = unsafe {
                 self.key_cx.reset();
-                self.key_cx
-                    .switch_to(|_| host::in_subtransaction(|| session.prefetch(&mut backend, &query, keys)))
+                self.key_cx.switch_to(|_| {
+                    host::in_subtransaction(|| session.prefetch(&mut backend, &query, keys, budget))
+                })
             };
             match read {
-                Ok(rows) => self.prefetched.insert(&query, keys.len(), rows),
+                Ok(rows) => {
+                    budget = budget.saturating_sub(core_host::rows_bytes(&rows));
+                    self.prefetched.insert(&query, keys.len(), rows);
+                }
                 Err(e) if self.class(&e) == Class::Cancel => return Err(e),
                 Err(e) => {
                     pgrx::debug1!(
@@ -293,6 +305,7 @@ impl KeyRun for Run<'_> {
                 prepared.instance(db, limits, &Cancel::Check(self.stop_check))
             }
         };
+        self.made_in_batch += 1;
         // The key's place in the batch (keys come in order; some are skipped).
         let position = (self.position..self.batch.len()).find(|&i| self.batch[i] == *key);
         self.position = position.map_or(self.position, |p| p + 1);
@@ -411,6 +424,10 @@ impl KeyRun for Run<'_> {
             Ok(())
         };
         let result = pending.borrow_mut().flush(&self.plans, |e| self.class(e) == Class::Cancel, &done);
+        // A key whose rows failed failed: the instance that made it is not kept.
+        if !matches!(&result, Ok(failures) if failures.is_empty()) {
+            self.instance = None;
+        }
         result
     }
 }

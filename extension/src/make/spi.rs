@@ -142,9 +142,9 @@ impl Plans {
     }
 
     /// The rows of the read-only `statement`, as the contract's values, at most `budget.left`
-    /// bytes of them: the first batch comes from one execution (most guest fetches are a row or
-    /// a few), a larger result through a cursor a batch at a time, each batch freed as it is
-    /// converted, so a query over a huge table fails with 53200 without materializing it.
+    /// bytes of them: most guest fetches are a row or a few, read from one execution; a result of
+    /// a batch or more is read again through a cursor a batch at a time, each batch freed as it
+    /// is converted, so a query over a huge table fails with 53200 without materializing it.
     pub fn query(
         &self,
         statement: &Statement,
@@ -152,17 +152,42 @@ impl Plans {
         budget: &mut Budget,
     ) -> DjResult<Vec<Row>> {
         let _cx = KeepContext::new();
-        let sql = &statement.sql;
         let mut params = self.run(statement, args, true, FETCH_BATCH)?;
-        // SAFETY: SPI calls on the table the run left and on a cursor over the same kept plan.
+        // SAFETY: SPI calls on the table the run left.
         unsafe {
-            let complete = (pg_sys::SPI_processed as i64) < FETCH_BATCH;
-            let mut rows = rows_of_tuptable(budget)?;
-            if complete {
-                return Ok(rows);
+            if (pg_sys::SPI_processed as i64) < FETCH_BATCH {
+                return rows_of_tuptable(budget);
             }
-            // More rows than one batch: read on, past the first batch, through a cursor (the same
-            // snapshot: read-only SPI takes no new one).
+            pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+        }
+        // All of it from one run of the plan, through a cursor (the same snapshot: read-only SPI
+        // takes no new one): a second run may return the rows in another order (a synchronized
+        // scan starts where another left off), so the first batch is not skipped but read again.
+        self.read_cursor(statement, &mut params, budget)
+    }
+
+    /// The rows of the read-only `statement` through a cursor, a batch at a time (for results
+    /// expected to be large, such as a query read for many keys at once).
+    pub fn query_all(
+        &self,
+        statement: &Statement,
+        args: &[Option<pg_sys::Datum>],
+        budget: &mut Budget,
+    ) -> DjResult<Vec<Row>> {
+        let _cx = KeepContext::new();
+        let plan = self.get(&statement.sql, &statement.params)?;
+        let mut params = Parameters::new(plan, args);
+        self.read_cursor(statement, &mut params, budget)
+    }
+
+    fn read_cursor(
+        &self,
+        statement: &Statement,
+        params: &mut Parameters,
+        budget: &mut Budget,
+    ) -> DjResult<Vec<Row>> {
+        // SAFETY: a cursor over a kept plan with as many parameters as it was prepared with.
+        unsafe {
             let portal = pg_sys::SPI_cursor_open(
                 std::ptr::null(),
                 params.plan.0,
@@ -171,9 +196,9 @@ impl Plans {
                 true,
             );
             if portal.is_null() {
-                return Err(spi_failed("SPI_cursor_open", pg_sys::SPI_result, sql));
+                return Err(spi_failed("SPI_cursor_open", pg_sys::SPI_result, &statement.sql));
             }
-            pg_sys::SPI_cursor_move(portal, true, FETCH_BATCH);
+            let mut rows = Vec::new();
             let result = loop {
                 pg_sys::SPI_cursor_fetch(portal, true, FETCH_BATCH);
                 let last = (pg_sys::SPI_processed as i64) < FETCH_BATCH;
