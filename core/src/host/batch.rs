@@ -62,10 +62,6 @@ impl Prefetched {
         self.position = position;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     /// The current key's rows of `fetch`, if read ahead and not handed out yet.
     pub(super) fn take(&mut self, fetch: &Fetch) -> Option<Vec<Row>> {
         self.rows.get_mut(&fetch.id)?.get_mut(self.position?)?.take()
